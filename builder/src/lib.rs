@@ -1,0 +1,1 @@
+//! The ingot image builder library.

@@ -1,0 +1,1 @@
+//! Launches ingot images under QEMU.

@@ -1,0 +1,13 @@
+//! Contracts shared by the image builder (`ingot`) and the node's PID 1 (`ingot-init`).
+//!
+//! Everything here is data and pure functions over bytes: partition types and labels, the kernel command
+//! line keys `ingot-init` understands, the console markers tests and tools wait for, and a GPT reader that
+//! both `ingot inspect` and stage 1 use. Nothing in this crate performs I/O, so both sides agree on the
+//! formats by construction and the parsers can be fuzzed in isolation.
+
+pub mod cmdline;
+pub mod gpt;
+pub mod marker;
+pub mod partition;
+
+pub use uuid::Uuid;
