@@ -1,1 +1,3 @@
-//! The ingot image builder library.
+//! The ingot image builder library: everything `ingot` does, behind a thin CLI in `main.rs`.
+
+pub mod profile;

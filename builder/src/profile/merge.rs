@@ -1,0 +1,131 @@
+//! The `extends` merge rules (documented in the parent module and tested in `tests.rs`).
+
+use std::path::Path;
+
+use super::raw::*;
+
+/// Child scalar wins.
+fn pick<T>(base: Option<T>, child: Option<T>) -> Option<T> {
+    child.or(base)
+}
+
+/// Appends the child's list to the base's; an explicit empty child list resets.
+fn append(base: Option<Vec<String>>, child: Option<Vec<String>>) -> Option<Vec<String>> {
+    match (base, child) {
+        (b, None) => b,
+        (_, Some(c)) if c.is_empty() => Some(c),
+        (None, Some(c)) => Some(c),
+        (Some(mut b), Some(c)) => {
+            b.extend(c);
+            Some(b)
+        }
+    }
+}
+
+/// Merges keyed entries: same key replaces in place, new keys append, an explicit empty list resets.
+fn merge_keyed<T>(base: Option<Vec<T>>, child: Option<Vec<T>>, key: impl Fn(&T) -> &str) -> Option<Vec<T>> {
+    match (base, child) {
+        (b, None) => b,
+        (_, Some(c)) if c.is_empty() => Some(c),
+        (None, Some(c)) => Some(c),
+        (Some(mut b), Some(c)) => {
+            for entry in c {
+                match b.iter().position(|x| key(x) == key(&entry)) {
+                    Some(i) => b[i] = entry,
+                    None => b.push(entry),
+                }
+            }
+            Some(b)
+        }
+    }
+}
+
+fn merge_table<T: Default>(base: Option<T>, child: Option<T>, f: impl FnOnce(T, T) -> T) -> Option<T> {
+    match (base, child) {
+        (None, c) => c,
+        (b, None) => b,
+        (Some(b), Some(c)) => Some(f(b, c)),
+    }
+}
+
+/// Source fields replace as a group: a child that names any source replaces the base's source entirely,
+/// so `package` in the base and `path` in the child never combine into an ambiguous source.
+macro_rules! merge_source {
+    ($b:expr, $c:expr) => {{
+        let child_has = $c.package.is_some() || $c.url.is_some() || $c.sha256.is_some() || $c.path.is_some();
+        if child_has {
+            ($c.package, $c.url, $c.sha256, $c.path)
+        } else {
+            ($b.package, $b.url, $b.sha256, $b.path)
+        }
+    }};
+}
+
+pub fn merge(base: RawProfile, child: RawProfile) -> RawProfile {
+    RawProfile {
+        extends: None,
+        image: merge_table(base.image, child.image, |b, c| RawImage {
+            name: pick(b.name, c.name),
+            version: pick(b.version, c.version),
+            source_date_epoch: pick(b.source_date_epoch, c.source_date_epoch),
+            zstd_level: pick(b.zstd_level, c.zstd_level),
+        }),
+        archive: merge_table(base.archive, child.archive, |b, c| RawArchive {
+            url: pick(b.url, c.url),
+            suite: pick(b.suite, c.suite),
+            components: pick(b.components, c.components),
+            arch: pick(b.arch, c.arch),
+            keyring: pick(b.keyring, c.keyring),
+        }),
+        kernel: merge_table(base.kernel, child.kernel, |b, c| {
+            let (package, url, sha256, path) = merge_source!(b, c);
+            RawKernel {
+                package,
+                url,
+                sha256,
+                path,
+                cmdline: append(b.cmdline, c.cmdline),
+                initrd_modules: append(b.initrd_modules, c.initrd_modules),
+                root_modules: append(b.root_modules, c.root_modules),
+            }
+        }),
+        bootloader: merge_table(base.bootloader, child.bootloader, |b, c| {
+            let (package, url, sha256, path) = merge_source!(b, c);
+            RawBootloader { package, url, sha256, path, timeout: pick(b.timeout, c.timeout) }
+        }),
+        partitions: merge_table(base.partitions, child.partitions, |b, c| RawPartitions {
+            esp: pick(b.esp, c.esp),
+            root: pick(b.root, c.root),
+            var: pick(b.var, c.var),
+        }),
+        components: merge_keyed(base.components, child.components, |c| c.name.as_str()),
+        files: merge_keyed(base.files, child.files, |f| f.path.as_str()),
+    }
+}
+
+/// Makes every host path in `p` relative to `dir` (the directory of the file that declared it), so a base
+/// profile's `path = "blobs/x"` keeps meaning its own directory after merging.
+pub fn rebase_paths(p: &mut RawProfile, dir: &Path) {
+    let rebase = |s: &mut Option<String>| {
+        if let Some(v) = s.as_mut()
+            && !Path::new(v.as_str()).is_absolute()
+        {
+            *v = dir.join(v.as_str()).to_string_lossy().into_owned();
+        }
+    };
+    if let Some(a) = p.archive.as_mut() {
+        rebase(&mut a.keyring);
+    }
+    if let Some(k) = p.kernel.as_mut() {
+        rebase(&mut k.path);
+    }
+    if let Some(b) = p.bootloader.as_mut() {
+        rebase(&mut b.path);
+    }
+    for c in p.components.iter_mut().flatten() {
+        rebase(&mut c.path);
+    }
+    for f in p.files.iter_mut().flatten() {
+        rebase(&mut f.source);
+    }
+}

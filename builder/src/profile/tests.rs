@@ -1,0 +1,153 @@
+use std::path::Path;
+
+use super::*;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const BASE: &str = r#"
+[image]
+version = "1.0"
+
+[archive]
+url = "https://deb.debian.org/debian/"
+suite = "bookworm"
+keyring = "keys/debian.pgp"
+
+[kernel]
+package = "linux-image-cloud-amd64"
+cmdline = ["console=ttyS0", "quiet"]
+initrd_modules = ["virtio_blk"]
+
+[bootloader]
+package = "systemd-boot-efi"
+
+[[components]]
+name = "busybox"
+package = "busybox-static"
+files = [{ src = "bin/busybox" }]
+
+[[files]]
+path = "/etc/motd"
+content = "hello"
+"#;
+
+#[test]
+fn loads_a_profile_with_defaults() {
+    let d = tempfile::tempdir().unwrap();
+    let p = load(&write(d.path(), "base.toml", BASE)).unwrap();
+    assert_eq!(p.name, "base");
+    assert_eq!(p.version, "1.0");
+    assert_eq!(p.source_date_epoch, validate::DEFAULT_SOURCE_DATE_EPOCH);
+    let a = p.archive.unwrap();
+    assert_eq!(a.url, "https://deb.debian.org/debian");
+    assert_eq!(a.components, vec!["main"]);
+    assert_eq!(a.keyring, d.path().join("keys/debian.pgp"));
+    assert_eq!(p.kernel.source, Source::Package("linux-image-cloud-amd64".into()));
+    assert_eq!(p.partitions, PartitionSizes { esp: 512 << 20, root: 1 << 30, var: 64 << 20 });
+    assert_eq!(p.components[0].files.as_ref().unwrap()[0].dst, Path::new("/bin/busybox"));
+    assert_eq!(p.files[0].mode, 0o644);
+}
+
+#[test]
+fn unknown_key_is_rejected_with_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let text = BASE.replace("suite = \"bookworm\"", "suite = \"bookworm\"\nsuit = \"x\"");
+    let path = write(d.path(), "bad.toml", &text);
+    let msg = load(&path).unwrap_err().to_string();
+    assert!(msg.contains("bad.toml"), "{msg}");
+    assert!(msg.contains("unknown field `suit`"), "{msg}");
+    assert!(msg.contains("line 8"), "{msg}");
+}
+
+#[test]
+fn extends_merges_by_the_documented_rules() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "base.toml", BASE);
+    let child = write(
+        d.path(),
+        "child.toml",
+        r#"
+extends = "base"
+[image]
+version = "2.0"
+[kernel]
+cmdline = ["panic=-1"]
+initrd_modules = []
+[partitions]
+root = "256M"
+[[components]]
+name = "busybox"
+path = "local/busybox.deb"
+[[components]]
+name = "extra"
+url = "https://example.org/x.tar.gz"
+sha256 = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+"#,
+    );
+    let p = load(&child).unwrap();
+    assert_eq!(p.name, "child");
+    assert_eq!(p.version, "2.0", "scalars: child wins");
+    assert_eq!(p.kernel.cmdline, ["console=ttyS0", "quiet", "panic=-1"], "lists append");
+    assert!(p.kernel.initrd_modules.is_empty(), "explicit empty list resets");
+    assert_eq!(p.kernel.source, Source::Package("linux-image-cloud-amd64".into()), "untouched tables stay");
+    assert_eq!(p.partitions.root, 256 << 20);
+    assert_eq!(p.partitions.esp, 512 << 20);
+    assert_eq!(p.components.len(), 2);
+    assert_eq!(p.components[0].name, "busybox", "same name replaces in place");
+    assert_eq!(p.components[0].source, Source::Path(d.path().join("local/busybox.deb")));
+    assert_eq!(p.components[0].files, None, "a replaced component does not keep the base's fields");
+    assert_eq!(p.components[1].source, Source::Url { url: "https://example.org/x.tar.gz".into(), sha256: "a".repeat(64) });
+    assert_eq!(p.files.len(), 1, "files inherited");
+}
+
+#[test]
+fn extends_cycles_are_reported() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "a.toml", "extends = \"b\"");
+    write(d.path(), "b.toml", "extends = \"a\"");
+    let err = load(&d.path().join("a.toml")).unwrap_err();
+    assert!(matches!(err, ProfileError::ExtendsCycle { .. }), "{err}");
+}
+
+#[test]
+fn bad_values_name_the_field() {
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        (BASE.replace("version = \"1.0\"", "version = \"1.0+x\""), "image.version"),
+        (BASE.replace("[partitions]", "") + "[partitions]\nroot = \"100.5M\"\n", "partitions.root"),
+        (BASE.to_string() + "[partitions]\nvar = 1000\n", "partitions.var"),
+        (BASE.replace("package = \"systemd-boot-efi\"", "url = \"https://x/y\""), "bootloader.sha256"),
+        (BASE.replace("package = \"systemd-boot-efi\"", "package = \"a\"\npath = \"b\""), "bootloader"),
+        (BASE.replace("path = \"/etc/motd\"", "path = \"etc/motd\""), "files[0].path"),
+        (BASE.replace("name = \"busybox\"", "name = \"kernel\""), "components[0].name"),
+        (BASE.replace("src = \"bin/busybox\"", "src = \"../etc/shadow\""), "components[0].files[0].src"),
+        (BASE.replace("[archive]", "[unused]").replace("url = \"https://deb.debian.org/debian/\"\nsuite = \"bookworm\"\nkeyring = \"keys/debian.pgp\"", "x = 1"), "unused"),
+    ];
+    for (text, field) in cases {
+        let msg = load(&write(d.path(), "p.toml", &text)).unwrap_err().to_string();
+        assert!(msg.contains(field), "expected {field} in: {msg}");
+    }
+}
+
+#[test]
+fn locate_finds_names_and_paths() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), "minimal.toml", BASE);
+    assert_eq!(locate("minimal", d.path()).unwrap(), p);
+    assert_eq!(locate(p.to_str().unwrap(), Path::new("/nonexistent")).unwrap(), p);
+    let msg = locate("nope", d.path()).unwrap_err().to_string();
+    assert!(msg.contains("nope.toml"), "{msg}");
+}
+
+#[test]
+fn sizes_parse() {
+    assert_eq!(parse_size("512M"), Ok(512 << 20));
+    assert_eq!(parse_size("1G"), Ok(1 << 30));
+    assert_eq!(parse_size("4096"), Ok(4096));
+    assert!(parse_size("12X").is_err());
+    assert!(parse_size("99999999999999T").is_err());
+}
