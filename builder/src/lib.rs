@@ -1,3 +1,4 @@
 //! The ingot image builder library: everything `ingot` does, behind a thin CLI in `main.rs`.
 
+pub mod disk;
 pub mod profile;
