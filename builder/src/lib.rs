@@ -1,4 +1,5 @@
 //! The ingot image builder library: everything `ingot` does, behind a thin CLI in `main.rs`.
 
 pub mod disk;
+pub mod esp;
 pub mod profile;
