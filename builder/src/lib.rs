@@ -3,3 +3,4 @@
 pub mod disk;
 pub mod esp;
 pub mod profile;
+pub mod rootfs;

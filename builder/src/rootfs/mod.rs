@@ -1,0 +1,4 @@
+//! The read-only root: staging the tree from components, checking it, and writing the file system.
+
+pub mod erofs;
+pub mod stage;
