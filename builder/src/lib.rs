@@ -2,5 +2,6 @@
 
 pub mod disk;
 pub mod esp;
+pub mod init_binary;
 pub mod profile;
 pub mod rootfs;
