@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -159,11 +159,55 @@ pub struct Written {
     pub data_ranges: Vec<(u64, u64)>,
 }
 
+/// Reads `len` bytes of `f` from `start`, skipping holes without reading them (SEEK_DATA/SEEK_HOLE), hashing
+/// with [`TrimmedSha256`] and handing each chunk of data (relative offset, bytes) to `on_data`.
+pub fn scan(
+    f: &File,
+    start: u64,
+    len: u64,
+    mut on_data: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> io::Result<TrimmedSha256> {
+    let mut hash = TrimmedSha256::default();
+    let mut buf = vec![0u8; 64 * BLOCK];
+    let end = start + len;
+    let mut pos = start;
+    while pos < end {
+        // SEEK_DATA gives the next data offset (ENXIO: only a hole remains); file systems without it (or a
+        // block device) make us read everything, which is still correct.
+        let data = match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(d) => d.min(end),
+            Err(rustix::io::Errno::NXIO) => end,
+            Err(_) => pos,
+        };
+        let data = (data - (data - start) % BLOCK as u64).max(pos);
+        if data > pos {
+            hash.zeros(data - pos);
+            pos = data;
+            continue;
+        }
+        let hole = match rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(pos)) {
+            Ok(h) => h.min(end),
+            Err(_) => end,
+        };
+        let stop = hole.max(pos + BLOCK as u64).min(end);
+        while pos < stop {
+            let want = ((stop - pos) as usize).min(buf.len());
+            f.read_exact_at(&mut buf[..want], pos)?;
+            for block in buf[..want].chunks(BLOCK) {
+                hash.block(block);
+            }
+            on_data(pos - start, &buf[..want])?;
+            pos += want as u64;
+        }
+    }
+    Ok(hash)
+}
+
 /// Copies `src` into `disk` at `place`, writing only non-zero blocks (the disk file stays sparse), and
-/// hashes it. Holes in `src` are skipped without reading them.
+/// hashes it.
 pub fn copy_into(src: &Path, disk: &File, place: Placement, field: &'static str) -> Result<Written, DiskError> {
     let io_err = |source| DiskError::Io { path: src.display().to_string(), source };
-    let mut f = File::open(src).map_err(io_err)?;
+    let f = File::open(src).map_err(io_err)?;
     let len = f.metadata().map_err(io_err)?.len();
     if len > place.size {
         return Err(DiskError::TooLarge {
@@ -173,48 +217,24 @@ pub fn copy_into(src: &Path, disk: &File, place: Placement, field: &'static str)
             field,
         });
     }
-    let mut hash = TrimmedSha256::default();
     let mut ranges: Vec<(u64, u64)> = Vec::new();
-    let mut buf = vec![0u8; 64 * BLOCK];
-    let mut pos = 0u64;
-    while pos < len {
-        // Jump over holes: SEEK_DATA gives the next data offset (or ENXIO when only a hole remains).
-        let data = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(pos)) {
-            Ok(d) => d.min(len),
-            Err(rustix::io::Errno::NXIO) => len,
-            Err(_) => pos, // file system without SEEK_DATA: read everything
-        };
-        let data = data - data % BLOCK as u64;
-        if data > pos {
-            hash.zeros(data - pos);
-            pos = data;
-            continue;
-        }
-        let hole = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(pos)) {
-            Ok(h) => h.min(len),
-            Err(_) => len,
-        };
-        f.seek(SeekFrom::Start(pos)).map_err(io_err)?;
-        let mut end_of_data = hole.max(pos + BLOCK as u64).min(len);
-        while pos < end_of_data {
-            let want = ((end_of_data - pos) as usize).min(buf.len());
-            f.read_exact(&mut buf[..want]).map_err(io_err)?;
-            for (i, block) in buf[..want].chunks(BLOCK).enumerate() {
-                hash.block(block);
-                if !is_zero(block) {
-                    let at = place.offset + pos + (i * BLOCK) as u64;
-                    match ranges.last_mut() {
-                        Some((o, l)) if *o + *l == at => *l += block.len() as u64,
-                        _ => ranges.push((at, block.len() as u64)),
-                    }
+    let mut write_failed = None;
+    let hash = scan(&f, 0, len, |rel, chunk| {
+        for (i, block) in chunk.chunks(BLOCK).enumerate() {
+            if !is_zero(block) {
+                let at = place.offset + rel + (i * BLOCK) as u64;
+                match ranges.last_mut() {
+                    Some((o, l)) if *o + *l == at => *l += block.len() as u64,
+                    _ => ranges.push((at, block.len() as u64)),
                 }
             }
-            write_nonzero(disk, &buf[..want], place.offset + pos)
-                .map_err(|source| DiskError::Io { path: "the output image".into(), source })?;
-            pos += want as u64;
-            end_of_data = end_of_data.max(pos).min(len);
         }
-    }
+        write_nonzero(disk, chunk, place.offset + rel).inspect_err(|e| write_failed = Some(e.kind()))
+    })
+    .map_err(|source| match write_failed {
+        Some(_) => DiskError::Io { path: "the output image".into(), source },
+        None => io_err(source),
+    })?;
     let (sha256, hashed_bytes) = hash.finish();
     Ok(Written { sha256, hashed_bytes, data_ranges: ranges })
 }
