@@ -2,6 +2,9 @@
 
 pub mod disk;
 pub mod esp;
+#[cfg(test)]
+mod golden;
 pub mod init_binary;
+pub mod manifest;
 pub mod profile;
 pub mod rootfs;

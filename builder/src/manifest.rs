@@ -1,0 +1,195 @@
+//! `<image>.manifest.json`: what an image holds, with hashes — partitions, the UKI, every pinned component,
+//! and which byte ranges of the sparse image hold data (so `flash` can write only those).
+//!
+//! The format is versioned (`schema`); fields are only ever added within a version.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub schema: u32,
+    pub image: ImageInfo,
+    pub partitions: Vec<PartitionEntry>,
+    pub uki: UkiInfo,
+    pub components: Vec<ComponentEntry>,
+    /// `[offset, length]` pairs of the image that hold data; everything else is zero (a hole).
+    pub data_ranges: Vec<[u64; 2]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInfo {
+    pub name: String,
+    pub version: String,
+    /// The profile file name the image was built from.
+    pub profile: String,
+    pub disk_guid: String,
+    /// Size of the raw image in bytes.
+    pub size: u64,
+    pub source_date_epoch: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionEntry {
+    pub number: u32,
+    pub label: String,
+    pub type_guid: String,
+    pub guid: String,
+    pub offset: u64,
+    pub size: u64,
+    /// SHA-256 of the partition up to its last non-zero 4 KiB block.
+    pub sha256: String,
+    /// How many bytes `sha256` covers.
+    pub hashed_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UkiInfo {
+    /// Path on the ESP.
+    pub path: String,
+    pub sha256: String,
+    pub cmdline: String,
+    pub kernel_release: String,
+    /// Kernel modules stage 1 loads, in order.
+    pub initrd_modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentEntry {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub url: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("reading manifest {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not an ingot manifest: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path} has manifest schema {found}; this ingot reads schema {SCHEMA}")]
+    Schema { path: PathBuf, found: u32 },
+}
+
+/// The manifest file that belongs to an image: `out/x.raw` → `out/x.manifest.json`.
+pub fn path_for_image(image: &Path) -> PathBuf {
+    image.with_extension("manifest.json")
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.into(), source })?;
+        let probe: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ManifestError::Parse { path: path.into(), message: e.to_string() })?;
+        let found = probe.get("schema").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        if found != SCHEMA {
+            return Err(ManifestError::Schema { path: path.into(), found });
+        }
+        serde_json::from_value(probe).map_err(|e| ManifestError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    /// Bytes of the image that hold data.
+    pub fn payload_bytes(&self) -> u64 {
+        self.data_ranges.iter().map(|r| r[1]).sum()
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename, fsync the directory.
+/// A crash or error leaves either the old file or the new one, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".ingot-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            schema: SCHEMA,
+            image: ImageInfo {
+                name: "minimal".into(),
+                version: "0.1.0".into(),
+                profile: "minimal.toml".into(),
+                disk_guid: "00000000-0000-0000-0000-000000000001".into(),
+                size: 1 << 30,
+                source_date_epoch: 1_704_067_200,
+            },
+            partitions: vec![PartitionEntry {
+                number: 1,
+                label: "esp".into(),
+                type_guid: ingot_spec::partition::TYPE_ESP.to_string(),
+                guid: "00000000-0000-0000-0000-000000000002".into(),
+                offset: 1 << 20,
+                size: 512 << 20,
+                sha256: "ab".repeat(32),
+                hashed_bytes: 4096,
+            }],
+            uki: UkiInfo {
+                path: "EFI/Linux/ingot-minimal-0.1.0+3.efi".into(),
+                sha256: "cd".repeat(32),
+                cmdline: "console=ttyS0".into(),
+                kernel_release: "6.1.0-56-cloud-amd64".into(),
+                initrd_modules: vec!["virtio_blk".into()],
+            },
+            components: vec![ComponentEntry {
+                name: "kernel".into(),
+                package: Some("linux-image-6.1.0-56-cloud-amd64".into()),
+                version: Some("6.1.192-2".into()),
+                url: "https://deb.debian.org/debian/pool/x.deb".into(),
+                sha256: "ef".repeat(32),
+            }],
+            data_ranges: vec![[0, 4096], [1 << 20, 8192]],
+        }
+    }
+
+    #[test]
+    fn round_trips_and_matches_the_golden_file() {
+        let m = sample();
+        crate::golden::check("manifest.golden.json", &m.to_json());
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.manifest.json");
+        write_atomic(&p, m.to_json().as_bytes()).unwrap();
+        assert_eq!(Manifest::load(&p).unwrap(), m);
+        assert_eq!(m.payload_bytes(), 12288);
+        assert_eq!(path_for_image(Path::new("out/minimal.raw")), Path::new("out/minimal.manifest.json"));
+    }
+
+    #[test]
+    fn rejects_other_schemas_and_garbage() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.json");
+        std::fs::write(&p, "{\"schema\": 9}").unwrap();
+        assert!(matches!(Manifest::load(&p), Err(ManifestError::Schema { found: 9, .. })));
+        std::fs::write(&p, "not json").unwrap();
+        assert!(matches!(Manifest::load(&p), Err(ManifestError::Parse { .. })));
+    }
+}
