@@ -107,7 +107,9 @@ pub enum InitramfsError {
     #[error("initramfs path {path:?} is listed twice")]
     Duplicate { path: String },
     /// A path's parent is listed as something other than a directory.
-    #[error("initramfs path {path:?} needs {parent:?} to be a directory, but it is listed as another kind of entry")]
+    #[error(
+        "initramfs path {path:?} needs {parent:?} to be a directory, but it is listed as another kind of entry"
+    )]
     ParentNotDirectory { path: String, parent: String },
     /// A hard link whose target is not a regular file in the archive.
     #[error("hard link {path:?} points to {target:?}, which is not a regular file in the initramfs")]
@@ -142,9 +144,7 @@ fn normalize(path: &str) -> Result<String, InitramfsError> {
     let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
     let valid = !trimmed.is_empty()
         && !trimmed.contains('\0')
-        && trimmed
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..");
+        && trimmed.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
     if valid {
         Ok(trimmed.to_owned())
     } else {
@@ -186,12 +186,22 @@ impl Initramfs {
     }
 
     /// Adds a regular file with these contents.
-    pub fn add_file(&mut self, path: &str, mode: u32, data: impl Into<Vec<u8>>) -> Result<(), InitramfsError> {
+    pub fn add_file(
+        &mut self,
+        path: &str,
+        mode: u32,
+        data: impl Into<Vec<u8>>,
+    ) -> Result<(), InitramfsError> {
         self.add(path, mode, EntryKind::File(FileSource::Bytes(data.into())))
     }
 
     /// Adds a regular file whose contents are read from `host` when the archive is built.
-    pub fn add_file_from(&mut self, path: &str, mode: u32, host: impl Into<PathBuf>) -> Result<(), InitramfsError> {
+    pub fn add_file_from(
+        &mut self,
+        path: &str,
+        mode: u32,
+        host: impl Into<PathBuf>,
+    ) -> Result<(), InitramfsError> {
         self.add(path, mode, EntryKind::File(FileSource::Path(host.into())))
     }
 
@@ -201,7 +211,13 @@ impl Initramfs {
     }
 
     /// Adds a character device node.
-    pub fn add_char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> Result<(), InitramfsError> {
+    pub fn add_char_device(
+        &mut self,
+        path: &str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> Result<(), InitramfsError> {
         self.add(path, mode, EntryKind::CharDevice { major, minor })
     }
 
@@ -300,7 +316,9 @@ impl Initramfs {
                     let nlink = 2 + subdirs.get(path.as_str()).copied().unwrap_or(0);
                     (S_IFDIR | entry.mode, nlink, (0, 0), own_ino(), Vec::new())
                 }
-                EntryKind::Symlink(target) => (S_IFLNK | 0o777, 1, (0, 0), own_ino(), target.as_bytes().to_vec()),
+                EntryKind::Symlink(target) => {
+                    (S_IFLNK | 0o777, 1, (0, 0), own_ino(), target.as_bytes().to_vec())
+                }
                 EntryKind::CharDevice { major, minor } => {
                     (S_IFCHR | entry.mode, 1, (*major, *minor), own_ino(), Vec::new())
                 }

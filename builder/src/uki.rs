@@ -476,13 +476,9 @@ pub fn assemble(inputs: &UkiInputs<'_>) -> Result<Vec<u8>, UkiError> {
             len: data.len(),
         };
         let fits = |v: u64| u32::try_from(v).ok();
-        let (Some(vs), Some(va32), Some(rs), Some(ptr), Some(_)) = (
-            fits(len),
-            fits(va),
-            fits(raw_size),
-            fits(raw_at),
-            fits(va + len),
-        ) else {
+        let (Some(vs), Some(va32), Some(rs), Some(ptr), Some(_)) =
+            (fits(len), fits(va), fits(raw_size), fits(raw_at), fits(va + len))
+        else {
             return Err(too_large);
         };
         let mut header = [0u8; SECTION_HEADER_LEN];
@@ -503,10 +499,11 @@ pub fn assemble(inputs: &UkiInputs<'_>) -> Result<Vec<u8>, UkiError> {
         len: inputs.kernel.len(),
     })?;
     let old_initialized = u64::from(read_u32(stub, headers.optional + 8, "SizeOfInitializedData")?);
-    let size_of_initialized = u32::try_from(old_initialized + initialized).map_err(|_| UkiError::TooLarge {
-        name: ".linux",
-        len: inputs.kernel.len(),
-    })?;
+    let size_of_initialized =
+        u32::try_from(old_initialized + initialized).map_err(|_| UkiError::TooLarge {
+            name: ".linux",
+            len: inputs.kernel.len(),
+        })?;
 
     let table_at = headers.section_table + existing.len() * SECTION_HEADER_LEN;
     out[table_at..table_at + new_headers.len()].copy_from_slice(&new_headers);
@@ -601,7 +598,9 @@ pub(crate) mod tests {
         let names: Vec<_> = sections.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            [".text", ".sbat", ".osrel", ".cmdline", ".uname", ".initrd", ".linux"]
+            [
+                ".text", ".sbat", ".osrel", ".cmdline", ".uname", ".initrd", ".linux"
+            ]
         );
         for s in &sections[2..] {
             assert_eq!(s.virtual_address % 4096, 0, "{}", s.name);
@@ -623,7 +622,11 @@ pub(crate) mod tests {
             read_u32(&uki, headers.optional + 8, "").unwrap(),
             0x200 + 5 * 0x200
         );
-        assert_eq!(uki.len(), 0x800 + 5 * 0x200, "raw data follows the stub's sections");
+        assert_eq!(
+            uki.len(),
+            0x800 + 5 * 0x200,
+            "raw data follows the stub's sections"
+        );
     }
 
     #[test]
@@ -673,7 +676,10 @@ pub(crate) mod tests {
         let stub = tiny_stub();
         let uki = assemble(&inputs(&stub)).unwrap();
         let err = assemble(&inputs(&uki)).unwrap_err();
-        assert!(matches!(err, UkiError::DuplicateSection { name: ".osrel", .. }), "{err}");
+        assert!(
+            matches!(err, UkiError::DuplicateSection { name: ".osrel", .. }),
+            "{err}"
+        );
     }
 
     #[test]
