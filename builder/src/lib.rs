@@ -5,6 +5,9 @@ pub mod esp;
 #[cfg(test)]
 mod golden;
 pub mod init_binary;
+pub mod initramfs;
+pub mod kmod;
 pub mod manifest;
 pub mod profile;
 pub mod rootfs;
+pub mod uki;

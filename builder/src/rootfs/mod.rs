@@ -1,4 +1,5 @@
 //! The read-only root: staging the tree from components, checking it, and writing the file system.
 
+pub mod elf;
 pub mod erofs;
 pub mod stage;
