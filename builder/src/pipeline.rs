@@ -1,0 +1,321 @@
+//! Profile + unpacked inputs → `out/<name>.raw` and `out/<name>.manifest.json`.
+//!
+//! Steps, each a function of its inputs only (so two builds are byte-identical):
+//! 1. stage 1 modules: resolve the profile's `initrd_modules` closure from the kernel package (no depmod);
+//! 2. initramfs: `/init` (ingot-init), `/etc/initrd-release`, `/dev/console`, the modules and their load order;
+//! 3. root: ingot-init as `/sbin/init`, mount points, components, files; ELF check; EROFS;
+//! 4. UKI: systemd-stub + kernel + initramfs + command line + os-release;
+//! 5. ESP: systemd-boot as the removable-media loader, `loader.conf`, the UKI with boot counting;
+//! 6. disk: GPT with derived GUIDs, contents copied in sparsely, hashed on the way;
+//! 7. manifest; then the image and manifest are renamed into place (temp files until then).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use ingot_spec::partition::Role;
+use sha2::{Digest, Sha256};
+
+use crate::disk::{self, Layout};
+use crate::esp::{self, EspFile};
+use crate::init_binary::{INGOT_INIT, INITRD_PATH, ROOT_PATH};
+use crate::initramfs::{Initramfs, InitramfsOptions};
+use crate::kmod::{ModuleIndex, SoftDeps};
+use crate::manifest::{self, ComponentEntry, ImageInfo, Manifest, PartitionEntry, UkiInfo};
+use crate::profile::{FileContent, Profile};
+use crate::rootfs::erofs::{self, Compression};
+use crate::rootfs::stage::Stage;
+use crate::uki::{self, UkiInputs};
+
+/// Where systemd-boot-efi puts its binaries.
+const SD_BOOT_EFI: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+const SD_STUB_EFI: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+/// The list of module files stage 1 loads, in order, relative to `/lib/modules/<kver>/`.
+pub const INITRD_MODULE_LIST: &str = "/etc/ingot/modules";
+/// Marks the initramfs (systemd's convention); ingot-init runs stage 1 when it exists.
+pub const INITRD_RELEASE: &str = "/etc/initrd-release";
+/// Directories the root must have for stage 2 to mount on.
+const ROOT_MOUNT_POINTS: [&str; 9] = ["/dev", "/proc", "/sys", "/run", "/tmp", "/var", "/etc", "/usr", "/sysroot"];
+
+/// The unpacked inputs of a build, one directory per component, plus what the manifest records of them.
+pub struct Inputs {
+    pub kernel: PathBuf,
+    pub bootloader: PathBuf,
+    /// Unpacked directories in the order of `profile.components`.
+    pub components: Vec<PathBuf>,
+    pub pinned: Vec<ComponentEntry>,
+}
+
+/// What a build produced.
+pub struct Report {
+    pub image: PathBuf,
+    pub manifest_path: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// Prints a step and how long it took, on stderr (stdout stays free for machine-readable output).
+struct Steps {
+    quiet: bool,
+    start: Instant,
+}
+
+impl Steps {
+    fn run<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t = Instant::now();
+        let r = f().with_context(|| what.to_string())?;
+        if !self.quiet {
+            eprintln!("  {what:<34} {:>6.2} s", t.elapsed().as_secs_f64());
+        }
+        Ok(r)
+    }
+}
+
+fn find_kernel(kernel_dir: &Path) -> Result<(String, PathBuf, PathBuf)> {
+    let boot = kernel_dir.join("boot");
+    let mut found: Vec<String> = fs::read_dir(&boot)
+        .with_context(|| format!("the kernel package has no /boot ({})", boot.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_prefix("vmlinuz-").map(str::to_string))
+        .collect();
+    found.sort();
+    let Some(kver) = found.pop() else { bail!("the kernel package has no /boot/vmlinuz-*") };
+    if !found.is_empty() {
+        bail!("the kernel package holds several kernels ({kver} and {}); pick one package", found.join(", "));
+    }
+    let modules = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|m| kernel_dir.join(m))
+        .find(|m| m.join(&kver).is_dir())
+        .with_context(|| format!("the kernel package has no lib/modules/{kver}"))?;
+    Ok((kver.clone(), boot.join(format!("vmlinuz-{kver}")), modules))
+}
+
+pub fn os_release(profile: &Profile) -> String {
+    format!(
+        "NAME=\"ingot\"\nID=ingot\nPRETTY_NAME=\"ingot {name} {version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\nVERSION_ID={version}\nHOME_URL=\"https://example.invalid/ingot\"\n",
+        name = profile.name,
+        version = profile.version
+    )
+}
+
+/// The kernel command line: the profile's words, in order.
+pub fn kernel_cmdline(profile: &Profile) -> String {
+    profile.kernel.cmdline.join(" ")
+}
+
+fn hex(b: &[u8]) -> String {
+    hex::encode(b)
+}
+
+/// Builds the image. Writes only inside `out_dir`: the image and manifest appear there complete or not at all.
+pub fn build(profile: &Profile, inputs: &Inputs, out_dir: &Path, quiet: bool) -> Result<Report> {
+    let steps = Steps { quiet, start: Instant::now() };
+    fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".ingot-build-")
+        .tempdir_in(out_dir)
+        .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
+    let epoch = profile.source_date_epoch;
+    let (kver, vmlinuz, modules_dir) = find_kernel(&inputs.kernel)?;
+
+    let modules = steps.run("resolving stage 1 modules", || {
+        let index = ModuleIndex::open(&modules_dir, &kver)?;
+        Ok(index.resolve(&profile.kernel.initrd_modules, SoftDeps::Pre)?)
+    })?;
+
+    let initrd = steps.run("writing the initramfs", || {
+        let mut ir = Initramfs::new();
+        for d in ["/dev", "/proc", "/sys", "/sysroot", "/run", "/tmp", "/etc/ingot"] {
+            ir.add_dir(d.trim_start_matches('/'), 0o755)?;
+        }
+        ir.add_char_device("dev/console", 0o600, 5, 1)?;
+        ir.add_file(INITRD_PATH.trim_start_matches('/'), 0o755, INGOT_INIT.to_vec())?;
+        ir.add_file(INITRD_RELEASE.trim_start_matches('/'), 0o644, os_release(profile).into_bytes())?;
+        let mut list = String::new();
+        for m in &modules {
+            let rel = m.relative_path.to_string_lossy();
+            ir.add_file_from(&format!("lib/modules/{kver}/{rel}"), 0o644, &m.path)?;
+            list.push_str(&rel);
+            list.push('\n');
+        }
+        ir.add_file(INITRD_MODULE_LIST.trim_start_matches('/'), 0o644, list.into_bytes())?;
+        let mut opts = InitramfsOptions::new(u32::try_from(epoch).unwrap_or(u32::MAX));
+        opts.zstd_level = profile.zstd_level;
+        Ok(ir.build(&opts)?)
+    })?;
+
+    let root_img = work.path().join("root.erofs");
+    steps.run("staging and writing the root", || {
+        let stage_dir = work.path().join("root");
+        fs::create_dir(&stage_dir)?;
+        let stage = Stage::new(stage_dir.clone());
+        for d in ROOT_MOUNT_POINTS {
+            stage.dir(Path::new(d))?;
+        }
+        stage.file(Path::new(ROOT_PATH), INGOT_INIT, 0o755)?;
+        stage.file(Path::new("/etc/os-release"), os_release(profile).as_bytes(), 0o644)?;
+        if !profile.kernel.root_modules.is_empty() {
+            let index = ModuleIndex::open(&modules_dir, &kver)?;
+            for m in index.resolve(&profile.kernel.root_modules, SoftDeps::Pre)? {
+                stage.copy_file(&m.path, &Path::new("/lib/modules").join(&kver).join(&m.relative_path), Some(0o644))?;
+            }
+        }
+        for (c, dir) in profile.components.iter().zip(&inputs.components) {
+            match &c.files {
+                None => stage.copy_tree(dir, Path::new("/")).map_err(anyhow::Error::from),
+                Some(maps) => maps.iter().try_for_each(|m| {
+                    let src = dir.join(&m.src);
+                    if fs::symlink_metadata(&src).is_err() {
+                        bail!("component {:?} has no file {:?}", c.name, m.src);
+                    }
+                    Ok(stage.copy_entry(&src, &m.dst)?)
+                }),
+            }
+            .with_context(|| format!("staging component {:?}", c.name))?;
+        }
+        for f in &profile.files {
+            match &f.content {
+                FileContent::Inline(text) => stage.file(&f.path, text.as_bytes(), f.mode)?,
+                FileContent::Host(p) => stage.copy_file(p, &f.path, Some(f.mode))?,
+            }
+        }
+        crate::rootfs::elf::check_tree(&stage_dir)?;
+        erofs::mkfs(&stage_dir, &root_img, disk::derived_uuid(&profile.name, "root-fs"), epoch, Compression::Lz4hc)?;
+        Ok(())
+    })?;
+
+    let cmdline = kernel_cmdline(profile);
+    let uki_bytes = steps.run("assembling the UKI", || {
+        let stub = fs::read(inputs.bootloader.join(SD_STUB_EFI))
+            .with_context(|| format!("the bootloader package has no {SD_STUB_EFI}"))?;
+        let kernel = fs::read(&vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
+        let osrel = os_release(profile);
+        Ok(uki::assemble(&UkiInputs {
+            stub: &stub,
+            kernel: &kernel,
+            initrd: &initrd,
+            cmdline: &cmdline,
+            os_release: &osrel,
+            uname: Some(&kver),
+        })?)
+    })?;
+    let uki_sha = Sha256::digest(&uki_bytes);
+    let uki_name = esp::uki_file_name(&profile.name, &profile.version);
+
+    let esp_img = work.path().join("esp.img");
+    steps.run("writing the ESP", || {
+        let files_dir = work.path().join("esp-files");
+        fs::create_dir(&files_dir)?;
+        let uki_path = files_dir.join("uki.efi");
+        fs::write(&uki_path, &uki_bytes)?;
+        let sd_boot = files_dir.join("systemd-boot.efi");
+        fs::copy(inputs.bootloader.join(SD_BOOT_EFI), &sd_boot)
+            .with_context(|| format!("the bootloader package has no {SD_BOOT_EFI}"))?;
+        let conf = files_dir.join("loader.conf");
+        fs::write(&conf, esp::loader_conf(profile.bootloader.timeout))?;
+        let files = [
+            EspFile { path: esp::BOOT_LOADER_PATH.into(), source: sd_boot },
+            EspFile { path: esp::LOADER_CONF_PATH.into(), source: conf },
+            EspFile { path: format!("{}/{uki_name}", esp::UKI_DIR), source: uki_path },
+        ];
+        let volume_id = u32::from_le_bytes([uki_sha[0], uki_sha[1], uki_sha[2], uki_sha[3]]);
+        Ok(esp::build(&esp_img, profile.partitions.esp, volume_id, &files, epoch)?)
+    })?;
+
+    let layout = disk::plan(&profile.partitions);
+    let image = out_dir.join(format!("{}.raw", profile.name));
+    let (tmp_image, manifest) = steps.run("assembling the disk", || assemble_disk(profile, &layout, &esp_img, &root_img, out_dir))?;
+    let manifest = Manifest {
+        uki: UkiInfo {
+            path: format!("{}/{uki_name}", esp::UKI_DIR),
+            sha256: hex(&uki_sha),
+            cmdline: cmdline.clone(),
+            kernel_release: kver.clone(),
+            initrd_modules: modules.iter().map(|m| m.name.clone()).collect(),
+        },
+        components: inputs.pinned.clone(),
+        ..manifest
+    };
+    let manifest_path = manifest::path_for_image(&image);
+    tmp_image.persist(&image).with_context(|| format!("moving the image to {}", image.display()))?;
+    manifest::write_atomic(&manifest_path, manifest.to_json().as_bytes())
+        .with_context(|| format!("writing {}", manifest_path.display()))?;
+    if !quiet {
+        eprintln!("  {:<34} {:>6.2} s", "total", steps.start.elapsed().as_secs_f64());
+    }
+    Ok(Report { image, manifest_path, manifest })
+}
+
+/// Writes the partitions and table into a temp file in `out_dir`; returns it with a manifest lacking the UKI
+/// and component sections.
+fn assemble_disk(
+    profile: &Profile,
+    layout: &Layout,
+    esp_img: &Path,
+    root_img: &Path,
+    out_dir: &Path,
+) -> Result<(tempfile::NamedTempFile, Manifest)> {
+    let mut tmp = tempfile::Builder::new().prefix(&format!(".{}.raw-", profile.name)).tempfile_in(out_dir)?;
+    tmp.as_file().set_len(layout.disk_size)?;
+    let esp = disk::copy_into(esp_img, tmp.as_file(), layout.get(Role::Esp), "esp")?;
+    let root = disk::copy_into(root_img, tmp.as_file(), layout.get(Role::RootA), "root")?;
+
+    let mut seed = Sha256::new();
+    seed.update(esp.sha256);
+    seed.update(root.sha256);
+    seed.update(format!("{layout:?}"));
+    let disk_guid = disk::uuid_from_hash(&seed.finalize());
+    let mut guids = BTreeMap::new();
+    guids.insert(Role::Esp, disk::uuid_from_hash(&esp.sha256));
+    guids.insert(Role::RootA, disk::uuid_from_hash(&root.sha256));
+    for role in [Role::RootAVerity, Role::RootB, Role::RootBVerity, Role::Var] {
+        guids.insert(role, disk::derived_uuid(&disk_guid.to_string(), role.label()));
+    }
+    let path = tmp.path().to_path_buf();
+    disk::write_table(tmp.as_file_mut(), &path, layout, disk_guid, &guids)?;
+    tmp.as_file().sync_all()?;
+
+    let mut data_ranges: Vec<[u64; 2]> = Vec::new();
+    let gpt_tail = 33 * 512;
+    data_ranges.push([0, 34 * 512]);
+    for (o, l) in esp.data_ranges.iter().chain(&root.data_ranges) {
+        data_ranges.push([*o, *l]);
+    }
+    data_ranges.push([layout.disk_size - gpt_tail, gpt_tail]);
+    let mut partitions = Vec::new();
+    for p in &layout.partitions {
+        let (sha, hashed) = match p.role {
+            Role::Esp => (esp.sha256, esp.hashed_bytes),
+            Role::RootA => (root.sha256, root.hashed_bytes),
+            _ => (Sha256::digest([]).into(), 0),
+        };
+        partitions.push(PartitionEntry {
+            number: p.role.number(),
+            label: p.role.label().into(),
+            type_guid: p.role.type_guid().to_string(),
+            guid: guids[&p.role].to_string(),
+            offset: p.offset,
+            size: p.size,
+            sha256: hex(&sha),
+            hashed_bytes: hashed,
+        });
+    }
+    let manifest = Manifest {
+        schema: manifest::SCHEMA,
+        image: ImageInfo {
+            name: profile.name.clone(),
+            version: profile.version.clone(),
+            profile: profile.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            disk_guid: disk_guid.to_string(),
+            size: layout.disk_size,
+            source_date_epoch: profile.source_date_epoch,
+        },
+        partitions,
+        uki: UkiInfo { path: String::new(), sha256: String::new(), cmdline: String::new(), kernel_release: String::new(), initrd_modules: vec![] },
+        components: vec![],
+        data_ranges,
+    };
+    Ok((tmp, manifest))
+}
