@@ -1,1 +1,5 @@
 //! The ingot image builder library.
+
+pub mod debian;
+pub mod fetch;
+pub mod lock;
