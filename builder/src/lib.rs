@@ -1,13 +1,17 @@
 //! The ingot image builder library: everything `ingot` does, behind a thin CLI in `main.rs`.
 
+pub mod commands;
+pub mod debian;
 pub mod disk;
 pub mod esp;
+pub mod fetch;
 #[cfg(test)]
 mod golden;
 pub mod init_binary;
 pub mod initramfs;
 pub mod inspect;
 pub mod kmod;
+pub mod lock;
 pub mod manifest;
 pub mod pipeline;
 pub mod profile;

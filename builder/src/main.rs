@@ -1,1 +1,161 @@
-fn main() {}
+//! `ingot`: casts immutable OS images for bare-metal Kubernetes. Argument parsing and error printing only;
+//! the work is in the library (`ingot::commands`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "ingot",
+    version,
+    about = "Cast immutable, reproducible OS images for bare-metal Kubernetes",
+    long_about = "Cast immutable, reproducible OS images for bare-metal Kubernetes.\n\n\
+        A profile (profiles/NAME.toml) says what goes into an image; its lock file (profiles/NAME.lock) pins \
+        every input by URL and sha256. `ingot build` turns the two into one GPT disk image that boots under \
+        UEFI: systemd-boot and a unified kernel image on the ESP, a read-only EROFS root, and ingot-init as \
+        PID 1.",
+    after_help = "Typical use:\n  ingot lock --profile minimal      # pin inputs (writes profiles/minimal.lock)\n  \
+        ingot build --profile minimal     # → out/minimal.raw + out/minimal.manifest.json\n  \
+        ingot run out/minimal.raw         # boot it under QEMU, console on stdout\n  \
+        ingot inspect out/minimal.raw     # partitions, hashes, kernel command line, components"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Resolve a profile's packages to pinned URLs and sha256s and write its lock file.
+    ///
+    /// Reads the archive's InRelease, checks its OpenPGP signature against the keyring the profile names,
+    /// takes the Packages index (checked against InRelease) and picks the newest version of each package.
+    /// Kernel metapackages are followed to the versioned kernel package.
+    Lock {
+        /// Profile name (profiles/NAME.toml) or path to a profile file.
+        #[arg(long, short)]
+        profile: String,
+        /// Use only cached archive indices.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Build a disk image from a profile and its lock file.
+    ///
+    /// Inputs come from the cache ($XDG_CACHE_HOME/ingot, or INGOT_CACHE_DIR) or are downloaded and checked
+    /// against the lock's sha256. INGOT_MIRROR="FROM=TO[;FROM=TO]" rewrites URL prefixes. The image and its
+    /// manifest appear in the output directory only once complete.
+    Build {
+        /// Profile name (profiles/NAME.toml) or path to a profile file.
+        #[arg(long, short)]
+        profile: String,
+        /// Output directory.
+        #[arg(long, short, default_value = "out")]
+        out: PathBuf,
+        /// Do not download: use only the cache.
+        #[arg(long)]
+        offline: bool,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Boot an image under QEMU (UEFI via OVMF) with the serial console on stdout.
+    ///
+    /// The image is never modified: the guest's writes go to a temporary overlay. Networking is QEMU's user
+    /// mode with restrict=on (the guest reaches nothing).
+    Run {
+        /// The raw disk image.
+        image: PathBuf,
+        /// Acceleration; auto tries KVM and falls back to TCG when KVM is missing or the guest shows no kernel
+        /// output within 30 s. INGOT_QEMU_ACCEL overrides it.
+        #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+        accel: AccelArg,
+        /// Guest memory, e.g. 1G or 2048M.
+        #[arg(long, default_value = "1G")]
+        memory: String,
+        /// Virtual CPUs.
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Exit 0 as soon as a console line contains this text (and non-zero if it does not appear in time).
+        #[arg(long)]
+        expect: Option<String>,
+        /// Seconds to wait for --expect (default 300), or for the guest to power off without --expect.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Also write the console to this file.
+        #[arg(long)]
+        serial_log: Option<PathBuf>,
+    },
+    /// Show an image's partitions with hashes, its kernel command line and its pinned components.
+    Inspect {
+        image: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+fn parse_memory(s: &str) -> anyhow::Result<u32> {
+    let bytes = ingot::profile::parse_size(s).map_err(anyhow::Error::msg)?;
+    let mib = bytes / (1024 * 1024);
+    if mib < 256 || bytes % (1024 * 1024) != 0 {
+        anyhow::bail!("--memory {s}: expected whole MiB, at least 256M");
+    }
+    Ok(u32::try_from(mib)?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Lock { profile, offline } => ingot::commands::lock(&profile, offline).map(|_| ()),
+        Command::Build { profile, out, offline, quiet } => ingot::commands::build(&profile, &out, offline, quiet).map(|r| {
+            println!("{}", r.image.display());
+            if !quiet {
+                eprintln!("wrote {} and {}", r.image.display(), r.manifest_path.display());
+            }
+        }),
+        Command::Run { image, accel, memory, cpus, expect, timeout, serial_log } => parse_memory(&memory).and_then(|memory_mib| {
+            ingot::commands::run(ingot::commands::RunOptions {
+                image,
+                accel: match accel {
+                    AccelArg::Auto => ingot_qemu::Accel::Auto,
+                    AccelArg::Kvm => ingot_qemu::Accel::Kvm,
+                    AccelArg::Tcg => ingot_qemu::Accel::Tcg,
+                },
+                memory_mib,
+                cpus,
+                expect,
+                timeout: timeout.map(Duration::from_secs),
+                serial_log,
+            })
+        }),
+        Command::Inspect { image, json } => ingot::inspect::inspect(&image).and_then(|r| {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", ingot::inspect::render(&r));
+            }
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line per cause, outermost first, so the user sees what failed and why.
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! What each `ingot` subcommand does, as library functions (main.rs only parses arguments and prints
+//! errors).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::debian::{self, ArchiveSpec, PackageRequest};
+use crate::fetch::{Fetcher, Pinned, Sha256};
+use crate::lock::{Lock, LockRequest};
+use crate::manifest::ComponentEntry;
+use crate::pipeline::{self, Inputs};
+use crate::profile::{self, Profile, Source};
+
+/// Kernel metapackages (`linux-image-cloud-amd64`) depend on the versioned package that holds the kernel;
+/// `ingot lock` pins that one.
+const KERNEL_PACKAGE_PREFIX: &str = "linux-image-";
+
+/// What a profile asks `ingot lock` to pin, and the names `ingot build` needs from the lock.
+struct LockPlan {
+    archives: Vec<(ArchiveSpec, Vec<PackageRequest>)>,
+    pinned: Vec<Pinned>,
+    wanted: Vec<String>,
+}
+
+fn sources(profile: &Profile) -> Vec<(&str, &Source)> {
+    let mut v = vec![("kernel", &profile.kernel.source), ("bootloader", &profile.bootloader.source)];
+    v.extend(profile.components.iter().map(|c| (c.name.as_str(), &c.source)));
+    v
+}
+
+fn plan(profile: &Profile) -> Result<LockPlan> {
+    let mut packages = Vec::new();
+    let mut pinned = Vec::new();
+    for (name, source) in sources(profile) {
+        match source {
+            Source::Package(p) => packages.push(PackageRequest {
+                component: name.to_string(),
+                package: p.clone(),
+                follow_depends_prefix: (name == "kernel" && p.starts_with(KERNEL_PACKAGE_PREFIX))
+                    .then(|| KERNEL_PACKAGE_PREFIX.to_string()),
+            }),
+            Source::Url { url, sha256 } => pinned.push(Pinned {
+                component: name.to_string(),
+                url: url.clone(),
+                sha256: sha256.parse().with_context(|| format!("component {name}: sha256"))?,
+            }),
+            Source::Path(path) => {
+                // A local file is pinned by its content: if it changes, the lock goes stale.
+                let sha256 = Sha256::of_file(path)
+                    .with_context(|| format!("component {name}: reading {}", path.display()))?;
+                pinned.push(Pinned { component: name.to_string(), url: path.display().to_string(), sha256 });
+            }
+        }
+    }
+    let archives = match (&profile.archive, packages.is_empty()) {
+        (_, true) => Vec::new(),
+        (Some(a), false) => vec![(
+            ArchiveSpec {
+                url: a.url.clone(),
+                suite: a.suite.clone(),
+                components: a.components.clone(),
+                arch: a.arch.clone(),
+                keyring: a.keyring.clone(),
+            },
+            packages,
+        )],
+        (None, false) => bail!("{}: packages are named but no [archive] is set", profile.path.display()),
+    };
+    let wanted = sources(profile).into_iter().map(|(n, _)| n.to_string()).collect();
+    Ok(LockPlan { archives, pinned, wanted })
+}
+
+fn request_digest(plan: &LockPlan) -> Sha256 {
+    Lock::request_digest(&LockRequest { archives: &plan.archives, pinned: &plan.pinned })
+}
+
+pub fn lock_path(profile: &Profile) -> PathBuf {
+    profile.path.with_extension("lock")
+}
+
+/// Loads a profile by `--profile` argument.
+pub fn load_profile(arg: &str) -> Result<Profile> {
+    let path = profile::locate(arg, Path::new("profiles"))?;
+    Ok(profile::load(&path)?)
+}
+
+/// `ingot lock`: resolves every package of the profile in its archive and writes `<profile>.lock`.
+pub fn lock(profile_arg: &str, offline: bool) -> Result<PathBuf> {
+    let profile = load_profile(profile_arg)?;
+    let plan = plan(&profile)?;
+    let fetcher = Fetcher::from_env(offline)?;
+    let started = Instant::now();
+    let mut resolved = Vec::new();
+    for (archive, requests) in &plan.archives {
+        eprintln!("resolving {} package(s) in {} {}", requests.len(), archive.url, archive.suite);
+        resolved.extend(debian::resolve(&fetcher, archive, requests)?);
+    }
+    let lock = Lock::new(request_digest(&plan), &resolved, &plan.pinned)?;
+    let path = lock_path(&profile);
+    lock.write(&path)?;
+    for c in lock.components() {
+        let what = match (&c.package, &c.version) {
+            (Some(p), Some(v)) => format!("{p} {v}"),
+            _ => c.url.clone(),
+        };
+        eprintln!("  {:<12} {what}", c.name);
+    }
+    eprintln!("wrote {} in {:.1} s", path.display(), started.elapsed().as_secs_f64());
+    Ok(path)
+}
+
+/// `ingot build`: checks the lock, fetches (or takes from the cache) every input, and builds the image.
+pub fn build(profile_arg: &str, out_dir: &Path, offline: bool, quiet: bool) -> Result<pipeline::Report> {
+    let profile = load_profile(profile_arg)?;
+    let plan = plan(&profile)?;
+    let path = lock_path(&profile);
+    if !path.exists() {
+        bail!(
+            "{} has no lock file {} (run `ingot lock --profile {profile_arg}` and commit the result)",
+            profile.path.display(),
+            path.display()
+        );
+    }
+    let lock = Lock::load(&path)?;
+    let wanted: Vec<&str> = plan.wanted.iter().map(String::as_str).collect();
+    lock.check(&request_digest(&plan), &wanted)?;
+    let fetcher = Fetcher::from_env(offline)?.progress(!quiet);
+    if !quiet {
+        eprintln!("building {} {} from {}", profile.name, profile.version, profile.path.display());
+    }
+    let unpack = |name: &str| -> Result<PathBuf> {
+        let pinned = lock.pinned(name).with_context(|| format!("{} pins no component {name:?}", path.display()))?;
+        Ok(fetcher.unpacked(&pinned)?)
+    };
+    let started = Instant::now();
+    let kernel = unpack("kernel")?;
+    let bootloader = unpack("bootloader")?;
+    let components = profile.components.iter().map(|c| unpack(&c.name)).collect::<Result<Vec<_>>>()?;
+    if !quiet {
+        eprintln!("  {:<34} {:>6.2} s", "fetching and unpacking inputs", started.elapsed().as_secs_f64());
+    }
+    let pinned = lock
+        .components()
+        .iter()
+        .map(|c| ComponentEntry {
+            name: c.name.clone(),
+            package: c.package.clone(),
+            version: c.version.clone(),
+            url: c.url.clone(),
+            sha256: c.sha256.to_hex(),
+        })
+        .collect();
+    let inputs = Inputs { kernel, bootloader, components, pinned };
+    pipeline::build(&profile, &inputs, out_dir, quiet)
+}
+
+/// Options of `ingot run`.
+pub struct RunOptions {
+    pub image: PathBuf,
+    pub accel: ingot_qemu::Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub expect: Option<String>,
+    pub timeout: Option<Duration>,
+    pub serial_log: Option<PathBuf>,
+}
+
+/// `ingot run`: boots the image under QEMU with the console on stdout. With `expect`, returns once the line
+/// appears (error if it does not within the timeout); otherwise runs until the guest powers off.
+pub fn run(opts: RunOptions) -> Result<()> {
+    if !opts.image.is_file() {
+        bail!("{} does not exist (build it with `ingot build --profile NAME`)", opts.image.display());
+    }
+    let mut cfg = ingot_qemu::VmConfig::new(&opts.image);
+    cfg.accel = opts.accel;
+    cfg.memory_mib = opts.memory_mib;
+    cfg.cpus = opts.cpus;
+    cfg.echo = true;
+    cfg.serial_log = opts.serial_log.clone();
+    let mut vm = ingot_qemu::Vm::start(cfg).context("starting QEMU")?;
+    let forever = Duration::from_secs(u64::MAX / 4);
+    match opts.expect {
+        Some(pattern) => {
+            let timeout = opts.timeout.unwrap_or(Duration::from_secs(300));
+            let m = vm.wait_for(&pattern, timeout)?;
+            eprintln!("ingot run: saw {pattern:?} after {:.1} s ({})", m.elapsed.as_secs_f64(), vm.accel());
+            vm.kill();
+            Ok(())
+        }
+        None => {
+            let status = vm.wait_exit(opts.timeout.unwrap_or(forever))?;
+            if !status.success() {
+                bail!("QEMU exited with {status}");
+            }
+            Ok(())
+        }
+    }
+}
