@@ -57,7 +57,7 @@ pub(crate) fn qemu_args(l: &Launch<'_>) -> Result<Vec<OsString>, QemuError> {
         "-drive",
         kv("if=none,id=disk0,format=raw,snapshot=on,file=", l.image, ""),
     );
-    a.opt("-device", "virtio-blk-pci,drive=disk0,bootindex=0");
+    a.opt("-device", "virtio-blk-pci,drive=disk0");
     if cfg.net.enabled {
         a.opt("-netdev", netdev(&cfg.net)?);
         // romfile= drops iPXE: the guest boots from its disk, never from the network.
@@ -220,7 +220,7 @@ mod tests {
              -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
              -drive if=pflash,format=raw,unit=1,file=/tmp/s/OVMF_VARS.fd \
              -drive if=none,id=disk0,format=raw,snapshot=on,file=/img/worker.raw \
-             -device virtio-blk-pci,drive=disk0,bootindex=0 \
+             -device virtio-blk-pci,drive=disk0 \
              -netdev user,id=net0,restrict=on -device virtio-net-pci,netdev=net0,romfile="
         );
     }

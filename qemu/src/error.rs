@@ -105,7 +105,10 @@ fn render(e: &WaitError) -> String {
         (WaitFailure::Exited, None) => format!("QEMU closed its console while waiting for {target}"),
     };
     if e.tail.is_empty() {
-        s.push_str("\nthe console stayed empty (a silent guest under KVM hangs; try INGOT_QEMU_ACCEL=tcg)");
+        s.push_str("\nthe console stayed empty");
+        if e.failure == WaitFailure::Timeout {
+            s.push_str(" (guests that hang under KVM print nothing; try INGOT_QEMU_ACCEL=tcg)");
+        }
     } else {
         s.push_str(&format!("\n--- last {} console lines ---", e.tail.len()));
         for line in &e.tail {

@@ -173,15 +173,18 @@ impl Vm {
         })
     }
 
-    /// Waits for a console line containing `pattern` that no earlier `wait_for` returned. Lines that arrived
-    /// before the call count too, so nothing printed between two waits is missed.
+    /// Waits for a console line containing `pattern` after the line the last successful `wait_for` returned.
+    /// Lines that arrived before the call count too, so nothing printed between two waits is missed; a
+    /// failed wait consumes nothing.
     pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<Match, WaitError> {
         let begin = Instant::now();
         let deadline = begin + timeout;
         let console = Arc::clone(&self.run.console);
         let mut st = console.lock();
+        // Lines before `scan` were already looked at by this call; a failed wait leaves `self.cursor` alone.
+        let mut scan = self.cursor;
         loop {
-            let skip = self.cursor.saturating_sub(st.first_seq) as usize;
+            let skip = scan.saturating_sub(st.first_seq) as usize;
             if let Some((i, l)) = st
                 .lines
                 .iter()
@@ -195,7 +198,7 @@ impl Vm {
                     elapsed: l.at,
                 });
             }
-            self.cursor = st.next_seq();
+            scan = st.next_seq();
             if st.eof {
                 drop(st);
                 self.run.reap(REAP_GRACE);
@@ -231,6 +234,11 @@ impl Vm {
     /// Kills QEMU (SIGKILL: the disk overlay is thrown away anyway) and reaps it. Idempotent.
     pub fn kill(&mut self) {
         self.run.kill();
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.run.child.id()
     }
 
     /// QEMU's exit status if it has exited, without waiting.
