@@ -1,1 +1,73 @@
-//! Launches ingot images under QEMU.
+//! Boots ingot images under QEMU with OVMF and watches their serial console. Used by `ingot run`, the VM
+//! tests and the boot benchmark.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ingot_qemu::{Vm, VmConfig};
+//!
+//! let cfg = VmConfig::new("out/worker.raw");
+//! let mut vm = Vm::start(cfg)?;
+//! let m = vm.wait_for("ingot: phase=ready", Duration::from_secs(300))?;
+//! println!("ready after {:?} under {}", m.elapsed, vm.accel());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Design
+//!
+//! - **Machine**: `q35`, `-nodefaults`, no display, no monitor; the first serial port on QEMU's stdout is the
+//!   only console. OVMF comes in as two pflash drives: the code read-only, the vars as a private copy in a
+//!   scratch directory, so the system template is never written. OVMF is found through `INGOT_OVMF_CODE` +
+//!   `INGOT_OVMF_VARS`, else Debian's 4M pair, else the 2M pair.
+//! - **The image is never modified**: it is attached with `snapshot=on`, so QEMU opens it read-only and sends
+//!   the guest's writes (the firmware and systemd-boot write to the ESP on every boot) to a temporary qcow2
+//!   overlay created in the scratch directory (`TMPDIR` of the QEMU process). This needs no `qemu-img`.
+//!   The monitor, which could commit the overlay, is disabled.
+//! - **Network**: user-mode networking with `restrict=on`: the guest reaches no address, host or outside,
+//!   except through the `hostfwd`/`guestfwd` entries listed in [`NetConfig`]. The NIC has no option ROM, so
+//!   the firmware never tries a network boot.
+//! - **Console**: a reader thread splits QEMU's stdout into lines (`\r\n`, partial lines, escape sequences,
+//!   backspaces, invalid UTF-8 handled), timestamps each from QEMU's start, keeps the last 10 000, copies them
+//!   to stdout and the serial log when asked, and wakes waiters. [`Vm::wait_for`] matches a substring in
+//!   lines no earlier wait returned; errors carry the last 40 lines and QEMU's stderr.
+//! - **Acceleration**: `INGOT_QEMU_ACCEL=tcg|kvm|auto` overrides [`VmConfig::accel`]. `Auto` uses TCG at once
+//!   when `/dev/kvm` cannot be opened, and says why. Otherwise it starts under KVM and waits for a line that
+//!   proves an OS runs ([`is_os_line`]: a printk timestamp, `Linux version`, or `ingot:`; firmware lines do
+//!   not count because KVM guests that hang still show them on some hosts). Without one within
+//!   [`VmConfig::kvm_probe`] (30 s by default), QEMU is killed and restarted under TCG with a one-line notice
+//!   on stderr and in the serial log. [`Vm::accel`] reports what was used.
+//! - **Cleanup**: dropping a [`Vm`] kills QEMU with SIGKILL, reaps it and removes the scratch directory; this
+//!   also runs when a test panics. Every wait takes a timeout.
+//!
+//! # Limits
+//!
+//! - x86-64 guests only; `qemu-system-x86_64` must be on `PATH`.
+//! - If our own process is killed with SIGKILL, QEMU outlives it (setting a parent-death signal needs
+//!   `unsafe` code between fork and exec, which this crate does not have); its scratch directory stays in
+//!   `$TMPDIR`.
+//! - Matching is on completed lines; a prompt without a newline is only seen when QEMU exits.
+//! - `Auto` delays [`Vm::start`] until the first kernel line under KVM; a guest with a silent kernel
+//!   (`quiet`) and no `ingot-init` output is restarted under TCG after the probe window.
+//! - A `guestfwd` target is connected once when QEMU starts and carries one connection.
+//! - [`Vm::kill`] is a hard stop; there is no ACPI shutdown request (no monitor or QMP).
+//!
+//! Rejected: a qcow2 overlay made with `qemu-img` (needs `qemu-utils`, same effect as `snapshot=on`); a PTY
+//! or socket chardev for the console (a pipe needs no cleanup and cannot block QEMU when nobody reads, as
+//! the reader thread always drains it).
+
+mod args;
+pub mod bench;
+mod config;
+mod console;
+mod error;
+mod host;
+mod vm;
+
+pub use args::shell_line;
+pub use config::{
+    Accel, AccelUsed, DEFAULT_KVM_PROBE, DirectKernel, Firmware, FwCfgFile, GuestFwd, HostFwd, NetConfig,
+    OvmfPaths, Proto, VmConfig,
+};
+pub use console::{ConsoleLine, LineSplitter, is_os_line};
+pub use error::{QemuError, WaitError, WaitFailure};
+pub use host::{ACCEL_ENV, OVMF_CODE_ENV, OVMF_VARS_ENV, find_ovmf, find_qemu, kvm_usable};
+pub use vm::{Match, Vm};

@@ -1,0 +1,205 @@
+//! What to boot and how: the plain data a caller fills in before [`Vm::start`](crate::Vm::start).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default time KVM gets to show a kernel or `ingot-init` line before [`Accel::Auto`] falls back to TCG.
+pub const DEFAULT_KVM_PROBE: Duration = Duration::from_secs(30);
+
+/// Everything needed to launch one VM. Build it with [`VmConfig::new`] and adjust the public fields.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Raw disk image attached as the first virtio disk. It is opened read-only by QEMU: the guest's writes go
+    /// to a throw-away overlay and are lost when QEMU exits.
+    pub image: PathBuf,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Which accelerator to use; the environment variable `INGOT_QEMU_ACCEL` overrides it.
+    pub accel: Accel,
+    /// How long [`Accel::Auto`] waits under KVM for a kernel or `ingot-init` line before retrying under TCG.
+    pub kvm_probe: Duration,
+    /// Firmware to boot with.
+    pub firmware: Firmware,
+    /// Kernel, initrd and command line handed to the firmware directly instead of booting from the disk.
+    /// Meant for tests and benchmarks of the launcher itself.
+    pub kernel: Option<DirectKernel>,
+    /// User-mode network.
+    pub net: NetConfig,
+    /// Files exposed through QEMU's fw_cfg device, e.g. `opt/io.ingot/node.toml`.
+    pub fw_cfg: Vec<FwCfgFile>,
+    /// SMBIOS type 11 OEM strings, e.g. `io.ingot.node=<base64>`.
+    pub smbios_oem_strings: Vec<String>,
+    /// Make QEMU exit instead of resetting when the guest reboots (`-no-reboot`). Tests want this so a kernel
+    /// panic with `panic=-1` ends the run instead of looping.
+    pub exit_on_reboot: bool,
+    /// Arguments appended verbatim after the ones this crate builds.
+    pub extra_args: Vec<String>,
+    /// Append every console line (escape sequences removed) to this file.
+    pub serial_log: Option<PathBuf>,
+    /// Copy every console line to our stdout as it arrives.
+    pub echo: bool,
+}
+
+impl VmConfig {
+    /// A VM for `image` with 1 GiB of memory, 2 CPUs, automatic acceleration, OVMF from the usual places and a
+    /// network that reaches nothing.
+    pub fn new(image: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            image: image.into(),
+            memory_mib: 1024,
+            cpus: 2,
+            accel: Accel::Auto,
+            kvm_probe: DEFAULT_KVM_PROBE,
+            firmware: Firmware::Ovmf(None),
+            kernel: None,
+            net: NetConfig::default(),
+            fw_cfg: Vec::new(),
+            smbios_oem_strings: Vec::new(),
+            exit_on_reboot: false,
+            extra_args: Vec::new(),
+            serial_log: None,
+            echo: false,
+        }
+    }
+}
+
+/// Which accelerator QEMU should use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM when `/dev/kvm` is usable and the guest makes progress under it within the probe window; TCG
+    /// otherwise.
+    #[default]
+    Auto,
+    /// KVM only; starting fails when `/dev/kvm` cannot be opened.
+    Kvm,
+    /// Software emulation only (slow but works everywhere).
+    Tcg,
+}
+
+impl Accel {
+    /// Parses `auto`, `kvm` or `tcg` (the values of `INGOT_QEMU_ACCEL`).
+    pub fn parse(s: &str) -> Option<Accel> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(Accel::Auto),
+            "kvm" => Some(Accel::Kvm),
+            "tcg" => Some(Accel::Tcg),
+            _ => None,
+        }
+    }
+}
+
+/// The accelerator a running VM actually uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccelUsed {
+    Kvm,
+    Tcg,
+}
+
+impl std::fmt::Display for AccelUsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AccelUsed::Kvm => "kvm",
+            AccelUsed::Tcg => "tcg",
+        })
+    }
+}
+
+/// Firmware the VM boots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// UEFI from OVMF. `None` finds it: `INGOT_OVMF_CODE`/`INGOT_OVMF_VARS`, then Debian's 4M pair, then the
+    /// 2M pair.
+    Ovmf(Option<OvmfPaths>),
+    /// QEMU's default legacy BIOS. Only useful with [`DirectKernel`], to measure the launcher without UEFI:
+    /// ingot images boot under UEFI only.
+    LegacyBios,
+}
+
+/// An OVMF code image and the variable store template that belongs to it (both must be the same size).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OvmfPaths {
+    /// Firmware code, attached read-only.
+    pub code: PathBuf,
+    /// Variable store template; each run gets a private copy, the template is never written.
+    pub vars: PathBuf,
+}
+
+/// A kernel booted directly by the firmware (QEMU's `-kernel`/`-initrd`/`-append`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectKernel {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+/// QEMU user-mode networking with `restrict=on`: the guest reaches no address at all except through the
+/// forwards listed here. The guest sees a virtio NIC on 10.0.2.0/24 with DHCP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Attach a NIC at all.
+    pub enabled: bool,
+    /// Host ports forwarded into the guest.
+    pub hostfwd: Vec<HostFwd>,
+    /// Guest addresses forwarded to host TCP endpoints.
+    pub guestfwd: Vec<GuestFwd>,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            enabled: true,
+            hostfwd: Vec::new(),
+            guestfwd: Vec::new(),
+        }
+    }
+}
+
+/// Transport of a host forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// Forward `host_addr:host_port` on the host to `guest_port` in the guest (`hostfwd=`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFwd {
+    pub proto: Proto,
+    /// Host address to listen on; keep it on loopback unless the port must be reachable from elsewhere.
+    pub host_addr: Ipv4Addr,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+impl HostFwd {
+    /// A TCP forward from `127.0.0.1:host_port` to the guest's `guest_port`.
+    pub fn tcp(host_port: u16, guest_port: u16) -> Self {
+        HostFwd {
+            proto: Proto::Tcp,
+            host_addr: Ipv4Addr::LOCALHOST,
+            host_port,
+            guest_port,
+        }
+    }
+}
+
+/// Make `guest_addr:guest_port` (an address inside 10.0.2.0/24 that the guest connects to) lead to the host
+/// TCP endpoint `target` (`guestfwd=tcp:ADDR:PORT-tcp:TARGET`). QEMU connects to `target` once, when it
+/// starts, so the target must already listen, and the forward carries a single connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestFwd {
+    pub guest_addr: Ipv4Addr,
+    pub guest_port: u16,
+    pub target: SocketAddrV4,
+}
+
+/// A file exposed to the guest through fw_cfg (`-fw_cfg name=NAME,file=PATH`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FwCfgFile {
+    /// Item name; user items must start with `opt/`, e.g. `opt/io.ingot/node.toml`.
+    pub name: String,
+    pub path: PathBuf,
+}

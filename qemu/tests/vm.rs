@@ -1,0 +1,202 @@
+//! Boots real VMs under TCG. Every test here is named `vm_*` (CI runs them in the nextest profile `vm`),
+//! skips with a message when QEMU, OVMF, the test kernel or busybox is missing, and bounds every wait.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{BOOT_TIMEOUT, kit, sha256_file};
+use ingot_qemu::bench::time_to_marker;
+use ingot_qemu::{Accel, AccelUsed, Firmware, Vm, VmConfig, WaitFailure};
+
+const MARKER: &str = "ingot-test: marker";
+
+#[test]
+fn vm_direct_kernel_writes_disk_but_image_is_unchanged() {
+    let Some(kit) = kit("vm_direct_kernel_writes_disk_but_image_is_unchanged") else {
+        return;
+    };
+    let image = kit.image("disk.raw", 16);
+    let before = sha256_file(&image);
+    let initrd = kit.initramfs(
+        "write.cpio",
+        "i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
+         printf INGOT-GUEST-WROTE-THIS | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null\n\
+         sync\n\
+         echo \"readback=$(head -c 22 /dev/vda)\"\n\
+         echo 'ingot-test: marker'\n",
+    );
+    let log = kit.dir.path().join("serial.log");
+    let mut cfg = kit.direct_config(&image, &initrd);
+    cfg.serial_log = Some(log.clone());
+
+    let mut vm = Vm::start(cfg).unwrap();
+    assert_eq!(vm.accel(), AccelUsed::Tcg);
+    let scratch = vm.scratch_dir().to_path_buf();
+    let cmd = vm.command_line();
+    assert!(
+        cmd.contains("snapshot=on") && cmd.contains("restrict=on"),
+        "{cmd}"
+    );
+
+    let readback = vm.wait_for("readback=", BOOT_TIMEOUT).unwrap();
+    assert_eq!(
+        readback.line, "readback=INGOT-GUEST-WROTE-THIS",
+        "the guest's write did not reach its disk"
+    );
+    // The overlay holding that write is a (deleted) file QEMU keeps open in the scratch directory.
+    let open_files: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", vm.pid()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        open_files
+            .iter()
+            .any(|p| p.starts_with(&*scratch.to_string_lossy()) && !p.ends_with("OVMF_VARS.fd")),
+        "no disk overlay in {}: {open_files:?}",
+        scratch.display()
+    );
+
+    let m = vm.wait_for(MARKER, BOOT_TIMEOUT).unwrap();
+    let status = vm.wait_exit(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+    let kernel_at = vm.first_os_line_at().expect("no kernel line");
+    eprintln!(
+        "OVMF + direct kernel under TCG: first kernel line {kernel_at:.2?}, marker {:.2?}",
+        m.elapsed
+    );
+    assert!(vm.console_lines().iter().any(|l| l.contains("Linux version")));
+    drop(vm);
+
+    assert_eq!(sha256_file(&image), before, "the image was modified");
+    assert!(
+        !scratch.exists(),
+        "scratch directory {} was not removed",
+        scratch.display()
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(MARKER) && logged.contains("Linux version"),
+        "serial log incomplete"
+    );
+    assert!(!logged.contains('\u{1b}'), "escape sequences in the serial log");
+}
+
+#[test]
+fn vm_ovmf_starts_from_a_blank_disk() {
+    let Some(kit) = kit("vm_ovmf_starts_from_a_blank_disk") else {
+        return;
+    };
+    let image = kit.image("blank.raw", 8);
+    let before = sha256_file(&image);
+    let ovmf = ingot_qemu::find_ovmf().unwrap();
+    let vars_before = sha256_file(&ovmf.vars);
+    let mut cfg = VmConfig::new(&image);
+    cfg.accel = Accel::Tcg;
+    cfg.memory_mib = 256;
+
+    let mut vm = Vm::start(cfg).unwrap();
+    // OVMF's boot manager reports on the serial console that the disk holds nothing to boot.
+    let m = vm.wait_for("BdsDxe", BOOT_TIMEOUT).unwrap();
+    eprintln!("OVMF boot manager line after {:.2?}: {}", m.elapsed, m.line);
+    assert!(
+        !m.line.contains('\u{1b}'),
+        "escape sequences left in {:?}",
+        m.line
+    );
+    assert_eq!(
+        vm.first_os_line_at(),
+        None,
+        "firmware lines must not count as OS lines"
+    );
+    vm.kill();
+    assert!(vm.try_exit_status().is_some());
+    drop(vm);
+
+    assert_eq!(sha256_file(&image), before, "the image was modified");
+    assert_eq!(
+        sha256_file(&ovmf.vars),
+        vars_before,
+        "the OVMF vars template was modified"
+    );
+}
+
+#[test]
+fn vm_waits_report_exit_timeout_and_console_tail() {
+    let Some(kit) = kit("vm_waits_report_exit_timeout_and_console_tail") else {
+        return;
+    };
+    let image = kit.image("disk.raw", 1);
+    let initrd = kit.initramfs("quick.cpio", "sleep 2\necho 'ingot-test: marker'\n");
+    let mut cfg = kit.direct_config(&image, &initrd);
+    cfg.firmware = Firmware::LegacyBios;
+    let mut vm = Vm::start(cfg).unwrap();
+
+    let early = vm
+        .wait_for("never printed", Duration::from_millis(200))
+        .unwrap_err();
+    assert_eq!(early.failure, WaitFailure::Timeout);
+    assert!(early.to_string().contains("still running"), "{early}");
+
+    let err = vm.wait_for("never printed", BOOT_TIMEOUT).unwrap_err();
+    assert_eq!(err.failure, WaitFailure::Exited, "{err}");
+    assert!(err.exit.is_some_and(|s| s.success()), "{err}");
+    assert!(err.tail.len() <= ingot_qemu::WaitError::TAIL_LINES);
+    assert!(err.tail.iter().any(|l| l.contains("Power down")), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("QEMU exited") && text.contains(MARKER), "{text}");
+
+    // Lines that arrived before a wait still match it.
+    let m = vm.wait_for(MARKER, Duration::from_secs(1)).unwrap();
+    assert_eq!(m.line, MARKER);
+    assert!(vm.wait_exit(Duration::from_secs(1)).unwrap().success());
+}
+
+#[test]
+fn vm_boot_times_to_marker() {
+    let Some(kit) = kit("vm_boot_times_to_marker") else {
+        return;
+    };
+    let image = kit.image("disk.raw", 1);
+    let initrd = kit.initramfs("marker.cpio", "echo 'ingot-test: marker'\n");
+    let mut bios = kit.direct_config(&image, &initrd);
+    bios.firmware = Firmware::LegacyBios;
+    let uefi = kit.direct_config(&image, &initrd);
+    let b = time_to_marker(bios, MARKER, BOOT_TIMEOUT).unwrap();
+    let u = time_to_marker(uefi, MARKER, BOOT_TIMEOUT).unwrap();
+    eprintln!("legacy BIOS: {b:?}");
+    eprintln!("OVMF:        {u:?}");
+    for t in [&b, &u] {
+        let os = t.first_os_line.expect("no kernel line");
+        assert!(os <= t.marker);
+        assert_eq!(t.accel, AccelUsed::Tcg);
+    }
+}
+
+#[test]
+fn vm_auto_accel_reaches_the_kernel() {
+    let name = "vm_auto_accel_reaches_the_kernel";
+    if let Some(v) = std::env::var_os(ingot_qemu::ACCEL_ENV) {
+        eprintln!(
+            "skipping {name}: {}={} overrides the automatic choice",
+            ingot_qemu::ACCEL_ENV,
+            v.display()
+        );
+        return;
+    }
+    let Some(kit) = kit(name) else { return };
+    let image = kit.image("disk.raw", 1);
+    let initrd = kit.initramfs("marker.cpio", "echo 'ingot-test: marker'\n");
+    let mut cfg = kit.direct_config(&image, &initrd);
+    cfg.accel = Accel::Auto;
+    cfg.firmware = Firmware::LegacyBios;
+    cfg.kvm_probe = Duration::from_secs(10);
+    let mut vm = Vm::start(cfg).unwrap();
+    vm.wait_for(MARKER, BOOT_TIMEOUT).unwrap();
+    eprintln!("accel {}: {:?}", vm.accel(), vm.accel_notice());
+    match vm.accel() {
+        AccelUsed::Kvm => assert_eq!(vm.accel_notice(), None),
+        AccelUsed::Tcg => assert!(vm.accel_notice().is_some_and(|n| n.contains("TCG"))),
+    }
+}
