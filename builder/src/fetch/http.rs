@@ -22,6 +22,11 @@ fn agent() -> &'static ureq::Agent {
             .timeout_recv_response(Some(Duration::from_secs(60)))
             // A stalled transfer is caught per read, so big downloads on slow links still finish.
             .timeout_per_read(Some(Duration::from_secs(60)))
+            // The operating system's trust store, not a bundled one: sites behind a TLS-inspecting proxy or
+            // with a private CA add it there, as for every other tool on the machine.
+            .tls_config(
+                ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build(),
+            )
             .build()
             .into()
     })
