@@ -22,11 +22,11 @@ pub fn chain(err: &dyn Error) -> String {
     out
 }
 
-/// Prints `ingot: error <what failed>: <cause chain>` on the console and the kernel log.
+/// Prints `ingot: error <what failed>: <cause chain>` on the console. (Not also on `/dev/kmsg`: the kernel
+/// echoes that to the console, so every error would show twice. The panic hook, which cannot trust the
+/// console, writes both.)
 pub fn report(sys: &dyn Sys, err: &dyn Error) {
-    let line = format!("{PREFIX}error {}", chain(err));
-    sys.console(&line);
-    sys.kmsg(&line);
+    sys.console(&format!("{PREFIX}error {}", chain(err)));
 }
 
 /// Reports `err` and, unless `ingot.debug` is set, waits the reboot delay and reboots. Returns when the
@@ -97,7 +97,6 @@ mod tests {
             sys.calls(),
             [
                 "console ingot: error mounting erofs on /sysroot: No such device (os error 19)",
-                "kmsg ingot: error mounting erofs on /sysroot: No such device (os error 19)",
                 "console ingot: rebooting in 3 s (add ingot.debug to the kernel command line to halt instead)",
                 "sleep 3s",
                 "sync",

@@ -178,10 +178,6 @@ impl Sys for FakeSys {
         let _ = self.record(format!("console {line}"));
     }
 
-    fn kmsg(&self, line: &str) {
-        let _ = self.record(format!("kmsg {line}"));
-    }
-
     fn setup_console(&self) -> io::Result<()> {
         self.record("setup-console".to_owned())
     }

@@ -185,10 +185,6 @@ impl Sys for Linux {
         write_all_fd(io::stdout(), buf.as_bytes());
     }
 
-    fn kmsg(&self, line: &str) {
-        write_kmsg(line);
-    }
-
     fn setup_console(&self) -> io::Result<()> {
         let flags = OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC;
         let fd = rustix::fs::open("/dev/console", flags, Mode::empty())?;

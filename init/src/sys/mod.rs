@@ -104,8 +104,6 @@ pub trait Sys {
     // --- console -----------------------------------------------------------------------------------
     /// Writes one line to the console (stdout); errors are ignored, there is nowhere to report them.
     fn console(&self, line: &str);
-    /// Writes one line to the kernel log (`/dev/kmsg`) at level `crit`; errors are ignored.
-    fn kmsg(&self, line: &str);
     /// Opens `/dev/console` and makes it stdin, stdout and stderr.
     fn setup_console(&self) -> io::Result<()>;
 
