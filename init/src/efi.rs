@@ -35,8 +35,9 @@ pub enum DecodeError {
     NotGuid(String),
 }
 
-/// Decodes the variable's efivarfs content: 4 bytes of attributes, then the partition GUID as a UTF-16LE
-/// string (systemd-boot writes it upper case, NUL terminated; neither is required here).
+/// Decodes the variable's efivarfs content: 4 bytes of attributes, then the ESP's partition GUID as a
+/// NUL-terminated UTF-16LE string in normal GUID syntax (systemd's Boot Loader Interface). Case and the
+/// terminating NUL are not relied on.
 pub fn decode_part_uuid(bytes: &[u8]) -> Result<Uuid, DecodeError> {
     let Some(text) = bytes.get(4..).filter(|t| !t.is_empty()) else {
         return Err(DecodeError::TooShort(bytes.len()));
@@ -86,7 +87,7 @@ mod tests {
     use crate::sys::fake::FakeSys;
 
     /// efivarfs content of the variable: attributes 0x06 (boot service + runtime access, volatile), then
-    /// the GUID upper case, UTF-16LE, NUL terminated.
+    /// the GUID in UTF-16LE, NUL terminated.
     const GOLDEN: &[u8] = b"\x06\x00\x00\x00\
         3\x008\x00F\x00A\x00B\x002\x00D\x000\x00-\x00\
         6\x00C\x000\x008\x00-\x004\x00B\x00E\x00A\x00-\x00\
