@@ -1,1 +1,69 @@
-fn main() {}
+//! `ingot-init`: PID 1 of an ingot node.
+//!
+//! One static binary plays both stages. In the initramfs (`/etc/initrd-release` exists) it is stage 1:
+//! mount the API file systems, load the listed modules, find the disk systemd-boot started from, mount its
+//! root read-only and `switch_root` into it, exec'ing `/sbin/init` (this binary again, still PID 1). There
+//! it is stage 2: mount `/run` and `/tmp`, print `ingot: phase=ready`, then reap and wait for a shutdown
+//! request (see [`supervisor`]). Each phase prints `ingot: phase=<name> t=<ms since kernel start>`.
+//!
+//! PID-1 manners: nothing may panic or exit (the kernel panics when PID 1 dies); every failure goes through
+//! [`failure`]: `ingot: error <what>: <cause chain>` on the console, then reboot after
+//! `ingot.reboot_delay` seconds, or halt with `ingot.debug`. A panic hook does the same. No NSS, no
+//! threads, every descriptor close-on-exec, every syscall in [`sys`] behind the [`sys::Sys`] trait so the
+//! logic is unit-tested against a recording fake.
+
+mod block;
+mod efi;
+mod failure;
+mod modules;
+mod mounts;
+mod options;
+mod stage1;
+mod stage2;
+mod supervisor;
+mod sys;
+
+use std::error::Error;
+use std::path::Path;
+
+use ingot_spec::marker;
+
+use crate::options::BootOptions;
+use crate::sys::Sys;
+
+/// Prints a non-fatal problem; the message says what happens instead (", ignoring").
+pub(crate) fn warn(sys: &dyn Sys, msg: &str) {
+    sys.console(&format!("{}warning {msg}", marker::PREFIX));
+}
+
+/// Prints the phase marker with the time since the kernel started.
+pub(crate) fn phase(sys: &dyn Sys, name: &str) {
+    let ms = u64::try_from(sys.boottime().as_millis()).unwrap_or(u64::MAX);
+    sys.console(&marker::phase_line(name, ms));
+}
+
+fn main() {
+    sys::install_panic_hook();
+    let sys = sys::Linux::new();
+    if !sys::Linux::is_pid1() {
+        eprintln!("ingot-init is the init process of an ingot node and only runs as PID 1");
+        std::process::exit(2);
+    }
+    if let Err(e) = sys.block_signals() {
+        warn(&sys, &format!("blocking signals: {e}, ignoring"));
+    }
+    let mut opts = BootOptions::default();
+    let err: Box<dyn Error> = if sys.exists(Path::new(stage1::INITRD_RELEASE)) {
+        match stage1::run(&sys, &mut opts) {
+            Ok(never) => match never {},
+            Err(e) => Box::new(e),
+        }
+    } else {
+        match stage2::run(&sys, &mut opts) {
+            Ok(never) => match never {},
+            Err(e) => Box::new(e),
+        }
+    };
+    failure::after_error(&sys, &opts, err.as_ref());
+    failure::halt_forever(&sys)
+}

@@ -1,0 +1,404 @@
+//! [`Sys`] on the real kernel: rustix for nearly everything, libc only for the signal mask calls rustix
+//! does not offer safely. Every file descriptor is opened with `O_CLOEXEC` (std does so itself), except
+//! the console duplicated onto 0/1/2 on purpose so children inherit it.
+
+use std::ffi::{CString, OsString};
+use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+
+use super::{Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal, Sys};
+
+/// The running kernel.
+#[derive(Debug, Default)]
+pub struct Linux;
+
+impl Linux {
+    pub fn new() -> Self {
+        Linux
+    }
+
+    /// Whether this process is PID 1 (ingot-init refuses to run as anything else).
+    pub fn is_pid1() -> bool {
+        rustix::process::getpid().is_init()
+    }
+}
+
+const RAMFS_MAGIC: u64 = 0x8584_58f6;
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+
+/// The signals PID 1 blocks, with the [`Signal`] each maps to.
+const SIGNALS: [(libc::c_int, Signal); 7] = [
+    (libc::SIGCHLD, Signal::Child),
+    (libc::SIGTERM, Signal::Term),
+    (libc::SIGINT, Signal::Int),
+    (libc::SIGHUP, Signal::Hup),
+    (libc::SIGUSR1, Signal::Usr1),
+    (libc::SIGUSR2, Signal::Usr2),
+    (libc::SIGPWR, Signal::Pwr),
+];
+
+fn signal_set() -> io::Result<libc::sigset_t> {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: `set` points to writable memory of the size of a `sigset_t`; `sigemptyset` initializes all of it
+    // and only fails for a null pointer.
+    if unsafe { libc::sigemptyset(set.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `sigemptyset` returned 0, so the whole `sigset_t` is initialized.
+    let mut set = unsafe { set.assume_init() };
+    for (signo, _) in SIGNALS {
+        // SAFETY: `set` is an initialized `sigset_t` we own, and `signo` is a valid signal number constant
+        // from libc, so `sigaddset` writes only inside `set`.
+        if unsafe { libc::sigaddset(&mut set, signo) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(set)
+}
+
+fn cstring(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "string contains a NUL byte"))
+}
+
+/// Deletes the entries below `dir` that live on device `dev`; counts what could not be removed.
+fn remove_below(dir: &OwnedFd, dev: u64, failures: &mut usize) -> io::Result<()> {
+    let mut names: Vec<CString> = Vec::new();
+    for entry in Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name != c"." && name != c".." {
+            names.push(name.to_owned());
+        }
+    }
+    for name in names {
+        let Ok(st) = rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) else {
+            *failures += 1;
+            continue;
+        };
+        if st.st_dev != dev {
+            // A mount point (/dev, /proc, /sys, the new root): not ours to delete.
+            continue;
+        }
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rustix::fs::openat(dir, name.as_c_str(), flags, Mode::empty()) {
+                Ok(sub) => remove_below(&sub, dev, failures)?,
+                Err(_) => *failures += 1,
+            }
+            if rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::REMOVEDIR).is_err() {
+                *failures += 1;
+            }
+        } else if rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::empty()).is_err() {
+            *failures += 1;
+        }
+    }
+    Ok(())
+}
+
+fn write_all_fd(fd: impl AsFd, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        match rustix::io::write(fd.as_fd(), buf) {
+            Ok(0) => return,
+            Ok(n) => buf = buf.get(n..).unwrap_or_default(),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn reboot_command(how: Shutdown) -> rustix::system::RebootCommand {
+    match how {
+        Shutdown::Reboot => rustix::system::RebootCommand::Restart,
+        Shutdown::PowerOff => rustix::system::RebootCommand::PowerOff,
+        Shutdown::Halt => rustix::system::RebootCommand::Halt,
+    }
+}
+
+fn write_kmsg(line: &str) {
+    let flags = OFlags::WRONLY | OFlags::NOCTTY | OFlags::CLOEXEC;
+    if let Ok(fd) = rustix::fs::open("/dev/kmsg", flags, Mode::empty()) {
+        // One write is one log record; `<2>` is KERN_CRIT.
+        write_all_fd(&fd, format!("<2>{line}\n").as_bytes());
+    }
+}
+
+impl Sys for Linux {
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let file = std::fs::File::open(path)?;
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            let n = match file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        let mut names = std::fs::read_dir(path)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<Vec<_>>>()?;
+        names.sort();
+        Ok(names)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn kernel_release(&self) -> String {
+        rustix::system::uname().release().to_string_lossy().into_owned()
+    }
+
+    fn boottime(&self) -> Duration {
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        Duration::new(
+            u64::try_from(ts.tv_sec).unwrap_or(0),
+            u32::try_from(ts.tv_nsec).unwrap_or(0),
+        )
+    }
+
+    fn console(&self, line: &str) {
+        let mut buf = String::with_capacity(line.len() + 1);
+        buf.push_str(line);
+        buf.push('\n');
+        write_all_fd(io::stdout(), buf.as_bytes());
+    }
+
+    fn setup_console(&self) -> io::Result<()> {
+        let flags = OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let fd = rustix::fs::open("/dev/console", flags, Mode::empty())?;
+        // dup2 clears FD_CLOEXEC on the new descriptors: children inherit the console as stdio.
+        rustix::stdio::dup2_stdin(&fd)?;
+        rustix::stdio::dup2_stdout(&fd)?;
+        rustix::stdio::dup2_stderr(&fd)?;
+        Ok(())
+    }
+
+    fn mkdir(&self, path: &str) -> io::Result<()> {
+        match rustix::fs::mkdir(path, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn mount(&self, m: &Mount<'_>) -> io::Result<()> {
+        let data = m.data.map(cstring).transpose()?;
+        rustix::mount::mount(m.source, m.target, m.fstype, m.flags, data.as_deref())?;
+        Ok(())
+    }
+
+    fn move_mount(&self, from: &str, to: &str) -> io::Result<()> {
+        rustix::mount::mount_move(from, to)?;
+        Ok(())
+    }
+
+    fn device_of(&self, path: &str) -> io::Result<u64> {
+        Ok(rustix::fs::stat(path)?.st_dev)
+    }
+
+    fn is_ram_fs(&self, path: &str) -> io::Result<bool> {
+        #[allow(clippy::cast_sign_loss)]
+        let magic = (rustix::fs::statfs(path)?.f_type as u64) & 0xffff_ffff;
+        Ok(magic == RAMFS_MAGIC || magic == TMPFS_MAGIC)
+    }
+
+    fn remove_same_device(&self, dir: &str) -> io::Result<usize> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(dir, flags, Mode::empty())?;
+        let dev = rustix::fs::fstat(&fd)?.st_dev;
+        let mut failures = 0;
+        remove_below(&fd, dev, &mut failures)?;
+        Ok(failures)
+    }
+
+    fn chdir(&self, path: &str) -> io::Result<()> {
+        rustix::process::chdir(path)?;
+        Ok(())
+    }
+
+    fn chroot(&self, path: &str) -> io::Result<()> {
+        rustix::process::chroot(path)?;
+        Ok(())
+    }
+
+    fn sync(&self) {
+        rustix::fs::sync();
+    }
+
+    fn load_module(&self, path: &Path) -> io::Result<()> {
+        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        rustix::system::finit_module(&fd, c"", 0)?;
+        Ok(())
+    }
+
+    fn exec(&self, path: &str) -> io::Error {
+        std::process::Command::new(path).exec()
+    }
+
+    fn block_signals(&self) -> io::Result<()> {
+        let set = signal_set()?;
+        // SAFETY: `set` is an initialized `sigset_t`; the old mask is not requested (null is allowed). PID 1
+        // runs no other threads, so changing the process' only thread mask is what we want.
+        if unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn disable_ctrl_alt_del(&self) -> io::Result<()> {
+        rustix::system::reboot(rustix::system::RebootCommand::CadOff)?;
+        Ok(())
+    }
+
+    fn wait_signal(&self, timeout: Option<Duration>) -> io::Result<Option<Signal>> {
+        let set = signal_set()?;
+        let signo = match timeout {
+            Some(t) => {
+                let ts = libc::timespec {
+                    tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+                    tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+                };
+                // SAFETY: `set` and `ts` are initialized and live across the call; a null `siginfo_t`
+                // pointer is allowed and means we do not want the details.
+                unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) }
+            }
+            // SAFETY: `set` is initialized and lives across the call; a null `siginfo_t` pointer is allowed.
+            None => unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) },
+        };
+        if signo < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::EINTR) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(SIGNALS.iter().find(|(n, _)| *n == signo).map(|(_, s)| *s))
+    }
+
+    fn reap_one(&self) -> io::Result<Option<Exit>> {
+        let Some((pid, status)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG)? else {
+            return Ok(None);
+        };
+        let status = match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => ExitStatus::Code(code),
+            (None, Some(sig)) => ExitStatus::Signal(sig),
+            (None, None) => ExitStatus::Code(-1),
+        };
+        Ok(Some(Exit {
+            pid: pid.as_raw_nonzero().get(),
+            status,
+        }))
+    }
+
+    fn kill_all(&self, sig: KillSignal) -> io::Result<()> {
+        let signo = match sig {
+            KillSignal::Term => libc::SIGTERM,
+            KillSignal::Kill => libc::SIGKILL,
+        };
+        // SAFETY: `kill` takes no pointers; pid -1 means every process we may signal except ourselves.
+        if unsafe { libc::kill(-1, signo) } != 0 {
+            let e = io::Error::last_os_error();
+            // ESRCH: there was nobody to signal.
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+
+    fn reboot(&self, how: Shutdown) -> io::Error {
+        match rustix::system::reboot(reboot_command(how)) {
+            Err(e) => e.into(),
+            Ok(()) => io::Error::other("reboot(2) returned"),
+        }
+    }
+}
+
+static PANIC_DEBUG: AtomicBool = AtomicBool::new(false);
+static PANIC_REBOOT_DELAY_MS: AtomicU64 = AtomicU64::new(10_000);
+
+/// Tells the panic hook what the failure policy is once the command line was read.
+pub fn set_panic_policy(debug: bool, reboot_delay: Duration) {
+    PANIC_DEBUG.store(debug, Ordering::Relaxed);
+    PANIC_REBOOT_DELAY_MS.store(
+        u64::try_from(reboot_delay.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+/// A panic in PID 1 must not unwind into an exit (the kernel would panic): the hook reports the panic on
+/// the kernel log and the console, then reboots after the configured delay, or halts with `ingot.debug`.
+/// It never returns.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let line = format!("ingot: error panic: {info}").replace('\n', ": ");
+        write_kmsg(&line);
+        let _ = writeln!(io::stderr(), "{line}");
+        rustix::fs::sync();
+        if !PANIC_DEBUG.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(
+                PANIC_REBOOT_DELAY_MS.load(Ordering::Relaxed),
+            ));
+            let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }));
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_same_device_tree_and_keeps_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc/ingot")).unwrap();
+        std::fs::create_dir_all(root.join("lib/modules/6.1/kernel")).unwrap();
+        std::fs::write(root.join("init"), b"x").unwrap();
+        std::fs::write(root.join("etc/ingot/modules"), b"a.ko\n").unwrap();
+        std::fs::write(root.join("lib/modules/6.1/kernel/a.ko"), b"x").unwrap();
+        std::os::unix::fs::symlink("init", root.join("link")).unwrap();
+        let failures = Linux.remove_same_device(root.to_str().unwrap()).unwrap();
+        assert_eq!(failures, 0);
+        assert!(root.exists());
+        assert_eq!(std::fs::read_dir(root).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn reads_at_an_offset_and_short_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("disk");
+        std::fs::write(&f, b"0123456789").unwrap();
+        assert_eq!(Linux.read_at(&f, 3, 4).unwrap(), b"3456");
+        assert_eq!(Linux.read_at(&f, 8, 4).unwrap(), b"89");
+    }
+}
