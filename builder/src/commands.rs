@@ -25,7 +25,10 @@ struct LockPlan {
 }
 
 fn sources(profile: &Profile) -> Vec<(&str, &Source)> {
-    let mut v = vec![("kernel", &profile.kernel.source), ("bootloader", &profile.bootloader.source)];
+    let mut v = vec![
+        ("kernel", &profile.kernel.source),
+        ("bootloader", &profile.bootloader.source),
+    ];
     v.extend(profile.components.iter().map(|c| (c.name.as_str(), &c.source)));
     v
 }
@@ -44,13 +47,19 @@ fn plan(profile: &Profile) -> Result<LockPlan> {
             Source::Url { url, sha256 } => pinned.push(Pinned {
                 component: name.to_string(),
                 url: url.clone(),
-                sha256: sha256.parse().with_context(|| format!("component {name}: sha256"))?,
+                sha256: sha256
+                    .parse()
+                    .with_context(|| format!("component {name}: sha256"))?,
             }),
             Source::Path(path) => {
                 // A local file is pinned by its content: if it changes, the lock goes stale.
                 let sha256 = Sha256::of_file(path)
                     .with_context(|| format!("component {name}: reading {}", path.display()))?;
-                pinned.push(Pinned { component: name.to_string(), url: path.display().to_string(), sha256 });
+                pinned.push(Pinned {
+                    component: name.to_string(),
+                    url: path.display().to_string(),
+                    sha256,
+                });
             }
         }
     }
@@ -66,14 +75,24 @@ fn plan(profile: &Profile) -> Result<LockPlan> {
             },
             packages,
         )],
-        (None, false) => bail!("{}: packages are named but no [archive] is set", profile.path.display()),
+        (None, false) => bail!(
+            "{}: packages are named but no [archive] is set",
+            profile.path.display()
+        ),
     };
     let wanted = sources(profile).into_iter().map(|(n, _)| n.to_string()).collect();
-    Ok(LockPlan { archives, pinned, wanted })
+    Ok(LockPlan {
+        archives,
+        pinned,
+        wanted,
+    })
 }
 
 fn request_digest(plan: &LockPlan) -> Sha256 {
-    Lock::request_digest(&LockRequest { archives: &plan.archives, pinned: &plan.pinned })
+    Lock::request_digest(&LockRequest {
+        archives: &plan.archives,
+        pinned: &plan.pinned,
+    })
 }
 
 pub fn lock_path(profile: &Profile) -> PathBuf {
@@ -94,7 +113,12 @@ pub fn lock(profile_arg: &str, offline: bool) -> Result<PathBuf> {
     let started = Instant::now();
     let mut resolved = Vec::new();
     for (archive, requests) in &plan.archives {
-        eprintln!("resolving {} package(s) in {} {}", requests.len(), archive.url, archive.suite);
+        eprintln!(
+            "resolving {} package(s) in {} {}",
+            requests.len(),
+            archive.url,
+            archive.suite
+        );
         resolved.extend(debian::resolve(&fetcher, archive, requests)?);
     }
     let lock = Lock::new(request_digest(&plan), &resolved, &plan.pinned)?;
@@ -107,7 +131,11 @@ pub fn lock(profile_arg: &str, offline: bool) -> Result<PathBuf> {
         };
         eprintln!("  {:<12} {what}", c.name);
     }
-    eprintln!("wrote {} in {:.1} s", path.display(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {} in {:.1} s",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(path)
 }
 
@@ -128,18 +156,33 @@ pub fn build(profile_arg: &str, out_dir: &Path, offline: bool, quiet: bool) -> R
     lock.check(&request_digest(&plan), &wanted)?;
     let fetcher = Fetcher::from_env(offline)?.progress(!quiet);
     if !quiet {
-        eprintln!("building {} {} from {}", profile.name, profile.version, profile.path.display());
+        eprintln!(
+            "building {} {} from {}",
+            profile.name,
+            profile.version,
+            profile.path.display()
+        );
     }
     let unpack = |name: &str| -> Result<PathBuf> {
-        let pinned = lock.pinned(name).with_context(|| format!("{} pins no component {name:?}", path.display()))?;
+        let pinned = lock
+            .pinned(name)
+            .with_context(|| format!("{} pins no component {name:?}", path.display()))?;
         Ok(fetcher.unpacked(&pinned)?)
     };
     let started = Instant::now();
     let kernel = unpack("kernel")?;
     let bootloader = unpack("bootloader")?;
-    let components = profile.components.iter().map(|c| unpack(&c.name)).collect::<Result<Vec<_>>>()?;
+    let components = profile
+        .components
+        .iter()
+        .map(|c| unpack(&c.name))
+        .collect::<Result<Vec<_>>>()?;
     if !quiet {
-        eprintln!("  {:<34} {:>6.2} s", "fetching and unpacking inputs", started.elapsed().as_secs_f64());
+        eprintln!(
+            "  {:<34} {:>6.2} s",
+            "fetching and unpacking inputs",
+            started.elapsed().as_secs_f64()
+        );
     }
     let pinned = lock
         .components()
@@ -152,7 +195,12 @@ pub fn build(profile_arg: &str, out_dir: &Path, offline: bool, quiet: bool) -> R
             sha256: c.sha256.to_hex(),
         })
         .collect();
-    let inputs = Inputs { kernel, bootloader, components, pinned };
+    let inputs = Inputs {
+        kernel,
+        bootloader,
+        components,
+        pinned,
+    };
     pipeline::build(&profile, &inputs, out_dir, quiet)
 }
 
@@ -171,7 +219,10 @@ pub struct RunOptions {
 /// appears (error if it does not within the timeout); otherwise runs until the guest powers off.
 pub fn run(opts: RunOptions) -> Result<()> {
     if !opts.image.is_file() {
-        bail!("{} does not exist (build it with `ingot build --profile NAME`)", opts.image.display());
+        bail!(
+            "{} does not exist (build it with `ingot build --profile NAME`)",
+            opts.image.display()
+        );
     }
     let mut cfg = ingot_qemu::VmConfig::new(&opts.image);
     cfg.accel = opts.accel;
@@ -185,7 +236,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
         Some(pattern) => {
             let timeout = opts.timeout.unwrap_or(Duration::from_secs(300));
             let m = vm.wait_for(&pattern, timeout)?;
-            eprintln!("ingot run: saw {pattern:?} after {:.1} s ({})", m.elapsed.as_secs_f64(), vm.accel());
+            eprintln!(
+                "ingot run: saw {pattern:?} after {:.1} s ({})",
+                m.elapsed.as_secs_f64(),
+                vm.accel()
+            );
             vm.kill();
             Ok(())
         }

@@ -31,8 +31,15 @@ const TAIL: u64 = MIB;
 pub enum DiskError {
     #[error("writing the partition table of {path}: {message}")]
     Gpt { path: String, message: String },
-    #[error("{what} is {size} bytes, larger than its partition ({capacity} bytes); raise `partitions.{field}` in the profile")]
-    TooLarge { what: String, size: u64, capacity: u64, field: &'static str },
+    #[error(
+        "{what} is {size} bytes, larger than its partition ({capacity} bytes); raise `partitions.{field}` in the profile"
+    )]
+    TooLarge {
+        what: String,
+        size: u64,
+        capacity: u64,
+        field: &'static str,
+    },
     #[error("I/O on {path}")]
     Io {
         path: String,
@@ -59,7 +66,15 @@ pub struct Layout {
 impl Layout {
     pub fn get(&self, role: Role) -> Placement {
         // Every layout holds all roles (see `plan`), so the fallback is unreachable in practice.
-        self.partitions.iter().copied().find(|p| p.role == role).unwrap_or(Placement { role, offset: 0, size: 0 })
+        self.partitions
+            .iter()
+            .copied()
+            .find(|p| p.role == role)
+            .unwrap_or(Placement {
+                role,
+                offset: 0,
+                size: 0,
+            })
     }
 }
 
@@ -89,7 +104,10 @@ pub fn plan(sizes: &PartitionSizes) -> Layout {
         partitions.push(Placement { role, offset, size });
         offset += size;
     }
-    Layout { disk_size: offset + TAIL, partitions }
+    Layout {
+        disk_size: offset + TAIL,
+        partitions,
+    }
 }
 
 /// A UUID from hash bytes, marked as version 4 / RFC 4122 variant the way systemd derives partition UUIDs
@@ -205,8 +223,16 @@ pub fn scan(
 
 /// Copies `src` into `disk` at `place`, writing only non-zero blocks (the disk file stays sparse), and
 /// hashes it.
-pub fn copy_into(src: &Path, disk: &File, place: Placement, field: &'static str) -> Result<Written, DiskError> {
-    let io_err = |source| DiskError::Io { path: src.display().to_string(), source };
+pub fn copy_into(
+    src: &Path,
+    disk: &File,
+    place: Placement,
+    field: &'static str,
+) -> Result<Written, DiskError> {
+    let io_err = |source| DiskError::Io {
+        path: src.display().to_string(),
+        source,
+    };
     let f = File::open(src).map_err(io_err)?;
     let len = f.metadata().map_err(io_err)?.len();
     if len > place.size {
@@ -232,11 +258,18 @@ pub fn copy_into(src: &Path, disk: &File, place: Placement, field: &'static str)
         write_nonzero(disk, chunk, place.offset + rel).inspect_err(|e| write_failed = Some(e.kind()))
     })
     .map_err(|source| match write_failed {
-        Some(_) => DiskError::Io { path: "the output image".into(), source },
+        Some(_) => DiskError::Io {
+            path: "the output image".into(),
+            source,
+        },
         None => io_err(source),
     })?;
     let (sha256, hashed_bytes) = hash.finish();
-    Ok(Written { sha256, hashed_bytes, data_ranges: ranges })
+    Ok(Written {
+        sha256,
+        hashed_bytes,
+        data_ranges: ranges,
+    })
 }
 
 /// Writes the non-zero 4 KiB blocks of `buf` at `offset`, merging neighbours into one write.
@@ -267,7 +300,10 @@ pub fn write_table(
     disk_guid: Uuid,
     part_guids: &BTreeMap<Role, Uuid>,
 ) -> Result<(), DiskError> {
-    let gpt_err = |e: &dyn std::fmt::Display| DiskError::Gpt { path: path.display().to_string(), message: e.to_string() };
+    let gpt_err = |e: &dyn std::fmt::Display| DiskError::Gpt {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
     let sectors = layout.disk_size / 512;
     let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(sectors - 1).unwrap_or(u32::MAX));
     mbr.overwrite_lba0(disk).map_err(|e| gpt_err(&e))?;
@@ -283,7 +319,10 @@ pub fn write_table(
                 guid: p.role.type_guid(),
                 os: gpt::partition_types::OperatingSystem::None,
             },
-            part_guid: part_guids.get(&p.role).copied().unwrap_or_else(|| derived_uuid(&disk_guid.to_string(), p.role.label())),
+            part_guid: part_guids
+                .get(&p.role)
+                .copied()
+                .unwrap_or_else(|| derived_uuid(&disk_guid.to_string(), p.role.label())),
             first_lba: p.offset / 512,
             last_lba: (p.offset + p.size) / 512 - 1,
             flags: p.role.attributes(),
@@ -293,7 +332,10 @@ pub fn write_table(
     }
     table.update_partitions(parts).map_err(|e| gpt_err(&e))?;
     table.write().map_err(|e| gpt_err(&e))?;
-    disk.flush().map_err(|source| DiskError::Io { path: path.display().to_string(), source })?;
+    disk.flush().map_err(|source| DiskError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -303,16 +345,31 @@ mod tests {
 
     #[test]
     fn layout_is_aligned_ordered_and_sized() {
-        let l = plan(&PartitionSizes { esp: 512 * MIB, root: 1024 * MIB, var: 64 * MIB });
+        let l = plan(&PartitionSizes {
+            esp: 512 * MIB,
+            root: 1024 * MIB,
+            var: 64 * MIB,
+        });
         let roles: Vec<Role> = l.partitions.iter().map(|p| p.role).collect();
         assert_eq!(roles, Role::ALL);
         assert_eq!(l.partitions[0].offset, MIB);
         for w in l.partitions.windows(2) {
             assert_eq!(w[0].offset + w[0].size, w[1].offset);
         }
-        assert!(l.partitions.iter().all(|p| p.offset % MIB == 0 && p.size % MIB == 0));
-        assert_eq!(l.get(Role::RootAVerity).size, 9 * MIB, "1 GiB root: 2065 hash blocks + superblock");
-        assert_eq!(l.disk_size, MIB + 512 * MIB + 2 * (1024 + 9) * MIB + 64 * MIB + MIB);
+        assert!(
+            l.partitions
+                .iter()
+                .all(|p| p.offset % MIB == 0 && p.size % MIB == 0)
+        );
+        assert_eq!(
+            l.get(Role::RootAVerity).size,
+            9 * MIB,
+            "1 GiB root: 2065 hash blocks + superblock"
+        );
+        assert_eq!(
+            l.disk_size,
+            MIB + 512 * MIB + 2 * (1024 + 9) * MIB + 64 * MIB + MIB
+        );
     }
 
     #[test]
@@ -340,13 +397,28 @@ mod tests {
         data[0] = 7;
         data[2 * MIB as usize + 5] = 9;
         std::fs::write(&src, &data).unwrap();
-        let layout = plan(&PartitionSizes { esp: 64 * MIB, root: 32 * MIB, var: 16 * MIB });
+        let layout = plan(&PartitionSizes {
+            esp: 64 * MIB,
+            root: 32 * MIB,
+            var: 16 * MIB,
+        });
         let img = d.path().join("disk.raw");
-        let mut disk = File::options().read(true).write(true).create_new(true).open(&img).unwrap();
+        let mut disk = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&img)
+            .unwrap();
         disk.set_len(layout.disk_size).unwrap();
         let place = layout.get(Role::RootA);
         let w = copy_into(&src, &disk, place, "root").unwrap();
-        assert_eq!(w.data_ranges, vec![(place.offset, BLOCK as u64), (place.offset + 2 * MIB, BLOCK as u64)]);
+        assert_eq!(
+            w.data_ranges,
+            vec![
+                (place.offset, BLOCK as u64),
+                (place.offset + 2 * MIB, BLOCK as u64)
+            ]
+        );
         assert_eq!(w.hashed_bytes, 2 * MIB + BLOCK as u64);
         write_table(&mut disk, &img, &layout, Uuid::from_u128(42), &BTreeMap::new()).unwrap();
         drop(disk);
@@ -364,11 +436,19 @@ mod tests {
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(text.contains("No problems found"), "sgdisk -v: {text}");
         }
-        let allocated = std::fs::metadata(&img).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap();
-        assert!(allocated < 2 * MIB, "image should be sparse, {allocated} bytes allocated");
+        let allocated = std::fs::metadata(&img)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap();
+        assert!(
+            allocated < 2 * MIB,
+            "image should be sparse, {allocated} bytes allocated"
+        );
         let src_big = d.path().join("big");
         std::fs::write(&src_big, vec![1u8; 33 * MIB as usize]).unwrap();
         let disk = File::options().write(true).open(&img).unwrap();
-        assert!(matches!(copy_into(&src_big, &disk, place, "root"), Err(DiskError::TooLarge { .. })));
+        assert!(matches!(
+            copy_into(&src_big, &disk, place, "root"),
+            Err(DiskError::TooLarge { .. })
+        ));
     }
 }

@@ -56,7 +56,9 @@ fn mtools(tool: &str, epoch: u64) -> Command {
     let mut c = Command::new(tool);
     // SOURCE_DATE_EPOCH pins the times mtools stamps on directories and the volume; MTOOLS_SKIP_CHECK stops it
     // from rejecting images whose geometry does not match a floppy.
-    c.env("SOURCE_DATE_EPOCH", epoch.to_string()).env("MTOOLS_SKIP_CHECK", "1").env("MTOOLSRC", "/dev/null");
+    c.env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("MTOOLSRC", "/dev/null");
     c
 }
 
@@ -64,14 +66,23 @@ fn run(mut cmd: Command) -> Result<Vec<u8>, EspError> {
     let tool = cmd.get_program().to_string_lossy().into_owned();
     let command = format!(
         "{tool} {}",
-        cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let out = cmd.output().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => EspError::MissingTool { tool },
-        _ => EspError::Tool { command: command.clone(), stderr: e.to_string() },
+        _ => EspError::Tool {
+            command: command.clone(),
+            stderr: e.to_string(),
+        },
     })?;
     if !out.status.success() {
-        return Err(EspError::Tool { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(EspError::Tool {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(out.stdout)
 }
@@ -86,7 +97,10 @@ fn check_path(p: &str) -> Result<(), EspError> {
 /// Sectors per cluster: 4 KiB clusters where FAT32's minimum of 65525 clusters allows, smaller otherwise.
 fn sectors_per_cluster(size: u64) -> u32 {
     let sectors = size / 512;
-    [8u32, 4, 2, 1].into_iter().find(|spc| sectors / u64::from(*spc) >= 66_000).unwrap_or(1)
+    [8u32, 4, 2, 1]
+        .into_iter()
+        .find(|spc| sectors / u64::from(*spc) >= 66_000)
+        .unwrap_or(1)
 }
 
 /// Formats `image` (created or truncated to `size` bytes) as FAT32 and copies `files` onto it.
@@ -100,8 +114,26 @@ pub fn build(image: &Path, size: u64, volume_id: u32, files: &[EspFile], epoch: 
     drop(f);
     let img = image.as_os_str().to_string_lossy().into_owned();
     let mut fmt = mtools("mformat", epoch);
-    fmt.args(["-i", &img, "-F", "-T", &(size / 512).to_string(), "-h", "64", "-s", "32"])
-        .args(["-c", &sectors_per_cluster(size).to_string(), "-N", &format!("{volume_id:08x}"), "-v", "ESP", "::"]);
+    fmt.args([
+        "-i",
+        &img,
+        "-F",
+        "-T",
+        &(size / 512).to_string(),
+        "-h",
+        "64",
+        "-s",
+        "32",
+    ])
+    .args([
+        "-c",
+        &sectors_per_cluster(size).to_string(),
+        "-N",
+        &format!("{volume_id:08x}"),
+        "-v",
+        "ESP",
+        "::",
+    ]);
     run(fmt)?;
 
     let mut files: Vec<&EspFile> = files.iter().collect();
@@ -121,17 +153,23 @@ pub fn build(image: &Path, size: u64, volume_id: u32, files: &[EspFile], epoch: 
     }
     if !dirs.is_empty() {
         let mut mmd = mtools("mmd", epoch);
-        mmd.args(["-i", &img]).args(dirs.iter().map(|d| format!("::/{d}")));
+        mmd.args(["-i", &img])
+            .args(dirs.iter().map(|d| format!("::/{d}")));
         run(mmd)?;
     }
     for f in files {
         // mcopy -m keeps the source's mtime, so the source must carry the epoch for reproducible entries.
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
-        let src = std::fs::File::options().write(true).open(&f.source).map_err(io(&f.source))?;
+        let src = std::fs::File::options()
+            .write(true)
+            .open(&f.source)
+            .map_err(io(&f.source))?;
         src.set_modified(t).map_err(io(&f.source))?;
         drop(src);
         let mut cp = mtools("mcopy", epoch);
-        cp.args(["-m", "-o", "-i", &img]).arg(&f.source).arg(format!("::/{}", f.path));
+        cp.args(["-m", "-o", "-i", &img])
+            .arg(&f.source)
+            .arg(format!("::/{}", f.path));
         run(cp)?;
     }
     Ok(())
@@ -141,7 +179,11 @@ pub fn build(image: &Path, size: u64, volume_id: u32, files: &[EspFile], epoch: 
 pub fn read_file(image: &Path, offset: u64, path: &str) -> Result<Vec<u8>, EspError> {
     check_path(path)?;
     let mut c = mtools("mcopy", 0);
-    c.arg("-n").arg("-i").arg(format!("{}@@{offset}", image.display())).arg(format!("::/{path}")).arg("-");
+    c.arg("-n")
+        .arg("-i")
+        .arg(format!("{}@@{offset}", image.display()))
+        .arg(format!("::/{path}"))
+        .arg("-");
     run(c)
 }
 
@@ -149,7 +191,10 @@ pub fn read_file(image: &Path, offset: u64, path: &str) -> Result<Vec<u8>, EspEr
 pub fn list_dir(image: &Path, offset: u64, dir: &str) -> Result<Vec<String>, EspError> {
     check_path(dir)?;
     let mut c = mtools("mdir", 0);
-    c.arg("-b").arg("-i").arg(format!("{}@@{offset}", image.display())).arg(format!("::/{dir}"));
+    c.arg("-b")
+        .arg("-i")
+        .arg(format!("{}@@{offset}", image.display()))
+        .arg(format!("::/{dir}"));
     let out = run(c)?;
     let prefix = format!("::/{dir}/");
     Ok(String::from_utf8_lossy(&out)
@@ -181,22 +226,44 @@ mod tests {
         let conf = d.path().join("loader.conf");
         std::fs::write(&conf, loader_conf(0)).unwrap();
         let files = vec![
-            EspFile { path: BOOT_LOADER_PATH.into(), source: boot },
-            EspFile { path: format!("{UKI_DIR}/{}", uki_file_name("minimal", "0.1.0")), source: uki },
-            EspFile { path: LOADER_CONF_PATH.into(), source: conf },
+            EspFile {
+                path: BOOT_LOADER_PATH.into(),
+                source: boot,
+            },
+            EspFile {
+                path: format!("{UKI_DIR}/{}", uki_file_name("minimal", "0.1.0")),
+                source: uki,
+            },
+            EspFile {
+                path: LOADER_CONF_PATH.into(),
+                source: conf,
+            },
         ];
         let a = d.path().join("a.img");
         let b = d.path().join("b.img");
         build(&a, 64 << 20, 0x1234_abcd, &files, 1_704_067_200).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1100));
         build(&b, 64 << 20, 0x1234_abcd, &files, 1_704_067_200).unwrap();
-        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "ESP images differ");
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "ESP images differ"
+        );
         if let Ok(out) = Command::new("fsck.fat").arg("-n").arg(&a).output() {
-            assert!(out.status.success(), "fsck.fat: {}", String::from_utf8_lossy(&out.stdout));
+            assert!(
+                out.status.success(),
+                "fsck.fat: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         assert_eq!(read_file(&a, 0, BOOT_LOADER_PATH).unwrap(), b"MZ boot");
-        assert_eq!(list_dir(&a, 0, UKI_DIR).unwrap(), vec!["ingot-minimal-0.1.0+3.efi".to_string()]);
-        assert_eq!(read_file(&a, 0, "loader/loader.conf").unwrap(), loader_conf(0).as_bytes());
+        assert_eq!(
+            list_dir(&a, 0, UKI_DIR).unwrap(),
+            vec!["ingot-minimal-0.1.0+3.efi".to_string()]
+        );
+        assert_eq!(
+            read_file(&a, 0, "loader/loader.conf").unwrap(),
+            loader_conf(0).as_bytes()
+        );
         assert!(matches!(read_file(&a, 0, "../x"), Err(EspError::BadPath(_))));
         assert!(read_file(&a, 0, "EFI/nothing").is_err());
     }

@@ -67,30 +67,51 @@ pub fn inspect(image: &Path) -> Result<Report> {
     let f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let meta = f.metadata()?;
     let mut head = vec![0u8; 1024];
-    f.read_exact_at(&mut head, 0).with_context(|| format!("{} is too small to hold a GPT", image.display()))?;
-    let header = gpt::parse_header(&head).with_context(|| format!("reading the GPT of {}", image.display()))?;
+    f.read_exact_at(&mut head, 0)
+        .with_context(|| format!("{} is too small to hold a GPT", image.display()))?;
+    let header =
+        gpt::parse_header(&head).with_context(|| format!("reading the GPT of {}", image.display()))?;
     let range = header.entries_byte_range();
     let mut array = vec![0u8; (range.end - range.start) as usize];
-    f.read_exact_at(&mut array, range.start)
-        .with_context(|| format!("{}: partition array at bytes {}..{} is cut off", image.display(), range.start, range.end))?;
-    let parts = gpt::parse_entries(&header, &array).with_context(|| format!("reading the GPT of {}", image.display()))?;
+    f.read_exact_at(&mut array, range.start).with_context(|| {
+        format!(
+            "{}: partition array at bytes {}..{} is cut off",
+            image.display(),
+            range.start,
+            range.end
+        )
+    })?;
+    let parts = gpt::parse_entries(&header, &array)
+        .with_context(|| format!("reading the GPT of {}", image.display()))?;
 
     let manifest_path = crate::manifest::path_for_image(image);
-    let manifest = if manifest_path.exists() { Some(Manifest::load(&manifest_path)?) } else { None };
+    let manifest = if manifest_path.exists() {
+        Some(Manifest::load(&manifest_path)?)
+    } else {
+        None
+    };
 
     let mut partitions = Vec::new();
     for p in &parts {
         let end = p.offset_bytes() + p.size_bytes();
         if end > meta.len() {
-            bail!("{}: partition {} ({}) ends at byte {end}, past the end of the file ({} bytes)", image.display(), p.number, p.name, meta.len());
+            bail!(
+                "{}: partition {} ({}) ends at byte {end}, past the end of the file ({} bytes)",
+                image.display(),
+                p.number,
+                p.name,
+                meta.len()
+            );
         }
         let (sha, hashed) = disk::scan(&f, p.offset_bytes(), p.size_bytes(), |_, _| Ok(()))
             .with_context(|| format!("reading partition {} of {}", p.number, image.display()))?
             .finish();
         let sha = hex::encode(sha);
-        let matches_manifest = manifest
-            .as_ref()
-            .map(|m| m.partitions.iter().any(|e| e.number == p.number && e.sha256 == sha && e.hashed_bytes == hashed));
+        let matches_manifest = manifest.as_ref().map(|m| {
+            m.partitions
+                .iter()
+                .any(|e| e.number == p.number && e.sha256 == sha && e.hashed_bytes == hashed)
+        });
         partitions.push(PartitionReport {
             number: p.number,
             label: p.name.clone(),
@@ -124,10 +145,14 @@ pub fn inspect(image: &Path) -> Result<Report> {
 fn read_uki(image: &Path, offset: u64) -> Result<Option<UkiReport>> {
     let mut names = esp::list_dir(image, offset, esp::UKI_DIR).unwrap_or_default();
     names.sort();
-    let Some(name) = names.into_iter().rfind(|n| n.ends_with(".efi")) else { return Ok(None) };
+    let Some(name) = names.into_iter().rfind(|n| n.ends_with(".efi")) else {
+        return Ok(None);
+    };
     let path = format!("{}/{name}", esp::UKI_DIR);
     let bytes = esp::read_file(image, offset, &path)?;
-    let cmdline = uki::cmdline(&bytes).with_context(|| format!("reading {path} on the ESP"))?.unwrap_or_default();
+    let cmdline = uki::cmdline(&bytes)
+        .with_context(|| format!("reading {path} on the ESP"))?
+        .unwrap_or_default();
     Ok(Some(UkiReport {
         sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
         cmdline,
@@ -145,16 +170,29 @@ fn human(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// The report as a table for people.
 pub fn render(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "image      {}  ({}, {} allocated)", r.image.display(), human(r.size), human(r.allocated));
+    let _ = writeln!(
+        s,
+        "image      {}  ({}, {} allocated)",
+        r.image.display(),
+        human(r.size),
+        human(r.allocated)
+    );
     let _ = writeln!(s, "disk GUID  {}", r.disk_guid);
-    let _ = writeln!(s, "\n #  label          kind         offset      size        sha256 (to last data block)");
+    let _ = writeln!(
+        s,
+        "\n #  label          kind         offset      size        sha256 (to last data block)"
+    );
     for p in &r.partitions {
         let check = match p.matches_manifest {
             Some(true) => "  ok",
@@ -184,7 +222,10 @@ pub fn render(r: &Report) -> String {
                 let _ = writeln!(s, "  kernel   {k}");
             }
             if let Some(os) = &u.os_release {
-                let pretty = os.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).unwrap_or("");
+                let pretty = os
+                    .lines()
+                    .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                    .unwrap_or("");
                 let _ = writeln!(s, "  os       {}", pretty.trim_matches('"'));
             }
         }

@@ -117,13 +117,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lock { profile, offline } => ingot::commands::lock(&profile, offline).map(|_| ()),
-        Command::Build { profile, out, offline, quiet } => ingot::commands::build(&profile, &out, offline, quiet).map(|r| {
+        Command::Build {
+            profile,
+            out,
+            offline,
+            quiet,
+        } => ingot::commands::build(&profile, &out, offline, quiet).map(|r| {
             println!("{}", r.image.display());
             if !quiet {
                 eprintln!("wrote {} and {}", r.image.display(), r.manifest_path.display());
             }
         }),
-        Command::Run { image, accel, memory, cpus, expect, timeout, serial_log } => parse_memory(&memory).and_then(|memory_mib| {
+        Command::Run {
+            image,
+            accel,
+            memory,
+            cpus,
+            expect,
+            timeout,
+            serial_log,
+        } => parse_memory(&memory).and_then(|memory_mib| {
             ingot::commands::run(ingot::commands::RunOptions {
                 image,
                 accel: match accel {

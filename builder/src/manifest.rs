@@ -101,14 +101,25 @@ impl Manifest {
     }
 
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.into(), source })?;
-        let probe: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ManifestError::Parse { path: path.into(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let probe: serde_json::Value = serde_json::from_str(&text).map_err(|e| ManifestError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         let found = probe.get("schema").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
         if found != SCHEMA {
-            return Err(ManifestError::Schema { path: path.into(), found });
+            return Err(ManifestError::Schema {
+                path: path.into(),
+                found,
+            });
         }
-        serde_json::from_value(probe).map_err(|e| ManifestError::Parse { path: path.into(), message: e.to_string() })
+        serde_json::from_value(probe).map_err(|e| ManifestError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
     }
 
     /// Bytes of the image that hold data.
@@ -120,7 +131,10 @@ impl Manifest {
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename, fsync the directory.
 /// A crash or error leaves either the old file or the new one, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new().prefix(".ingot-").tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
@@ -180,7 +194,10 @@ mod tests {
         write_atomic(&p, m.to_json().as_bytes()).unwrap();
         assert_eq!(Manifest::load(&p).unwrap(), m);
         assert_eq!(m.payload_bytes(), 12288);
-        assert_eq!(path_for_image(Path::new("out/minimal.raw")), Path::new("out/minimal.manifest.json"));
+        assert_eq!(
+            path_for_image(Path::new("out/minimal.raw")),
+            Path::new("out/minimal.manifest.json")
+        );
     }
 
     #[test]
@@ -188,7 +205,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m.json");
         std::fs::write(&p, "{\"schema\": 9}").unwrap();
-        assert!(matches!(Manifest::load(&p), Err(ManifestError::Schema { found: 9, .. })));
+        assert!(matches!(
+            Manifest::load(&p),
+            Err(ManifestError::Schema { found: 9, .. })
+        ));
         std::fs::write(&p, "not json").unwrap();
         assert!(matches!(Manifest::load(&p), Err(ManifestError::Parse { .. })));
     }

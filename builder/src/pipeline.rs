@@ -37,7 +37,9 @@ pub const INITRD_MODULE_LIST: &str = "/etc/ingot/modules";
 /// Marks the initramfs (systemd's convention); ingot-init runs stage 1 when it exists.
 pub const INITRD_RELEASE: &str = "/etc/initrd-release";
 /// Directories the root must have for stage 2 to mount on.
-const ROOT_MOUNT_POINTS: [&str; 9] = ["/dev", "/proc", "/sys", "/run", "/tmp", "/var", "/etc", "/usr", "/sysroot"];
+const ROOT_MOUNT_POINTS: [&str; 9] = [
+    "/dev", "/proc", "/sys", "/run", "/tmp", "/var", "/etc", "/usr", "/sysroot",
+];
 
 /// The unpacked inputs of a build, one directory per component, plus what the manifest records of them.
 pub struct Inputs {
@@ -80,9 +82,14 @@ fn find_kernel(kernel_dir: &Path) -> Result<(String, PathBuf, PathBuf)> {
         .filter_map(|n| n.strip_prefix("vmlinuz-").map(str::to_string))
         .collect();
     found.sort();
-    let Some(kver) = found.pop() else { bail!("the kernel package has no /boot/vmlinuz-*") };
+    let Some(kver) = found.pop() else {
+        bail!("the kernel package has no /boot/vmlinuz-*")
+    };
     if !found.is_empty() {
-        bail!("the kernel package holds several kernels ({kver} and {}); pick one package", found.join(", "));
+        bail!(
+            "the kernel package holds several kernels ({kver} and {}); pick one package",
+            found.join(", ")
+        );
     }
     let modules = ["lib/modules", "usr/lib/modules"]
         .iter()
@@ -111,7 +118,10 @@ fn hex(b: &[u8]) -> String {
 
 /// Builds the image. Writes only inside `out_dir`: the image and manifest appear there complete or not at all.
 pub fn build(profile: &Profile, inputs: &Inputs, out_dir: &Path, quiet: bool) -> Result<Report> {
-    let steps = Steps { quiet, start: Instant::now() };
+    let steps = Steps {
+        quiet,
+        start: Instant::now(),
+    };
     fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let work = tempfile::Builder::new()
         .prefix(".ingot-build-")
@@ -132,7 +142,11 @@ pub fn build(profile: &Profile, inputs: &Inputs, out_dir: &Path, quiet: bool) ->
         }
         ir.add_char_device("dev/console", 0o600, 5, 1)?;
         ir.add_file(INITRD_PATH.trim_start_matches('/'), 0o755, INGOT_INIT.to_vec())?;
-        ir.add_file(INITRD_RELEASE.trim_start_matches('/'), 0o644, os_release(profile).into_bytes())?;
+        ir.add_file(
+            INITRD_RELEASE.trim_start_matches('/'),
+            0o644,
+            os_release(profile).into_bytes(),
+        )?;
         let mut list = String::new();
         for m in &modules {
             let rel = m.relative_path.to_string_lossy();
@@ -140,7 +154,11 @@ pub fn build(profile: &Profile, inputs: &Inputs, out_dir: &Path, quiet: bool) ->
             list.push_str(&rel);
             list.push('\n');
         }
-        ir.add_file(INITRD_MODULE_LIST.trim_start_matches('/'), 0o644, list.into_bytes())?;
+        ir.add_file(
+            INITRD_MODULE_LIST.trim_start_matches('/'),
+            0o644,
+            list.into_bytes(),
+        )?;
         let mut opts = InitramfsOptions::new(u32::try_from(epoch).unwrap_or(u32::MAX));
         opts.zstd_level = profile.zstd_level;
         Ok(ir.build(&opts)?)
@@ -155,11 +173,19 @@ pub fn build(profile: &Profile, inputs: &Inputs, out_dir: &Path, quiet: bool) ->
             stage.dir(Path::new(d))?;
         }
         stage.file(Path::new(ROOT_PATH), INGOT_INIT, 0o755)?;
-        stage.file(Path::new("/etc/os-release"), os_release(profile).as_bytes(), 0o644)?;
+        stage.file(
+            Path::new("/etc/os-release"),
+            os_release(profile).as_bytes(),
+            0o644,
+        )?;
         if !profile.kernel.root_modules.is_empty() {
             let index = ModuleIndex::open(&modules_dir, &kver)?;
             for m in index.resolve(&profile.kernel.root_modules, SoftDeps::Pre)? {
-                stage.copy_file(&m.path, &Path::new("/lib/modules").join(&kver).join(&m.relative_path), Some(0o644))?;
+                stage.copy_file(
+                    &m.path,
+                    &Path::new("/lib/modules").join(&kver).join(&m.relative_path),
+                    Some(0o644),
+                )?;
             }
         }
         for (c, dir) in profile.components.iter().zip(&inputs.components) {
@@ -182,7 +208,13 @@ pub fn build(profile: &Profile, inputs: &Inputs, out_dir: &Path, quiet: bool) ->
             }
         }
         crate::rootfs::elf::check_tree(&stage_dir)?;
-        erofs::mkfs(&stage_dir, &root_img, disk::derived_uuid(&profile.name, "root-fs"), epoch, Compression::Lz4hc)?;
+        erofs::mkfs(
+            &stage_dir,
+            &root_img,
+            disk::derived_uuid(&profile.name, "root-fs"),
+            epoch,
+            Compression::Lz4hc,
+        )?;
         Ok(())
     })?;
 
@@ -216,17 +248,34 @@ pub fn build(profile: &Profile, inputs: &Inputs, out_dir: &Path, quiet: bool) ->
         let conf = files_dir.join("loader.conf");
         fs::write(&conf, esp::loader_conf(profile.bootloader.timeout))?;
         let files = [
-            EspFile { path: esp::BOOT_LOADER_PATH.into(), source: sd_boot },
-            EspFile { path: esp::LOADER_CONF_PATH.into(), source: conf },
-            EspFile { path: format!("{}/{uki_name}", esp::UKI_DIR), source: uki_path },
+            EspFile {
+                path: esp::BOOT_LOADER_PATH.into(),
+                source: sd_boot,
+            },
+            EspFile {
+                path: esp::LOADER_CONF_PATH.into(),
+                source: conf,
+            },
+            EspFile {
+                path: format!("{}/{uki_name}", esp::UKI_DIR),
+                source: uki_path,
+            },
         ];
         let volume_id = u32::from_le_bytes([uki_sha[0], uki_sha[1], uki_sha[2], uki_sha[3]]);
-        Ok(esp::build(&esp_img, profile.partitions.esp, volume_id, &files, epoch)?)
+        Ok(esp::build(
+            &esp_img,
+            profile.partitions.esp,
+            volume_id,
+            &files,
+            epoch,
+        )?)
     })?;
 
     let layout = disk::plan(&profile.partitions);
     let image = out_dir.join(format!("{}.raw", profile.name));
-    let (tmp_image, manifest) = steps.run("assembling the disk", || assemble_disk(profile, &layout, &esp_img, &root_img, out_dir))?;
+    let (tmp_image, manifest) = steps.run("assembling the disk", || {
+        assemble_disk(profile, &layout, &esp_img, &root_img, out_dir)
+    })?;
     let manifest = Manifest {
         uki: UkiInfo {
             path: format!("{}/{uki_name}", esp::UKI_DIR),
@@ -239,13 +288,19 @@ pub fn build(profile: &Profile, inputs: &Inputs, out_dir: &Path, quiet: bool) ->
         ..manifest
     };
     let manifest_path = manifest::path_for_image(&image);
-    tmp_image.persist(&image).with_context(|| format!("moving the image to {}", image.display()))?;
+    tmp_image
+        .persist(&image)
+        .with_context(|| format!("moving the image to {}", image.display()))?;
     manifest::write_atomic(&manifest_path, manifest.to_json().as_bytes())
         .with_context(|| format!("writing {}", manifest_path.display()))?;
     if !quiet {
         eprintln!("  {:<34} {:>6.2} s", "total", steps.start.elapsed().as_secs_f64());
     }
-    Ok(Report { image, manifest_path, manifest })
+    Ok(Report {
+        image,
+        manifest_path,
+        manifest,
+    })
 }
 
 /// Writes the partitions and table into a temp file in `out_dir`; returns it with a manifest lacking the UKI
@@ -257,7 +312,9 @@ fn assemble_disk(
     root_img: &Path,
     out_dir: &Path,
 ) -> Result<(tempfile::NamedTempFile, Manifest)> {
-    let mut tmp = tempfile::Builder::new().prefix(&format!(".{}.raw-", profile.name)).tempfile_in(out_dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.raw-", profile.name))
+        .tempfile_in(out_dir)?;
     tmp.as_file().set_len(layout.disk_size)?;
     let esp = disk::copy_into(esp_img, tmp.as_file(), layout.get(Role::Esp), "esp")?;
     let root = disk::copy_into(root_img, tmp.as_file(), layout.get(Role::RootA), "root")?;
@@ -307,13 +364,23 @@ fn assemble_disk(
         image: ImageInfo {
             name: profile.name.clone(),
             version: profile.version.clone(),
-            profile: profile.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            profile: profile
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             disk_guid: disk_guid.to_string(),
             size: layout.disk_size,
             source_date_epoch: profile.source_date_epoch,
         },
         partitions,
-        uki: UkiInfo { path: String::new(), sha256: String::new(), cmdline: String::new(), kernel_release: String::new(), initrd_modules: vec![] },
+        uki: UkiInfo {
+            path: String::new(),
+            sha256: String::new(),
+            cmdline: String::new(),
+            kernel_release: String::new(),
+            initrd_modules: vec![],
+        },
         components: vec![],
         data_ranges,
     };

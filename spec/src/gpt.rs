@@ -169,7 +169,7 @@ pub fn parse_header(disk_start: &[u8]) -> Result<Header, GptError> {
     }
     let entry_count = u32_at(h, 80);
     let entry_size = u32_at(h, 84);
-    if entry_count > MAX_ENTRIES || !(128..=4096).contains(&entry_size) || entry_size % 8 != 0 {
+    if entry_count > MAX_ENTRIES || !(128..=4096).contains(&entry_size) || !entry_size.is_multiple_of(8) {
         return Err(GptError::BadEntryLayout {
             count: entry_count,
             size: entry_size,

@@ -25,7 +25,9 @@ fn agent() -> &'static ureq::Agent {
             // The operating system's trust store, not a bundled one: sites behind a TLS-inspecting proxy or
             // with a private CA add it there, as for every other tool on the machine.
             .tls_config(
-                ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build(),
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                    .build(),
             )
             .build()
             .into()

@@ -91,7 +91,13 @@ pub fn merge(base: RawProfile, child: RawProfile) -> RawProfile {
         }),
         bootloader: merge_table(base.bootloader, child.bootloader, |b, c| {
             let (package, url, sha256, path) = merge_source!(b, c);
-            RawBootloader { package, url, sha256, path, timeout: pick(b.timeout, c.timeout) }
+            RawBootloader {
+                package,
+                url,
+                sha256,
+                path,
+                timeout: pick(b.timeout, c.timeout),
+            }
         }),
         partitions: merge_table(base.partitions, child.partitions, |b, c| RawPartitions {
             esp: pick(b.esp, c.esp),

@@ -50,7 +50,11 @@ pub enum ProfileError {
     #[error("{path}: `extends` chain is deeper than {MAX_EXTENDS_DEPTH} profiles")]
     ExtendsTooDeep { path: PathBuf },
     #[error("{path}: field `{field}`: {message}")]
-    Invalid { path: PathBuf, field: String, message: String },
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
 }
 
 /// Where a `--profile` argument points: `NAME` means `profiles/NAME.toml` under `profiles_dir`; anything with
@@ -66,7 +70,10 @@ pub fn locate(arg: &str, profiles_dir: &Path) -> Result<PathBuf, ProfileError> {
         .iter()
         .find(|p| p.is_file())
         .cloned()
-        .ok_or_else(|| ProfileError::NotFound { name: arg.to_string(), tried })
+        .ok_or_else(|| ProfileError::NotFound {
+            name: arg.to_string(),
+            tried,
+        })
 }
 
 /// Loads, merges and validates the profile at `path`.
@@ -77,21 +84,35 @@ pub fn load(path: &Path) -> Result<Profile, ProfileError> {
 }
 
 fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<raw::RawProfile, ProfileError> {
-    let canonical =
-        path.canonicalize().map_err(|source| ProfileError::Read { path: path.to_path_buf(), source })?;
+    let canonical = path.canonicalize().map_err(|source| ProfileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if chain.contains(&canonical) {
-        let names: Vec<String> =
-            chain.iter().chain([&canonical]).map(|p| p.display().to_string()).collect();
-        return Err(ProfileError::ExtendsCycle { path: path.to_path_buf(), chain: names.join(" → ") });
+        let names: Vec<String> = chain
+            .iter()
+            .chain([&canonical])
+            .map(|p| p.display().to_string())
+            .collect();
+        return Err(ProfileError::ExtendsCycle {
+            path: path.to_path_buf(),
+            chain: names.join(" → "),
+        });
     }
     if chain.len() >= MAX_EXTENDS_DEPTH {
-        return Err(ProfileError::ExtendsTooDeep { path: path.to_path_buf() });
+        return Err(ProfileError::ExtendsTooDeep {
+            path: path.to_path_buf(),
+        });
     }
     chain.push(canonical);
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ProfileError::Read { path: path.to_path_buf(), source })?;
-    let mut child: raw::RawProfile = toml::from_str(&text)
-        .map_err(|e| ProfileError::Parse { path: path.to_path_buf(), source: Box::new(e) })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut child: raw::RawProfile = toml::from_str(&text).map_err(|e| ProfileError::Parse {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })?;
     // Relative paths in a profile are relative to the file that wrote them, so rebase them before merging.
     let dir = path.parent().unwrap_or(Path::new("."));
     merge::rebase_paths(&mut child, dir);

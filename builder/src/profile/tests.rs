@@ -47,8 +47,18 @@ fn loads_a_profile_with_defaults() {
     assert_eq!(a.components, vec!["main"]);
     assert_eq!(a.keyring, d.path().join("keys/debian.pgp"));
     assert_eq!(p.kernel.source, Source::Package("linux-image-cloud-amd64".into()));
-    assert_eq!(p.partitions, PartitionSizes { esp: 512 << 20, root: 1 << 30, var: 64 << 20 });
-    assert_eq!(p.components[0].files.as_ref().unwrap()[0].dst, Path::new("/bin/busybox"));
+    assert_eq!(
+        p.partitions,
+        PartitionSizes {
+            esp: 512 << 20,
+            root: 1 << 30,
+            var: 64 << 20
+        }
+    );
+    assert_eq!(
+        p.components[0].files.as_ref().unwrap()[0].dst,
+        Path::new("/bin/busybox")
+    );
     assert_eq!(p.files[0].mode, 0o644);
 }
 
@@ -91,16 +101,36 @@ sha256 = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
     let p = load(&child).unwrap();
     assert_eq!(p.name, "child");
     assert_eq!(p.version, "2.0", "scalars: child wins");
-    assert_eq!(p.kernel.cmdline, ["console=ttyS0", "quiet", "panic=-1"], "lists append");
+    assert_eq!(
+        p.kernel.cmdline,
+        ["console=ttyS0", "quiet", "panic=-1"],
+        "lists append"
+    );
     assert!(p.kernel.initrd_modules.is_empty(), "explicit empty list resets");
-    assert_eq!(p.kernel.source, Source::Package("linux-image-cloud-amd64".into()), "untouched tables stay");
+    assert_eq!(
+        p.kernel.source,
+        Source::Package("linux-image-cloud-amd64".into()),
+        "untouched tables stay"
+    );
     assert_eq!(p.partitions.root, 256 << 20);
     assert_eq!(p.partitions.esp, 512 << 20);
     assert_eq!(p.components.len(), 2);
     assert_eq!(p.components[0].name, "busybox", "same name replaces in place");
-    assert_eq!(p.components[0].source, Source::Path(d.path().join("local/busybox.deb")));
-    assert_eq!(p.components[0].files, None, "a replaced component does not keep the base's fields");
-    assert_eq!(p.components[1].source, Source::Url { url: "https://example.org/x.tar.gz".into(), sha256: "a".repeat(64) });
+    assert_eq!(
+        p.components[0].source,
+        Source::Path(d.path().join("local/busybox.deb"))
+    );
+    assert_eq!(
+        p.components[0].files, None,
+        "a replaced component does not keep the base's fields"
+    );
+    assert_eq!(
+        p.components[1].source,
+        Source::Url {
+            url: "https://example.org/x.tar.gz".into(),
+            sha256: "a".repeat(64)
+        }
+    );
     assert_eq!(p.files.len(), 1, "files inherited");
 }
 

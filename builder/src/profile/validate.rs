@@ -126,7 +126,11 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ProfileError {
-        ProfileError::Invalid { path: self.path.to_path_buf(), field: field.into(), message: message.into() }
+        ProfileError::Invalid {
+            path: self.path.to_path_buf(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     fn required<T>(&self, v: Option<T>, field: &str, hint: &str) -> Result<T, ProfileError> {
@@ -155,15 +159,23 @@ impl Ctx<'_> {
                         format!("{sha:?} is not a sha256 (expected 64 hex digits)"),
                     ));
                 }
-                Ok(Source::Url { url, sha256: sha.to_ascii_lowercase() })
+                Ok(Source::Url {
+                    url,
+                    sha256: sha.to_ascii_lowercase(),
+                })
             }
             (None, Some(_), None, None) => Err(self.err(
                 format!("{field}.sha256"),
                 "is required with `url` (pin the download: `sha256sum` of the file)",
             )),
             (None, None, None, Some(p)) => Ok(Source::Path(PathBuf::from(p))),
-            (None, None, None, None) => Err(self.err(field, "needs a source: `package`, `url` + `sha256`, or `path`")),
-            _ => Err(self.err(field, "has more than one source: use exactly one of `package`, `url` + `sha256`, `path`")),
+            (None, None, None, None) => {
+                Err(self.err(field, "needs a source: `package`, `url` + `sha256`, or `path`"))
+            }
+            _ => Err(self.err(
+                field,
+                "has more than one source: use exactly one of `package`, `url` + `sha256`, `path`",
+            )),
         }
     }
 
@@ -177,7 +189,10 @@ impl Ctx<'_> {
             return Err(self.err(field, format!("{bytes} bytes is not a whole number of MiB")));
         }
         if bytes < min {
-            return Err(self.err(field, format!("{} MiB is below the minimum of {} MiB", bytes / MIB, min / MIB)));
+            return Err(self.err(
+                field,
+                format!("{} MiB is below the minimum of {} MiB", bytes / MIB, min / MIB),
+            ));
         }
         Ok(bytes)
     }
@@ -187,8 +202,15 @@ impl Ctx<'_> {
         if !path.is_absolute() {
             return Err(self.err(field, format!("{p:?} must be an absolute path in the image")));
         }
-        if path.components().any(|c| matches!(c, PathComponent::ParentDir | PathComponent::CurDir)) || p.ends_with('/') && p != "/" {
-            return Err(self.err(field, format!("{p:?} must be normalised (no `.`, `..` or trailing `/`)")));
+        if path
+            .components()
+            .any(|c| matches!(c, PathComponent::ParentDir | PathComponent::CurDir))
+            || p.ends_with('/') && p != "/"
+        {
+            return Err(self.err(
+                field,
+                format!("{p:?} must be normalised (no `.`, `..` or trailing `/`)"),
+            ));
         }
         if p == "/" {
             return Err(self.err(field, "\"/\" is not a file"));
@@ -209,13 +231,27 @@ impl Ctx<'_> {
 pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
     let cx = Ctx { path };
     let image = raw.image.unwrap_or_default();
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let name = image.name.unwrap_or(stem);
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(cx.err("image.name", format!("{name:?} must be letters, digits, `-` or `_`")));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(cx.err(
+            "image.name",
+            format!("{name:?} must be letters, digits, `-` or `_`"),
+        ));
     }
     let version = cx.required(image.version, "image.version", "e.g. version = \"0.1.0\"")?;
-    if version.is_empty() || !version.chars().all(|c| c.is_ascii_alphanumeric() || "._-~".contains(c)) {
+    if version.is_empty()
+        || !version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-~".contains(c))
+    {
         return Err(cx.err(
             "image.version",
             format!("{version:?} may only hold letters, digits, `.`, `_`, `-`, `~` (`+` is reserved for boot counting)"),
@@ -229,11 +265,18 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
     let archive = match raw.archive {
         None => None,
         Some(a) => Some(Archive {
-            url: cx.required(a.url, "archive.url", "e.g. \"https://deb.debian.org/debian\"")?.trim_end_matches('/').to_string(),
+            url: cx
+                .required(a.url, "archive.url", "e.g. \"https://deb.debian.org/debian\"")?
+                .trim_end_matches('/')
+                .to_string(),
             suite: cx.required(a.suite, "archive.suite", "e.g. \"bookworm\"")?,
             components: a.components.unwrap_or_else(|| vec!["main".into()]),
             arch: a.arch.unwrap_or_else(|| "amd64".into()),
-            keyring: PathBuf::from(cx.required(a.keyring, "archive.keyring", "the archive's OpenPGP keyring file")?),
+            keyring: PathBuf::from(cx.required(
+                a.keyring,
+                "archive.keyring",
+                "the archive's OpenPGP keyring file",
+            )?),
         }),
     };
 
@@ -246,10 +289,17 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
     };
     for (i, word) in kernel.cmdline.iter().enumerate() {
         if word.is_empty() || word.contains(char::is_whitespace) && !word.contains('"') {
-            return Err(cx.err(format!("kernel.cmdline[{i}]"), format!("{word:?}: one parameter per entry, no spaces")));
+            return Err(cx.err(
+                format!("kernel.cmdline[{i}]"),
+                format!("{word:?}: one parameter per entry, no spaces"),
+            ));
         }
     }
-    let b = cx.required(raw.bootloader, "bootloader", "a [bootloader] table, e.g. package = \"systemd-boot-efi\"")?;
+    let b = cx.required(
+        raw.bootloader,
+        "bootloader",
+        "a [bootloader] table, e.g. package = \"systemd-boot-efi\"",
+    )?;
     let bootloader = Bootloader {
         source: cx.source("bootloader", b.package, b.url, b.sha256, b.path)?,
         timeout: b.timeout.unwrap_or(0),
@@ -265,11 +315,22 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
     let mut components = Vec::new();
     for (i, c) in raw.components.unwrap_or_default().into_iter().enumerate() {
         let field = format!("components[{i}]");
-        if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
-            return Err(cx.err(format!("{field}.name"), format!("{:?} must be letters, digits, `-`, `_`, `.`", c.name)));
+        if c.name.is_empty()
+            || !c
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            return Err(cx.err(
+                format!("{field}.name"),
+                format!("{:?} must be letters, digits, `-`, `_`, `.`", c.name),
+            ));
         }
         if RESERVED_COMPONENT_NAMES.contains(&c.name.as_str()) {
-            return Err(cx.err(format!("{field}.name"), format!("{:?} is reserved for the [{}] table", c.name, c.name)));
+            return Err(cx.err(
+                format!("{field}.name"),
+                format!("{:?} is reserved for the [{}] table", c.name, c.name),
+            ));
         }
         if components.iter().any(|x: &Component| x.name == c.name) {
             return Err(cx.err(format!("{field}.name"), format!("{:?} is declared twice", c.name)));
@@ -281,16 +342,30 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
                 let mut out = Vec::new();
                 for (j, f) in list.into_iter().enumerate() {
                     let src = f.src.trim_start_matches('/').to_string();
-                    if src.is_empty() || Path::new(&src).components().any(|x| matches!(x, PathComponent::ParentDir)) {
-                        return Err(cx.err(format!("{field}.files[{j}].src"), format!("{:?} must be a path inside the component", f.src)));
+                    if src.is_empty()
+                        || Path::new(&src)
+                            .components()
+                            .any(|x| matches!(x, PathComponent::ParentDir))
+                    {
+                        return Err(cx.err(
+                            format!("{field}.files[{j}].src"),
+                            format!("{:?} must be a path inside the component", f.src),
+                        ));
                     }
                     let dst = f.dst.unwrap_or_else(|| format!("/{src}"));
-                    out.push(FileMap { dst: cx.image_path(&format!("{field}.files[{j}].dst"), &dst)?, src: src.into() });
+                    out.push(FileMap {
+                        dst: cx.image_path(&format!("{field}.files[{j}].dst"), &dst)?,
+                        src: src.into(),
+                    });
                 }
                 Some(out)
             }
         };
-        components.push(Component { name: c.name, source, files });
+        components.push(Component {
+            name: c.name,
+            source,
+            files,
+        });
     }
 
     let mut files = Vec::new();
@@ -307,7 +382,12 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
             Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
                 .ok()
                 .filter(|v| *v <= 0o7777)
-                .ok_or_else(|| cx.err(format!("{field}.mode"), format!("{m:?} is not an octal mode like \"0644\"")))?,
+                .ok_or_else(|| {
+                    cx.err(
+                        format!("{field}.mode"),
+                        format!("{m:?} is not an octal mode like \"0644\""),
+                    )
+                })?,
         };
         files.push(ImageFile { path, content, mode });
     }
@@ -317,7 +397,10 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         .chain(components.iter().map(|c| &c.source))
         .any(|s| matches!(s, Source::Package(_)));
     if needs_archive && archive.is_none() {
-        return Err(cx.err("archive", "is required when any source is a `package` (say which archive to resolve it in)"));
+        return Err(cx.err(
+            "archive",
+            "is required when any source is a `package` (say which archive to resolve it in)",
+        ));
     }
 
     Ok(Profile {

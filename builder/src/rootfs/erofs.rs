@@ -22,16 +22,28 @@ pub enum Compression {
     Lz4hc,
 }
 
-pub fn mkfs(tree: &Path, out: &Path, uuid: Uuid, epoch: u64, compression: Compression) -> Result<(), ErofsError> {
+pub fn mkfs(
+    tree: &Path,
+    out: &Path,
+    uuid: Uuid,
+    epoch: u64,
+    compression: Compression,
+) -> Result<(), ErofsError> {
     let mut c = Command::new("mkfs.erofs");
-    c.arg("--quiet").arg(format!("-T{epoch}")).arg(format!("-U{uuid}")).arg("--all-root");
+    c.arg("--quiet")
+        .arg(format!("-T{epoch}"))
+        .arg(format!("-U{uuid}"))
+        .arg("--all-root");
     if compression == Compression::Lz4hc {
         c.arg("-zlz4hc");
     }
     c.arg(out).arg(tree).env("SOURCE_DATE_EPOCH", epoch.to_string());
     let o = c.output().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ErofsError::Missing,
-        _ => ErofsError::Failed { tree: tree.display().to_string(), stderr: e.to_string() },
+        _ => ErofsError::Failed {
+            tree: tree.display().to_string(),
+            stderr: e.to_string(),
+        },
     })?;
     if !o.status.success() {
         return Err(ErofsError::Failed {
@@ -63,7 +75,10 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(1100));
         std::fs::write(tree.join("sbin/init"), vec![1u8; 50_000]).unwrap(); // new mtime, same content
         mkfs(&tree, &b, Uuid::from_u128(5), 1_704_067_200, Compression::Lz4hc).unwrap();
-        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "EROFS images differ");
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "EROFS images differ"
+        );
         let fsck = Command::new("fsck.erofs").arg(&a).output().unwrap();
         assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stderr));
     }

@@ -20,11 +20,18 @@ pub enum StageError {
         source: std::io::Error,
     },
     #[error("{src} has no {path} (the component's files are: {listing})")]
-    MissingInComponent { src: PathBuf, path: PathBuf, listing: String },
+    MissingInComponent {
+        src: PathBuf,
+        path: PathBuf,
+        listing: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StageError + '_ {
-    move |source| StageError::Io { path: path.to_path_buf(), source }
+    move |source| StageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The tree being staged.
@@ -62,7 +69,8 @@ impl Stage {
                 Ok(m) if m.file_type().is_symlink() => {
                     // Follow a symlink only if it resolves inside the tree (merged-/usr layouts: /lib -> usr/lib).
                     let target = fs::read_link(&cur).map_err(io(&cur))?;
-                    if target.is_absolute() || target.components().any(|c| matches!(c, Component::ParentDir)) {
+                    if target.is_absolute() || target.components().any(|c| matches!(c, Component::ParentDir))
+                    {
                         return Err(StageError::Conflict {
                             path: cur.clone(),
                             what: format!("is a symlink to {} that leaves its directory", target.display()),
@@ -75,7 +83,10 @@ impl Stage {
                     continue;
                 }
                 Ok(_) => {
-                    return Err(StageError::Conflict { path: cur.clone(), what: "exists and is not a directory".into() });
+                    return Err(StageError::Conflict {
+                        path: cur.clone(),
+                        what: "exists and is not a directory".into(),
+                    });
                 }
                 Err(_) => {
                     fs::create_dir(&cur).map_err(io(&cur))?;
@@ -141,7 +152,8 @@ impl Stage {
             self.symlink(&target, image_path)
         } else if m.is_dir() {
             let host = self.dir(image_path)?;
-            fs::set_permissions(&host, fs::Permissions::from_mode(m.permissions().mode() & 0o7777)).map_err(io(&host))
+            fs::set_permissions(&host, fs::Permissions::from_mode(m.permissions().mode() & 0o7777))
+                .map_err(io(&host))
         } else {
             self.copy_file(src, image_path, Some(m.permissions().mode() & 0o7777))
         }
@@ -170,14 +182,29 @@ mod tests {
     fn stages_files_dirs_and_symlinks_inside_the_tree() {
         let d = tempfile::tempdir().unwrap();
         let s = Stage::new(d.path().to_path_buf());
-        s.file(Path::new("/etc/os-release"), b"ID=ingot\n", 0o644).unwrap();
+        s.file(Path::new("/etc/os-release"), b"ID=ingot\n", 0o644)
+            .unwrap();
         s.symlink(Path::new("usr/lib"), Path::new("/lib")).unwrap();
         s.file(Path::new("/lib/x.so"), b"x", 0o755).unwrap();
-        assert_eq!(fs::read(d.path().join("usr/lib/x.so")).unwrap(), b"x", "relative symlinked parents are followed");
-        assert!(matches!(s.file(Path::new("/../x"), b"", 0o644), Err(StageError::BadPath(_))));
+        assert_eq!(
+            fs::read(d.path().join("usr/lib/x.so")).unwrap(),
+            b"x",
+            "relative symlinked parents are followed"
+        );
+        assert!(matches!(
+            s.file(Path::new("/../x"), b"", 0o644),
+            Err(StageError::BadPath(_))
+        ));
         s.symlink(Path::new("/etc"), Path::new("/escape")).unwrap();
-        assert!(matches!(s.file(Path::new("/escape/passwd"), b"", 0o644), Err(StageError::Conflict { .. })));
-        let mode = fs::metadata(d.path().join("usr/lib/x.so")).unwrap().permissions().mode() & 0o777;
+        assert!(matches!(
+            s.file(Path::new("/escape/passwd"), b"", 0o644),
+            Err(StageError::Conflict { .. })
+        ));
+        let mode = fs::metadata(d.path().join("usr/lib/x.so"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o755);
     }
 }

@@ -1,0 +1,51 @@
+//! Shared helpers for the end-to-end tests: run the `ingot` binary from the repository root and build the
+//! `minimal` profile once per test process.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// `ingot` with the repository root as working directory (so `--profile minimal` finds `profiles/`).
+pub fn ingot() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ingot"));
+    c.current_dir(repo_root());
+    c
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("running ingot");
+    out
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Builds `minimal` into `out` and returns the image path; panics with ingot's stderr on failure.
+pub fn build_minimal(out: &Path) -> PathBuf {
+    let o = run(ingot().args(["build", "--quiet", "--profile", "minimal", "--out"]).arg(out));
+    assert!(o.status.success(), "ingot build failed:\n{}", stderr(&o));
+    out.join("minimal.raw")
+}
+
+/// Names of the entries in a directory (to check nothing was left behind).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+}
