@@ -49,9 +49,7 @@ fn main() {
         eprintln!("ingot-init is the init process of an ingot node and only runs as PID 1");
         std::process::exit(2);
     }
-    if let Err(e) = sys.block_signals() {
-        warn(&sys, &format!("blocking signals: {e}, ignoring"));
-    }
+    supervisor::take_signals(&sys);
     let mut opts = BootOptions::default();
     let err: Box<dyn Error> = if sys.exists(Path::new(stage1::INITRD_RELEASE)) {
         match stage1::run(&sys, &mut opts) {

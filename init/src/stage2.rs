@@ -28,9 +28,6 @@ pub fn run(sys: &dyn Sys, opts: &mut BootOptions) -> Result<Infallible, Error> {
     *opts = BootOptions::load(sys);
     sys::set_panic_policy(opts.debug, opts.reboot_delay);
     mounts::mount_all(sys, &mounts::RUNTIME)?;
-    if let Err(e) = sys.disable_ctrl_alt_del() {
-        crate::warn(sys, &format!("routing Ctrl-Alt-Del to PID 1: {e}, ignoring"));
-    }
     let mut supervisor = Supervisor::new();
     crate::phase(sys, PHASE_READY);
 
@@ -67,12 +64,11 @@ mod tests {
         let err = run(&sys, &mut opts).unwrap_err();
         assert!(opts.poweroff);
         assert_eq!(
-            sys.calls_matching(&["mount tmpfs", "console", "cad-off", "kill-all", "sync", "reboot"]),
+            sys.calls_matching(&["mount tmpfs", "console", "kill-all", "sync", "reboot"]),
             [
                 "console ingot: phase=stage2 t=1500",
                 "mount tmpfs /run tmpfs nodev,nosuid mode=0755",
                 "mount tmpfs /tmp tmpfs nodev,nosuid mode=1777",
-                "cad-off",
                 "console ingot: phase=ready t=1500",
                 "console ingot: shutdown poweroff",
                 "kill-all term",

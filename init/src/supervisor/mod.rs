@@ -29,6 +29,18 @@ pub const TERM_TIMEOUT: Duration = Duration::from_secs(5);
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(1);
 const REAP_POLL: Duration = Duration::from_millis(100);
 
+/// Makes PID 1 the one that decides about signals, in both stages: blocks the signals it takes with
+/// [`Sys::wait_signal`] and routes Ctrl-Alt-Del to it as `SIGINT` (instead of an immediate kernel reboot
+/// without sync). Failures are warnings: the node still boots.
+pub fn take_signals(sys: &dyn Sys) {
+    if let Err(e) = sys.block_signals() {
+        crate::warn(sys, &format!("blocking signals: {e}, ignoring"));
+    }
+    if let Err(e) = sys.disable_ctrl_alt_del() {
+        crate::warn(sys, &format!("routing Ctrl-Alt-Del to PID 1: {e}, ignoring"));
+    }
+}
+
 /// The shutdown a signal asks for, if any.
 pub fn shutdown_for(signal: Signal) -> Option<Shutdown> {
     match signal {
@@ -129,6 +141,21 @@ mod tests {
     use super::*;
     use crate::sys::ExitStatus;
     use crate::sys::fake::FakeSys;
+
+    #[test]
+    fn takes_signals_and_ctrl_alt_del_warning_on_failure() {
+        let sys = FakeSys::new();
+        sys.fail("cad-off", crate::sys::Errno::PERM);
+        take_signals(&sys);
+        assert_eq!(
+            sys.calls(),
+            [
+                "block-signals",
+                "cad-off",
+                "console ingot: warning routing Ctrl-Alt-Del to PID 1: Operation not permitted (os error 1), ignoring"
+            ]
+        );
+    }
 
     #[test]
     fn signals_map_like_busybox_init() {
