@@ -6,7 +6,8 @@ pub const DEBUG: &str = "ingot.debug";
 pub const POWEROFF: &str = "ingot.poweroff";
 /// Seconds to wait before rebooting after a fatal error (default [`DEFAULT_REBOOT_DELAY_SECS`]).
 pub const REBOOT_DELAY: &str = "ingot.reboot_delay";
-/// Comma-separated kernel modules stage 1 loads, in order (written by the builder).
+/// Comma-separated extra module files (relative to `/lib/modules/<kver>/`) stage 1 loads after the list the
+/// builder wrote to `/etc/ingot/modules`; a debugging aid for trying a driver without rebuilding.
 pub const MODULES: &str = "ingot.modules";
 /// Default delay before a reboot after a fatal error.
 pub const DEFAULT_REBOOT_DELAY_SECS: u64 = 10;
