@@ -26,8 +26,9 @@
 //! ```
 //!
 //! The value is a `;`-separated list of `FROM=TO` pairs (whitespace around each part is ignored, empty
-//! entries are skipped). A URL starting with `FROM` has that prefix replaced by `TO`; when several
-//! prefixes match, the longest wins. Only the download location changes: the pinned sha256 is still
+//! entries are skipped). A URL starting with `FROM` has that prefix replaced by `TO`; `FROM` matches
+//! only up to a path boundary (`…/debian` applies to `…/debian/pool/…`, not to `…/debian-security/…`).
+//! When several prefixes match, the longest wins. Only the download location changes: the pinned sha256 is still
 //! checked, so a mirror cannot change what goes into an image.
 //!
 //! # Limits
@@ -210,7 +211,7 @@ impl Mirror {
 pub fn rewrite_url(mirrors: &[Mirror], url: &str) -> String {
     mirrors
         .iter()
-        .filter(|m| url.starts_with(&m.from))
+        .filter(|m| prefix_matches(&m.from, url))
         .max_by_key(|m| m.from.len())
         .map(|m| format!("{}{}", m.to, &url[m.from.len()..]))
         .unwrap_or_else(|| url.to_owned())
@@ -458,6 +459,15 @@ impl Fetcher {
 
     fn show_bar(&self) -> bool {
         self.progress && io::stderr().is_terminal()
+    }
+}
+
+/// `from` is a prefix of `url` ending at a path boundary: `…/debian` matches `…/debian/pool/x`
+/// but not `…/debian-security/x`.
+fn prefix_matches(from: &str, url: &str) -> bool {
+    match url.strip_prefix(from) {
+        Some(rest) => from.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?', '#']),
+        None => false,
     }
 }
 
