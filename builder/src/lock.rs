@@ -522,7 +522,10 @@ sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
         let path = tmp.path().join("minimal.lock");
         lock.write(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), GOLDEN);
-        let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["minimal.lock"], "no temporary file left");
         let loaded = Lock::load(&path).unwrap();
         assert_eq!(loaded.components(), lock.components());
@@ -539,15 +542,24 @@ sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
     #[test]
     fn load_errors_name_file_and_field() {
         let path = Path::new("profiles/minimal.lock");
-        let err = Lock::parse(path, &GOLDEN.replace("version = \"6.1.176-1\"", "versoin = \"x\""));
+        let err = Lock::parse(
+            path,
+            &GOLDEN.replace("version = \"6.1.176-1\"", "versoin = \"x\""),
+        );
         let err = err.unwrap_err();
         let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
-        assert!(chain.starts_with("profiles/minimal.lock is not a valid lock file"), "{chain}");
+        assert!(
+            chain.starts_with("profiles/minimal.lock is not a valid lock file"),
+            "{chain}"
+        );
         assert!(chain.contains("versoin"), "{chain}");
 
         let err = Lock::parse(path, &GOLDEN.replace("sha256 = \"2222", "sha256 = \"zz22")).unwrap_err();
         let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
-        assert!(chain.contains("sha256") && chain.contains("not a hex digit"), "{chain}");
+        assert!(
+            chain.contains("sha256") && chain.contains("not a hex digit"),
+            "{chain}"
+        );
 
         let err = Lock::parse(path, &GOLDEN.replace("version = 1", "version = 2")).unwrap_err();
         assert_eq!(
@@ -558,7 +570,10 @@ sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
         assert!(matches!(err, LockError::Request { .. }), "{err:?}");
         let dup = GOLDEN.replace("name = \"busybox\"", "name = \"kernel\"");
         let err = Lock::parse(path, &dup).unwrap_err();
-        assert_eq!(err.to_string(), "profiles/minimal.lock: component kernel appears more than once");
+        assert_eq!(
+            err.to_string(),
+            "profiles/minimal.lock: component kernel appears more than once"
+        );
     }
 
     #[test]
@@ -572,11 +587,16 @@ sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
             "profiles/minimal.lock is stale: the profile changed since it was written (run `ingot lock --profile minimal`)"
         );
         assert_eq!(
-            lock.check(&sha(0xaa), &["kernel", "systemd-boot", "busybox", "runc"]).unwrap_err().to_string(),
+            lock.check(&sha(0xaa), &["kernel", "systemd-boot", "busybox", "runc"])
+                .unwrap_err()
+                .to_string(),
             "profiles/minimal.lock has no entry for component runc (run `ingot lock --profile minimal`)"
         );
         let err = lock.check(&sha(0xaa), &["kernel", "systemd-boot"]).unwrap_err();
-        assert!(matches!(&err, LockError::Extra { names, .. } if names == &["busybox"]), "{err:?}");
+        assert!(
+            matches!(&err, LockError::Extra { names, .. } if names == &["busybox"]),
+            "{err:?}"
+        );
     }
 
     #[test]

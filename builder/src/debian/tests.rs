@@ -167,7 +167,10 @@ fn resolves_newest_follows_metapackage_and_caches_indices() {
 
         // The decompressed index is cached under its InRelease hash: the compressed one is not needed.
         std::fs::remove_dir_all(archive.root.join("dists/test/main")).unwrap();
-        assert_eq!(resolve(&archive.fetcher, &archive.spec, &requests()).unwrap(), resolved);
+        assert_eq!(
+            resolve(&archive.fetcher, &archive.spec, &requests()).unwrap(),
+            resolved
+        );
     }
 }
 
@@ -196,7 +199,10 @@ fn signature_by_a_key_outside_the_keyring_is_rejected() {
     };
     let err = resolve(&archive.fetcher, &spec, &requests()).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("stranger.pgp") && msg.contains("no valid signature"), "{msg}");
+    assert!(
+        msg.contains("stranger.pgp") && msg.contains("no valid signature"),
+        "{msg}"
+    );
     use pgp::types::KeyDetails;
     let fp = format!("{:X}", archive.key.fingerprint());
     assert!(msg.contains(&fp), "names the signer {fp}: {msg}");
@@ -207,11 +213,17 @@ fn unsigned_or_wrong_suite_inrelease_is_rejected() {
     let archive = TestArchive::new(false, true, "test");
     std::fs::write(archive.inrelease(), "Origin: Test\nCodename: test\n").unwrap();
     let err = resolve(&archive.fetcher, &archive.spec, &requests()).unwrap_err();
-    assert!(matches!(err, ResolveError::InRelease(InReleaseError::NotSigned { .. })), "{err:?}");
+    assert!(
+        matches!(err, ResolveError::InRelease(InReleaseError::NotSigned { .. })),
+        "{err:?}"
+    );
 
     let archive = TestArchive::new(false, true, "other");
     let err = resolve(&archive.fetcher, &archive.spec, &requests()).unwrap_err();
-    assert!(matches!(err, ResolveError::InRelease(InReleaseError::WrongSuite { .. })), "{err:?}");
+    assert!(
+        matches!(err, ResolveError::InRelease(InReleaseError::WrongSuite { .. })),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -222,10 +234,12 @@ fn packages_hash_mismatch_is_rejected() {
     std::fs::write(&path, xz(evil.as_bytes())).unwrap();
     let err = resolve(&archive.fetcher, &archive.spec, &requests()).unwrap_err();
     match &err {
-        ResolveError::Fetch {
-            source: FetchError::Mismatch { url, .. },
-            ..
-        } => assert!(url.ends_with("main/binary-amd64/Packages.xz"), "{url}"),
+        ResolveError::Fetch { source, .. } => match &**source {
+            FetchError::Mismatch { url, .. } => {
+                assert!(url.ends_with("main/binary-amd64/Packages.xz"), "{url}")
+            }
+            other => panic!("{other:?}"),
+        },
         other => panic!("{other:?}"),
     }
     // Nothing from the bad index was cached.
@@ -260,7 +274,9 @@ fn missing_keyring_is_named() {
 }
 
 fn repo_keyring(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../keyrings").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../keyrings")
+        .join(name)
 }
 
 #[test]
@@ -307,9 +323,16 @@ fn real_archive_bookworm() {
         "{kernel:?}"
     );
     assert_eq!(kernel.requested.as_deref(), Some("linux-image-cloud-amd64"));
-    assert!(kernel.url.starts_with("https://deb.debian.org/debian/pool/main/l/linux-signed-amd64/"));
+    assert!(
+        kernel
+            .url
+            .starts_with("https://deb.debian.org/debian/pool/main/l/linux-signed-amd64/")
+    );
     let boot = &resolved[1];
-    assert!(boot.url.starts_with("https://deb.debian.org/debian/pool/main/s/systemd/systemd-boot-efi_"));
+    assert!(
+        boot.url
+            .starts_with("https://deb.debian.org/debian/pool/main/s/systemd/systemd-boot-efi_")
+    );
 
     // The pin is good: download it and find systemd-boot inside.
     let dir = fetcher.unpacked(&boot.pinned()).unwrap();

@@ -42,11 +42,7 @@ impl Cache {
     pub(super) fn from_lookup(
         lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Result<Self, FetchError> {
-        let var = |name| {
-            lookup(name)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
+        let var = |name| lookup(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         if let Some(dir) = var("INGOT_CACHE_DIR") {
             return Ok(Self::at(dir));
         }

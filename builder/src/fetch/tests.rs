@@ -68,7 +68,12 @@ fn serve(stream: TcpStream, routes: &Mutex<HashMap<String, Reply>>, hits: &Mutex
     }
     let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
     *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-    let reply = routes.lock().unwrap().get(&path).cloned().unwrap_or(Reply::Status(404));
+    let reply = routes
+        .lock()
+        .unwrap()
+        .get(&path)
+        .cloned()
+        .unwrap_or(Reply::Status(404));
     let mut out = stream;
     let (status, body, send) = match reply {
         Reply::Ok(body) => {
@@ -102,7 +107,9 @@ fn pin(component: &str, url: &str, data: &[u8]) -> Pinned {
 /// Every file under the blob directory (including temporaries).
 fn blob_dir_entries(cache: &Cache) -> Vec<String> {
     match std::fs::read_dir(cache.root().join("blobs/sha256")) {
-        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -138,7 +145,10 @@ fn mirror_syntax_and_longest_prefix() {
         rewrite_url(&mirrors, "https://deb.debian.org/debian-security/y"),
         "http://other/debian-security/y"
     );
-    assert_eq!(rewrite_url(&mirrors, "https://example.org/z"), "https://example.org/z");
+    assert_eq!(
+        rewrite_url(&mirrors, "https://example.org/z"),
+        "https://example.org/z"
+    );
     let err = Mirror::parse_list("https://a").unwrap_err().to_string();
     assert!(err.contains("`https://a`") && err.contains("FROM=TO"), "{err}");
     assert!(Mirror::parse_list("=x").is_err());
@@ -153,13 +163,23 @@ fn cache_location_precedence() {
                 .map(|(_, v)| std::ffi::OsString::from(v))
         }
     };
-    let all = env(&[("INGOT_CACHE_DIR", "/c"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]);
+    let all = env(&[
+        ("INGOT_CACHE_DIR", "/c"),
+        ("XDG_CACHE_HOME", "/x"),
+        ("HOME", "/h"),
+    ]);
     assert_eq!(Cache::from_lookup(all).unwrap().root(), Path::new("/c"));
     let xdg = env(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]);
     assert_eq!(Cache::from_lookup(xdg).unwrap().root(), Path::new("/x/ingot"));
     let home = env(&[("HOME", "/h"), ("XDG_CACHE_HOME", "")]);
-    assert_eq!(Cache::from_lookup(home).unwrap().root(), Path::new("/h/.cache/ingot"));
-    assert!(matches!(Cache::from_lookup(env(&[])), Err(FetchError::NoCacheDir)));
+    assert_eq!(
+        Cache::from_lookup(home).unwrap().root(),
+        Path::new("/h/.cache/ingot")
+    );
+    assert!(matches!(
+        Cache::from_lookup(env(&[])),
+        Err(FetchError::NoCacheDir)
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,7 +217,11 @@ fn hash_mismatch_names_everything_and_stores_nothing() {
     assert!(msg.contains(&url), "{msg}");
     assert!(msg.contains(&p.sha256.to_hex()), "{msg}");
     assert!(msg.contains(&Sha256::digest(b"evil").to_hex()), "{msg}");
-    assert_eq!(blob_dir_entries(f.cache()), Vec::<String>::new(), "no blob, no temp file");
+    assert_eq!(
+        blob_dir_entries(f.cache()),
+        Vec::<String>::new(),
+        "no blob, no temp file"
+    );
     assert_eq!(server.hits("/x"), 1, "a mismatch is not retried");
 }
 
@@ -210,8 +234,15 @@ fn pool_404_says_superseded_other_statuses_say_status() {
     let err = f.fetch(&pin("kernel", &pool, b"x")).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, FetchError::Superseded { .. }), "{msg}");
-    assert!(msg.contains("superseded") && msg.contains("ingot lock") && msg.contains(&pool), "{msg}");
-    assert_eq!(server.hits("/debian/pool/main/l/linux/old.deb"), 1, "a 404 is not retried");
+    assert!(
+        msg.contains("superseded") && msg.contains("ingot lock") && msg.contains(&pool),
+        "{msg}"
+    );
+    assert_eq!(
+        server.hits("/debian/pool/main/l/linux/old.deb"),
+        1,
+        "a 404 is not retried"
+    );
 
     let url = server.route("/forbidden", Reply::Status(403));
     let err = f.fetch(&pin("runc", &url, b"x")).unwrap_err();
@@ -237,18 +268,29 @@ fn truncated_download_is_retried_then_fails_leaving_nothing() {
     assert!(matches!(err, FetchError::Interrupted { .. }), "{err:?}");
     assert!(err.to_string().contains("cni") && err.to_string().contains(&url));
     assert_eq!(server.hits("/cut"), 2, "interrupted downloads are retried");
-    assert_eq!(blob_dir_entries(f.cache()), Vec::<String>::new(), "no blob, no temp file");
+    assert_eq!(
+        blob_dir_entries(f.cache()),
+        Vec::<String>::new(),
+        "no blob, no temp file"
+    );
 }
 
 #[test]
 fn connection_refused_is_a_network_error() {
     // Bind then drop to find a port that is (very likely) closed.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{port}/x");
     let err = fetcher(tmp.path()).fetch(&pin("crictl", &url, b"x")).unwrap_err();
     assert!(matches!(err, FetchError::Network { .. }), "{err:?}");
-    assert_eq!(err.to_string(), format!("component crictl: cannot download {url}"));
+    assert_eq!(
+        err.to_string(),
+        format!("component crictl: cannot download {url}")
+    );
 }
 
 #[test]
@@ -257,9 +299,15 @@ fn offline_miss_says_what_and_how() {
     let f = fetcher(tmp.path()).offline(true);
     let p = pin("kernel", "https://deb.debian.org/debian/pool/k.deb", b"k");
     let msg = f.fetch(&p).unwrap_err().to_string();
-    assert!(msg.contains("kernel") && msg.contains("https://deb.debian.org/debian/pool/k.deb"), "{msg}");
+    assert!(
+        msg.contains("kernel") && msg.contains("https://deb.debian.org/debian/pool/k.deb"),
+        "{msg}"
+    );
     assert!(msg.contains("without --offline"), "{msg}");
-    assert!(msg.contains(&f.cache().blob_path(&p.sha256).display().to_string()), "{msg}");
+    assert!(
+        msg.contains(&f.cache().blob_path(&p.sha256).display().to_string()),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -276,7 +324,10 @@ fn local_paths_file_urls_and_mirrors() {
     let url = format!("file://{}", tmp.path().join("other.bin").display());
     assert!(f.fetch(&pin("b", &url, b"other")).is_ok());
     let missing = format!("file://{}", tmp.path().join("nope").display());
-    assert!(matches!(f.fetch(&pin("c", &missing, b"z")), Err(FetchError::Local { .. })));
+    assert!(matches!(
+        f.fetch(&pin("c", &missing, b"z")),
+        Err(FetchError::Local { .. })
+    ));
 
     // The canonical URL is unreachable; the mirror serves it.
     server.route("/mirror/pool/m.deb", Reply::Ok(b"mirrored".to_vec()));
@@ -410,13 +461,22 @@ fn assert_good_tree(root: &Path) {
     assert_eq!(std::fs::read(&hello).unwrap(), b"#!/bin/sh\necho hi\n");
     let mode = std::fs::metadata(&hello).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o4755, "setuid and mode kept");
-    assert_eq!(std::fs::read_link(root.join("usr/bin/hi")).unwrap(), Path::new("hello"));
-    assert_eq!(std::fs::read_link(root.join("usr/lib-abs")).unwrap(), Path::new("/usr/lib"));
+    assert_eq!(
+        std::fs::read_link(root.join("usr/bin/hi")).unwrap(),
+        Path::new("hello")
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("usr/lib-abs")).unwrap(),
+        Path::new("/usr/lib")
+    );
     use std::os::unix::fs::MetadataExt;
     let ino = |p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
     assert_eq!(ino("usr/bin/hello"), ino("usr/bin/hello2"), "hard link");
     assert_eq!(std::fs::read(root.join("etc/ro/conf")).unwrap(), b"secret");
-    let ro = std::fs::metadata(root.join("etc/ro")).unwrap().permissions().mode();
+    let ro = std::fs::metadata(root.join("etc/ro"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(ro & 0o7777, 0o555, "directory mode applied after its contents");
     let mtime = std::fs::metadata(&hello).unwrap().modified().unwrap();
     assert_eq!(
@@ -522,7 +582,16 @@ fn path_traversal_is_refused() {
     let mut dev = file("./dev/sda", 0o600, b"");
     dev.kind = tar::EntryType::Block;
     let err = unpack_hostile(tmp.path(), &[dev]);
-    assert!(matches!(err, UnpackError::UnsupportedEntry { kind: "block device", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            UnpackError::UnsupportedEntry {
+                kind: "block device",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -560,8 +629,14 @@ fn truncated_and_corrupt_debs_are_named() {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir(&out).unwrap();
     let err = unpack_deb(&deb, &out).unwrap_err();
-    assert!(matches!(&err, UnpackError::Corrupt { member, .. } if member == "data.tar.xz"), "{err:?}");
-    assert_eq!(err.to_string(), format!("{}: data.tar.xz is truncated or corrupt", deb.display()));
+    assert!(
+        matches!(&err, UnpackError::Corrupt { member, .. } if member == "data.tar.xz"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("{}: data.tar.xz is truncated or corrupt", deb.display())
+    );
 
     std::fs::write(&deb, b"!<arch>\nnot really").unwrap();
     assert!(unpack_deb(&deb, &out).is_err());
