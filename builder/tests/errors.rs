@@ -18,8 +18,15 @@ fn cached_debs() -> Debs {
     build_minimal(out.path());
     let lock = ingot::lock::Lock::load(&repo_root().join("profiles/minimal.lock")).unwrap();
     let cache = ingot::fetch::Cache::from_env().unwrap();
-    let blob = |name: &str| cache.blob(&lock.component(name).unwrap().sha256).expect("blob in the cache after a build");
-    Debs { kernel: blob("kernel"), bootloader: blob("bootloader") }
+    let blob = |name: &str| {
+        cache
+            .blob(&lock.component(name).unwrap().sha256)
+            .expect("blob in the cache after a build")
+    };
+    Debs {
+        kernel: blob("kernel"),
+        bootloader: blob("bootloader"),
+    }
 }
 
 /// A profile using local packages only (no archive, no network), written to `dir/p.toml`.
@@ -52,9 +59,18 @@ fn lock_ok(profile: &Path) {
 
 /// Runs `ingot build` expecting failure; returns stderr and checks `out` holds nothing.
 fn build_fails(profile: &Path, out: &Path) -> String {
-    let o = run(ingot().args(["build", "--quiet", "--profile"]).arg(profile).arg("--out").arg(out));
+    let o = run(ingot()
+        .args(["build", "--quiet", "--profile"])
+        .arg(profile)
+        .arg("--out")
+        .arg(out));
     assert!(!o.status.success(), "build should fail");
-    assert!(dir_entries(out).is_empty(), "left in {}: {:?}", out.display(), dir_entries(out));
+    assert!(
+        dir_entries(out).is_empty(),
+        "left in {}: {:?}",
+        out.display(),
+        dir_entries(out)
+    );
     stderr(&o)
 }
 
@@ -65,7 +81,10 @@ fn unknown_profile_key_names_file_line_and_key() {
     let p = d.path().join("bad.toml");
     std::fs::write(&p, text.replace("[bootloader]", "[bootloader]\ntimout = 3")).unwrap();
     let err = build_fails(&p, &d.path().join("out"));
-    assert!(err.contains("bad.toml") && err.contains("unknown field `timout`") && err.contains("line"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("unknown field `timout`") && err.contains("line"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -73,22 +92,36 @@ fn missing_lock_says_how_to_make_one() {
     let d = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(repo_root().join("profiles/minimal.toml")).unwrap();
     let p = d.path().join("nolock.toml");
-    std::fs::write(&p, text.replace("../keyrings", &repo_root().join("keyrings").display().to_string())).unwrap();
+    std::fs::write(
+        &p,
+        text.replace("../keyrings", &repo_root().join("keyrings").display().to_string()),
+    )
+    .unwrap();
     let err = build_fails(&p, &d.path().join("out"));
-    assert!(err.contains("nolock.lock") && err.contains("ingot lock --profile"), "{err}");
+    assert!(
+        err.contains("nolock.lock") && err.contains("ingot lock --profile"),
+        "{err}"
+    );
 }
 
 #[test]
 fn stale_lock_and_missing_entries_are_reported() {
     let debs = cached_debs();
     let d = tempfile::tempdir().unwrap();
-    let p = local_profile(d.path(), &debs.kernel, &format!("path = \"{}\"", debs.bootloader.display()));
+    let p = local_profile(
+        d.path(),
+        &debs.kernel,
+        &format!("path = \"{}\"", debs.bootloader.display()),
+    );
     lock_ok(&p);
     let lock_path = d.path().join("p.lock");
     let lock = std::fs::read_to_string(&lock_path).unwrap();
     // Drop the bootloader entry by hand: the request still matches, the entry is missing.
     let start = lock.find("[[component]]\nname = \"bootloader\"").unwrap();
-    let end = lock[start + 10..].find("[[component]]").map(|i| i + start + 10).unwrap_or(lock.len());
+    let end = lock[start + 10..]
+        .find("[[component]]")
+        .map(|i| i + start + 10)
+        .unwrap_or(lock.len());
     std::fs::write(&lock_path, format!("{}{}", &lock[..start], &lock[end..])).unwrap();
     let err = build_fails(&p, &d.path().join("out"));
     assert!(err.contains("p.lock") && err.contains("bootloader"), "{err}");
@@ -96,8 +129,14 @@ fn stale_lock_and_missing_entries_are_reported() {
     // A changed source makes the lock stale.
     lock_ok(&p);
     let text = std::fs::read_to_string(&p).unwrap();
-    std::fs::write(&p, text.replace(&format!("path = \"{}\"", debs.bootloader.display()), "package = \"systemd-boot-efi\"")
-        + "[archive]\nurl = \"https://deb.debian.org/debian\"\nsuite = \"bookworm\"\nkeyring = \"k.pgp\"\n").unwrap();
+    std::fs::write(
+        &p,
+        text.replace(
+            &format!("path = \"{}\"", debs.bootloader.display()),
+            "package = \"systemd-boot-efi\"",
+        ) + "[archive]\nurl = \"https://deb.debian.org/debian\"\nsuite = \"bookworm\"\nkeyring = \"k.pgp\"\n",
+    )
+    .unwrap();
     let err = build_fails(&p, &d.path().join("out"));
     assert!(err.contains("stale") && err.contains("ingot lock"), "{err}");
 }
@@ -108,12 +147,19 @@ fn wrong_sha256_names_component_url_and_both_hashes() {
     let d = tempfile::tempdir().unwrap();
     let wrong = "0".repeat(64);
     let url = format!("file://{}", debs.bootloader.display());
-    let p = local_profile(d.path(), &debs.kernel, &format!("url = \"{url}\"\nsha256 = \"{wrong}\""));
+    let p = local_profile(
+        d.path(),
+        &debs.kernel,
+        &format!("url = \"{url}\"\nsha256 = \"{wrong}\""),
+    );
     lock_ok(&p);
     let err = build_fails(&p, &d.path().join("out"));
     let actual = ingot::fetch::Sha256::of_file(&debs.bootloader).unwrap().to_hex();
     let shown = debs.bootloader.display().to_string();
-    assert!(err.contains("bootloader") && err.contains(&shown) && err.contains(&wrong) && err.contains(&actual), "{err}");
+    assert!(
+        err.contains("bootloader") && err.contains(&shown) && err.contains(&wrong) && err.contains(&actual),
+        "{err}"
+    );
 }
 
 #[test]
@@ -126,7 +172,11 @@ fn truncated_deb_is_a_clear_error() {
     let p = local_profile(d.path(), &debs.kernel, &format!("path = \"{}\"", cut.display()));
     lock_ok(&p);
     let err = build_fails(&p, &d.path().join("out"));
-    assert!(err.contains("bootloader") && (err.contains("truncated") || err.contains("unexpected end") || err.contains("corrupt")), "{err}");
+    assert!(
+        err.contains("bootloader")
+            && (err.contains("truncated") || err.contains("unexpected end") || err.contains("corrupt")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -135,7 +185,11 @@ fn unreachable_url_names_component_and_url() {
     let d = tempfile::tempdir().unwrap();
     // Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
     let url = "http://127.0.0.1:9/systemd-boot-efi.deb";
-    let p = local_profile(d.path(), &debs.kernel, &format!("url = \"{url}\"\nsha256 = \"{}\"", "1".repeat(64)));
+    let p = local_profile(
+        d.path(),
+        &debs.kernel,
+        &format!("url = \"{url}\"\nsha256 = \"{}\"", "1".repeat(64)),
+    );
     lock_ok(&p);
     let err = build_fails(&p, &d.path().join("out"));
     assert!(err.contains("bootloader") && err.contains(url), "{err}");

@@ -32,14 +32,26 @@ fn minimal_image_is_valid_reproducible_and_inspectable() {
     let (bytes_a, bytes_b) = (std::fs::read(&img_a).unwrap(), std::fs::read(&img_b).unwrap());
     assert!(bytes_a == bytes_b, "two builds of minimal differ");
     drop(bytes_b);
-    assert_eq!(dir_entries(a.path()), ["minimal.manifest.json", "minimal.raw"], "nothing else left in out/");
+    assert_eq!(
+        dir_entries(a.path()),
+        ["minimal.manifest.json", "minimal.raw"],
+        "nothing else left in out/"
+    );
 
     let m = Manifest::load(&a.path().join("minimal.manifest.json")).unwrap();
     assert_eq!(m.image.size, bytes_a.len() as u64);
     let labels: Vec<&str> = m.partitions.iter().map(|p| p.label.as_str()).collect();
-    assert_eq!(labels, ["esp", "root-a", "root-a-verity", "root-b", "root-b-verity", "var"]);
+    assert_eq!(
+        labels,
+        ["esp", "root-a", "root-a-verity", "root-b", "root-b-verity", "var"]
+    );
     assert!(m.uki.initrd_modules.iter().any(|n| n == "virtio_blk"));
-    assert!(m.components.iter().any(|c| c.name == "kernel" && c.package.as_deref().is_some_and(|p| p.starts_with("linux-image-"))));
+    assert!(m.components.iter().any(|c| {
+        c.name == "kernel"
+            && c.package
+                .as_deref()
+                .is_some_and(|p| p.starts_with("linux-image-"))
+    }));
     // Everything outside the recorded data ranges is zero (flash writes only the ranges).
     let mut covered = vec![false; bytes_a.len() / 4096];
     for [o, l] in &m.data_ranges {
@@ -48,13 +60,20 @@ fn minimal_image_is_valid_reproducible_and_inspectable() {
         }
     }
     for (i, chunk) in bytes_a.chunks(4096).enumerate() {
-        assert!(covered[i] || chunk.iter().all(|&x| x == 0), "data outside the manifest's ranges at block {i}");
+        assert!(
+            covered[i] || chunk.iter().all(|&x| x == 0),
+            "data outside the manifest's ranges at block {i}"
+        );
     }
     drop(bytes_a);
 
     if have("sgdisk") {
         let o = Command::new("sgdisk").arg("-v").arg(&img_a).output().unwrap();
-        assert!(String::from_utf8_lossy(&o.stdout).contains("No problems found"), "{}", stdout(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("No problems found"),
+            "{}",
+            stdout(&o)
+        );
     }
     let esp = &m.partitions[0];
     let root = &m.partitions[1];
@@ -76,7 +95,12 @@ fn minimal_image_is_valid_reproducible_and_inspectable() {
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for (p, mp) in r["partitions"].as_array().unwrap().iter().zip(&m.partitions) {
-        assert_eq!(p["sha256"], mp.sha256.as_str(), "inspect recomputes the manifest's hash of {}", mp.label);
+        assert_eq!(
+            p["sha256"],
+            mp.sha256.as_str(),
+            "inspect recomputes the manifest's hash of {}",
+            mp.label
+        );
         assert_eq!(p["matches_manifest"], true);
     }
     assert_eq!(r["uki"]["cmdline"], m.uki.cmdline.as_str());
@@ -85,5 +109,8 @@ fn minimal_image_is_valid_reproducible_and_inspectable() {
     assert_eq!(r["components"].as_array().unwrap().len(), m.components.len());
     let o = run(ingot().arg("inspect").arg(&img_a));
     let table = stdout(&o);
-    assert!(table.contains("root-a") && table.contains("cmdline") && table.contains("linux-image-"), "{table}");
+    assert!(
+        table.contains("root-a") && table.contains("cmdline") && table.contains("linux-image-"),
+        "{table}"
+    );
 }

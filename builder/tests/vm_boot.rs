@@ -22,14 +22,27 @@ fn vm_minimal_boots_to_ready_and_run_leaves_the_image_alone() {
     let log = out.path().join("serial.log");
     let o = run(ingot()
         .env("INGOT_QEMU_ACCEL", "tcg")
-        .args(["run", "--expect", "ingot: phase=ready", "--timeout", "180", "--serial-log"])
+        .args([
+            "run",
+            "--expect",
+            "ingot: phase=ready",
+            "--timeout",
+            "180",
+            "--serial-log",
+        ])
         .arg(&log)
         .arg(&image));
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(o.status.success(), "no ready marker:\n{}\n{console}", stderr(&o));
-    let phases: Vec<&str> = console.lines().filter_map(|l| ingot_spec::marker::parse_phase_line(l).map(|(p, _)| p)).collect();
+    let phases: Vec<&str> = console
+        .lines()
+        .filter_map(|l| ingot_spec::marker::parse_phase_line(l).map(|(p, _)| p))
+        .collect();
     assert_eq!(phases, ["stage1", "root-mounted", "stage2", "ready"], "{console}");
-    assert!(console.contains("root-a"), "stage 1 names the root it mounted:\n{console}");
+    assert!(
+        console.contains("root-a"),
+        "stage 1 names the root it mounted:\n{console}"
+    );
     assert_eq!(sha256_file(&image), before, "ingot run modified the image");
 }
 
@@ -41,8 +54,14 @@ fn vm_run_fails_with_the_console_tail_when_the_marker_never_comes() {
     }
     let out = tempfile::tempdir().unwrap();
     let image = build_minimal(out.path());
-    let o = run(ingot().env("INGOT_QEMU_ACCEL", "tcg").args(["run", "--expect", "no such line", "--timeout", "45"]).arg(&image));
+    let o = run(ingot()
+        .env("INGOT_QEMU_ACCEL", "tcg")
+        .args(["run", "--expect", "no such line", "--timeout", "45"])
+        .arg(&image));
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert!(err.contains("no such line") && err.contains("ingot: phase="), "error shows what the console said last:\n{err}");
+    assert!(
+        err.contains("no such line") && err.contains("ingot: phase="),
+        "error shows what the console said last:\n{err}"
+    );
 }

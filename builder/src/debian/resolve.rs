@@ -74,7 +74,7 @@ pub enum ResolveError {
     InRelease(#[from] InReleaseError),
     /// Downloading an archive file failed.
     #[error("cannot fetch the index of {suite}")]
-    Fetch { suite: String, source: FetchError },
+    Fetch { suite: String, source: Box<FetchError> },
     /// `InRelease` lists no index for a component/architecture.
     #[error("{url} lists no {path}(.xz|.gz): check the archive's components and architecture")]
     MissingIndex { url: String, path: String },
@@ -117,7 +117,7 @@ pub fn resolve(
     let inrelease_url = format!("{dists}/InRelease");
     let fetch_err = |source| ResolveError::Fetch {
         suite: archive.suite.clone(),
-        source,
+        source: Box::new(source),
     };
     let bytes = fetcher
         .fetch_unpinned(&format!("{} InRelease", archive.suite), &inrelease_url)
@@ -213,7 +213,7 @@ fn packages_text(
 ) -> Result<(String, String), ResolveError> {
     let fetch_err = |source| ResolveError::Fetch {
         suite: archive.suite.clone(),
-        source,
+        source: Box::new(source),
     };
     let dir = format!("{component}/binary-{}", archive.arch);
     let plain_path = format!("{dir}/Packages");

@@ -34,11 +34,15 @@ impl Cache {
 
     /// `$INGOT_CACHE_DIR`, else `$XDG_CACHE_HOME/ingot`, else `$HOME/.cache/ingot`.
     pub fn from_env() -> Result<Self, FetchError> {
-        let var = |name| {
-            std::env::var_os(name)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
+        Self::from_lookup(|name| std::env::var_os(name))
+    }
+
+    /// [`Cache::from_env`] with the environment given as a function (testable without touching the
+    /// process environment).
+    pub(super) fn from_lookup(
+        lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Self, FetchError> {
+        let var = |name| lookup(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         if let Some(dir) = var("INGOT_CACHE_DIR") {
             return Ok(Self::at(dir));
         }

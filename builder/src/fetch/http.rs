@@ -17,18 +17,18 @@ fn agent() -> &'static ureq::Agent {
     AGENT.get_or_init(|| {
         ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .user_agent(concat!("ingot/", env!("CARGO_PKG_VERSION")))
-            .timeout_connect(Some(Duration::from_secs(20)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            // A stalled transfer is caught per read, so big downloads on slow links still finish.
-            .timeout_per_read(Some(Duration::from_secs(60)))
-            // The operating system's trust store, not a bundled one: sites behind a TLS-inspecting proxy or
-            // with a private CA add it there, as for every other tool on the machine.
+            // The host's trust store, not a compiled-in one: sites with TLS-inspecting proxies or
+            // private mirrors add their CA there, and it gets the OS's root updates.
             .tls_config(
                 ureq::tls::TlsConfig::builder()
                     .root_certs(ureq::tls::RootCerts::PlatformVerifier)
                     .build(),
             )
+            .user_agent(concat!("ingot/", env!("CARGO_PKG_VERSION")))
+            .timeout_connect(Some(Duration::from_secs(20)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            // A stalled transfer is caught per read, so big downloads on slow links still finish.
+            .timeout_per_read(Some(Duration::from_secs(60)))
             .build()
             .into()
     })

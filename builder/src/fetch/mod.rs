@@ -9,6 +9,9 @@
 //!   or mismatching download leaves nothing behind.
 //! - Sources: `http://` and `https://` (ureq with rustls, connect/read timeouts, retries with backoff on
 //!   network errors and 5xx answers), `file://` URLs and plain local paths (air-gapped sites, tests).
+//!   TLS trusts the host's CA store (rustls platform verifier), not a compiled-in root list: sites
+//!   behind TLS-inspecting proxies or with private mirrors add their CA there. Trust in the bytes never
+//!   rests on TLS anyway; it rests on the pinned sha256.
 //!   Local files are copied into the cache like downloads, so every later step sees one kind of input.
 //! - Offline mode ([`Fetcher::offline`], the CLI's `--offline`) uses only the cache; a miss is an error
 //!   that names the component and URL and says how to fill the cache.
@@ -26,8 +29,9 @@
 //! ```
 //!
 //! The value is a `;`-separated list of `FROM=TO` pairs (whitespace around each part is ignored, empty
-//! entries are skipped). A URL starting with `FROM` has that prefix replaced by `TO`; when several
-//! prefixes match, the longest wins. Only the download location changes: the pinned sha256 is still
+//! entries are skipped). A URL starting with `FROM` has that prefix replaced by `TO`; `FROM` matches
+//! only up to a path boundary (`…/debian` applies to `…/debian/pool/…`, not to `…/debian-security/…`).
+//! When several prefixes match, the longest wins. Only the download location changes: the pinned sha256 is still
 //! checked, so a mirror cannot change what goes into an image.
 //!
 //! # Limits
@@ -36,6 +40,9 @@
 //! - A process killed in the middle of a download may leave a `.partial-*` file in the blob directory;
 //!   it is never mistaken for a blob and can be deleted at any time.
 //! - Downloads are not resumed: a retry starts from the first byte.
+//! - Unpacking trusts that the blob is complete (it was hash-verified); a plain, uncompressed tarball
+//!   cut at a 512-byte block boundary would not be noticed by the tar reader alone. Compressed data
+//!   and `.deb` members are checked for truncation regardless.
 //! - Unpacked trees do not keep file ownership (everything belongs to the user running the build); the
 //!   image builder assigns owners when it writes the root filesystem.
 
@@ -210,7 +217,7 @@ impl Mirror {
 pub fn rewrite_url(mirrors: &[Mirror], url: &str) -> String {
     mirrors
         .iter()
-        .filter(|m| url.starts_with(&m.from))
+        .filter(|m| prefix_matches(&m.from, url))
         .max_by_key(|m| m.from.len())
         .map(|m| format!("{}{}", m.to, &url[m.from.len()..]))
         .unwrap_or_else(|| url.to_owned())
@@ -458,6 +465,15 @@ impl Fetcher {
 
     fn show_bar(&self) -> bool {
         self.progress && io::stderr().is_terminal()
+    }
+}
+
+/// `from` is a prefix of `url` ending at a path boundary: `…/debian` matches `…/debian/pool/x`
+/// but not `…/debian-security/x`.
+fn prefix_matches(from: &str, url: &str) -> bool {
+    match url.strip_prefix(from) {
+        Some(rest) => from.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?', '#']),
+        None => false,
     }
 }
 

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// `ingot` with the repository root as working directory (so `--profile minimal` finds `profiles/`).
@@ -32,7 +35,9 @@ pub fn stdout(o: &Output) -> String {
 
 /// Builds `minimal` into `out` and returns the image path; panics with ingot's stderr on failure.
 pub fn build_minimal(out: &Path) -> PathBuf {
-    let o = run(ingot().args(["build", "--quiet", "--profile", "minimal", "--out"]).arg(out));
+    let o = run(ingot()
+        .args(["build", "--quiet", "--profile", "minimal", "--out"])
+        .arg(out));
     assert!(o.status.success(), "ingot build failed:\n{}", stderr(&o));
     out.join("minimal.raw")
 }
@@ -40,12 +45,21 @@ pub fn build_minimal(out: &Path) -> PathBuf {
 /// Names of the entries in a directory (to check nothing was left behind).
 pub fn dir_entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
 }
 
 pub fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
