@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BOOT_TIMEOUT, kit, sha256_file};
+use common::{BOOT_TIMEOUT, firmware_kit, kit, sha256_file, write_image};
 use ingot_qemu::bench::time_to_marker;
 use ingot_qemu::{Accel, AccelUsed, Firmware, Vm, VmConfig, WaitFailure};
 
@@ -85,10 +85,10 @@ fn vm_direct_kernel_writes_disk_but_image_is_unchanged() {
 
 #[test]
 fn vm_ovmf_starts_from_a_blank_disk() {
-    let Some(kit) = kit("vm_ovmf_starts_from_a_blank_disk") else {
+    let Some(dir) = firmware_kit("vm_ovmf_starts_from_a_blank_disk") else {
         return;
     };
-    let image = kit.image("blank.raw", 8);
+    let image = write_image(dir.path(), "blank.raw", 8);
     let before = sha256_file(&image);
     let ovmf = ingot_qemu::find_ovmf().unwrap();
     let vars_before = sha256_file(&ovmf.vars);

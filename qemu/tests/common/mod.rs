@@ -44,6 +44,18 @@ pub fn kit(test: &str) -> Option<Kit> {
     }
 }
 
+/// Like [`kit`] for tests that boot only the firmware: needs QEMU and OVMF, returns a scratch directory.
+pub fn firmware_kit(test: &str) -> Option<tempfile::TempDir> {
+    let found = ingot_qemu::find_qemu().and_then(|_| ingot_qemu::find_ovmf());
+    match found {
+        Ok(_) => Some(tempfile::tempdir().unwrap()),
+        Err(why) => {
+            eprintln!("skipping {test}: {why}");
+            None
+        }
+    }
+}
+
 fn try_kit() -> Result<Kit, String> {
     ingot_qemu::find_qemu().map_err(|e| e.to_string())?;
     ingot_qemu::find_ovmf().map_err(|e| e.to_string())?;
@@ -128,13 +140,7 @@ impl Kit {
 
     /// A disk image of `mib` MiB with non-zero content, so a stray write would change its hash.
     pub fn image(&self, name: &str, mib: usize) -> PathBuf {
-        let mut data = vec![0u8; mib << 20];
-        for (i, chunk) in data.chunks_mut(4096).enumerate() {
-            chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        }
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, data).unwrap();
-        path
+        write_image(self.dir.path(), name, mib)
     }
 
     /// A TCG VM that boots `initrd` directly through OVMF, with `image` as its disk.
@@ -151,6 +157,18 @@ impl Kit {
         });
         cfg
     }
+}
+
+/// Writes a disk image of `mib` MiB with non-zero content (each 4 KiB block starts with its index), so a
+/// stray write would change its hash.
+pub fn write_image(dir: &Path, name: &str, mib: usize) -> PathBuf {
+    let mut data = vec![0u8; mib << 20];
+    for (i, chunk) in data.chunks_mut(4096).enumerate() {
+        chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, data).unwrap();
+    path
 }
 
 /// SHA-256 of a file, hex.
