@@ -24,6 +24,13 @@ const VIRTIO_BLK_MODULES: [&str; 6] = [
     "drivers/block/virtio_blk.ko",
 ];
 
+/// Modules for a virtio NIC, in load order (after [`VIRTIO_BLK_MODULES`]).
+pub const VIRTIO_NET_MODULES: [&str; 3] = [
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
+];
+
 /// What the VM tests need from the host.
 pub struct Kit {
     pub kernel: PathBuf,
@@ -107,6 +114,11 @@ impl Kit {
     /// Writes an initramfs whose `/init` is `script` (busybox sh, with the applets on PATH, /proc /sys
     /// /dev mounted and the virtio disk driver loaded) and returns its path.
     pub fn initramfs(&self, name: &str, script: &str) -> PathBuf {
+        self.initramfs_with(name, &[], script)
+    }
+
+    /// [`Kit::initramfs`] that also loads `modules` (paths under the kernel's module tree) before `script`.
+    pub fn initramfs_with(&self, name: &str, modules: &[&str], script: &str) -> PathBuf {
         let mut w = Newc::default();
         for d in ["bin", "dev", "proc", "sys", "m"] {
             w.dir(d);
@@ -121,7 +133,7 @@ impl Kit {
              mount -t sysfs sys /sys\n\
              mount -t devtmpfs dev /dev\n",
         );
-        for m in VIRTIO_BLK_MODULES {
+        for m in VIRTIO_BLK_MODULES.iter().chain(modules) {
             let base = Path::new(m).file_name().unwrap().to_string_lossy().to_string();
             w.file(
                 &format!("m/{base}"),
