@@ -357,6 +357,44 @@ mod tests {
     }
 
     #[test]
+    fn pump_publishes_lines_log_and_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("serial.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let console = Arc::new(Console::default());
+        let input: &[u8] =
+            b"\x1b[2JBdsDxe: starting\r\n[    0.000000] Linux version 6.1\r\ningot: phase=ready t=9\r\ntail";
+        pump(
+            input,
+            Arc::clone(&console),
+            Sinks {
+                echo: false,
+                log: Some(log),
+            },
+            Instant::now(),
+        );
+
+        let st = console.lock();
+        assert!(st.eof);
+        let texts: Vec<_> = st.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "BdsDxe: starting",
+                "[    0.000000] Linux version 6.1",
+                "ingot: phase=ready t=9",
+                "tail"
+            ]
+        );
+        assert_eq!(st.first_line, Some(st.lines[0].at));
+        assert_eq!(st.first_os_line, Some(st.lines[1].at));
+        assert_eq!(
+            std::fs::read_to_string(&log_path).unwrap(),
+            "BdsDxe: starting\n[    0.000000] Linux version 6.1\ningot: phase=ready t=9\ntail\n"
+        );
+    }
+
+    #[test]
     fn state_retains_a_bounded_tail() {
         let mut st = ConsoleState::default();
         for i in 0..RETAINED_LINES + 5 {

@@ -47,7 +47,8 @@
 //! - Matching is on completed lines; a prompt without a newline is only seen when QEMU exits.
 //! - `Auto` delays [`Vm::start`] until the first kernel line under KVM; a guest with a silent kernel
 //!   (`quiet`) and no `ingot-init` output is restarted under TCG after the probe window.
-//! - A `guestfwd` target is connected once when QEMU starts and carries one connection.
+//! - A `guestfwd` target is connected once when QEMU starts and carries one connection; the guest does not
+//!   see the target close it.
 //! - [`Vm::kill`] is a hard stop; there is no ACPI shutdown request (no monitor or QMP).
 //!
 //! Rejected: a qcow2 overlay made with `qemu-img` (needs `qemu-utils`, same effect as `snapshot=on`); a PTY

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BOOT_TIMEOUT, kit, sha256_file};
+use common::{BOOT_TIMEOUT, firmware_kit, kit, sha256_file, write_image};
 use ingot_qemu::bench::time_to_marker;
 use ingot_qemu::{Accel, AccelUsed, Firmware, Vm, VmConfig, WaitFailure};
 
@@ -85,10 +85,10 @@ fn vm_direct_kernel_writes_disk_but_image_is_unchanged() {
 
 #[test]
 fn vm_ovmf_starts_from_a_blank_disk() {
-    let Some(kit) = kit("vm_ovmf_starts_from_a_blank_disk") else {
+    let Some(dir) = firmware_kit("vm_ovmf_starts_from_a_blank_disk") else {
         return;
     };
-    let image = kit.image("blank.raw", 8);
+    let image = write_image(dir.path(), "blank.raw", 8);
     let before = sha256_file(&image);
     let ovmf = ingot_qemu::find_ovmf().unwrap();
     let vars_before = sha256_file(&ovmf.vars);
@@ -199,4 +199,93 @@ fn vm_auto_accel_reaches_the_kernel() {
         AccelUsed::Kvm => assert_eq!(vm.accel_notice(), None),
         AccelUsed::Tcg => assert!(vm.accel_notice().is_some_and(|n| n.contains("TCG"))),
     }
+}
+
+/// Serves one canned HTTP response per connection on a loopback port; counts connections.
+fn http_server(
+    body: &'static str,
+) -> (
+    std::net::SocketAddrV4,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+        unreachable!()
+    };
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = std::sync::Arc::clone(&count);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            c.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                // Answer after the request arrives: the guestfwd connection opens long before the guest uses it.
+                let mut buf = [0u8; 1024];
+                if conn.read(&mut buf).is_ok_and(|n| n > 0) {
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[test]
+fn vm_network_reaches_only_forwarded_addresses() {
+    use ingot_qemu::GuestFwd;
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::Ordering;
+    let Some(kit) = kit("vm_network_reaches_only_forwarded_addresses") else {
+        return;
+    };
+    let (allowed, _) = http_server("hello-through-guestfwd\n");
+    let (forbidden, forbidden_hits) = http_server("must-not-be-seen\n");
+    let script = format!(
+        "ip link set eth0 up\n\
+         ip addr add 10.0.2.15/24 dev eth0\n\
+         ip route add default via 10.0.2.2\n\
+         printf 'GET / HTTP/1.0\\r\\n\\r\\n' > /req\n\
+         # The forward keeps the connection open after the reply, so nc ends by timeout.\n\
+         timeout 10 nc 10.0.2.100 8080 < /req > /fwd 2>/dev/null\n\
+         echo \"forwarded=$(tail -n 1 /fwd)\"\n\
+         timeout 5 nc 10.0.2.2 {} < /req > /host 2>/dev/null\n\
+         echo \"host=$(tail -n 1 /host)\"\n\
+         echo 'ingot-test: marker'\n",
+        forbidden.port()
+    );
+    let initrd = kit.initramfs_with("net.cpio", &common::VIRTIO_NET_MODULES, &script);
+    let image = kit.image("disk.raw", 1);
+    let mut cfg = kit.direct_config(&image, &initrd);
+    cfg.firmware = Firmware::LegacyBios;
+    cfg.net.guestfwd.push(GuestFwd {
+        guest_addr: Ipv4Addr::new(10, 0, 2, 100),
+        guest_port: 8080,
+        target: allowed,
+    });
+    let mut vm = Vm::start(cfg).unwrap();
+
+    let fwd = vm.wait_for("forwarded=", BOOT_TIMEOUT).unwrap();
+    assert_eq!(
+        fwd.line, "forwarded=hello-through-guestfwd",
+        "the guestfwd entry did not work"
+    );
+    let host = vm.wait_for("host=", BOOT_TIMEOUT).unwrap();
+    assert!(
+        !host.line.contains("must-not-be-seen"),
+        "the guest reached the host: {}",
+        host.line
+    );
+    vm.wait_for(MARKER, BOOT_TIMEOUT).unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+    assert_eq!(
+        forbidden_hits.load(Ordering::SeqCst),
+        0,
+        "the guest connected to the host's loopback"
+    );
 }

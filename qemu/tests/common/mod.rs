@@ -24,6 +24,13 @@ const VIRTIO_BLK_MODULES: [&str; 6] = [
     "drivers/block/virtio_blk.ko",
 ];
 
+/// Modules for a virtio NIC, in load order (after [`VIRTIO_BLK_MODULES`]).
+pub const VIRTIO_NET_MODULES: [&str; 3] = [
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
+];
+
 /// What the VM tests need from the host.
 pub struct Kit {
     pub kernel: PathBuf,
@@ -37,6 +44,18 @@ pub struct Kit {
 pub fn kit(test: &str) -> Option<Kit> {
     match try_kit() {
         Ok(k) => Some(k),
+        Err(why) => {
+            eprintln!("skipping {test}: {why}");
+            None
+        }
+    }
+}
+
+/// Like [`kit`] for tests that boot only the firmware: needs QEMU and OVMF, returns a scratch directory.
+pub fn firmware_kit(test: &str) -> Option<tempfile::TempDir> {
+    let found = ingot_qemu::find_qemu().and_then(|_| ingot_qemu::find_ovmf());
+    match found {
+        Ok(_) => Some(tempfile::tempdir().unwrap()),
         Err(why) => {
             eprintln!("skipping {test}: {why}");
             None
@@ -95,6 +114,11 @@ impl Kit {
     /// Writes an initramfs whose `/init` is `script` (busybox sh, with the applets on PATH, /proc /sys
     /// /dev mounted and the virtio disk driver loaded) and returns its path.
     pub fn initramfs(&self, name: &str, script: &str) -> PathBuf {
+        self.initramfs_with(name, &[], script)
+    }
+
+    /// [`Kit::initramfs`] that also loads `modules` (paths under the kernel's module tree) before `script`.
+    pub fn initramfs_with(&self, name: &str, modules: &[&str], script: &str) -> PathBuf {
         let mut w = Newc::default();
         for d in ["bin", "dev", "proc", "sys", "m"] {
             w.dir(d);
@@ -109,7 +133,7 @@ impl Kit {
              mount -t sysfs sys /sys\n\
              mount -t devtmpfs dev /dev\n",
         );
-        for m in VIRTIO_BLK_MODULES {
+        for m in VIRTIO_BLK_MODULES.iter().chain(modules) {
             let base = Path::new(m).file_name().unwrap().to_string_lossy().to_string();
             w.file(
                 &format!("m/{base}"),
@@ -128,13 +152,7 @@ impl Kit {
 
     /// A disk image of `mib` MiB with non-zero content, so a stray write would change its hash.
     pub fn image(&self, name: &str, mib: usize) -> PathBuf {
-        let mut data = vec![0u8; mib << 20];
-        for (i, chunk) in data.chunks_mut(4096).enumerate() {
-            chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        }
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, data).unwrap();
-        path
+        write_image(self.dir.path(), name, mib)
     }
 
     /// A TCG VM that boots `initrd` directly through OVMF, with `image` as its disk.
@@ -151,6 +169,18 @@ impl Kit {
         });
         cfg
     }
+}
+
+/// Writes a disk image of `mib` MiB with non-zero content (each 4 KiB block starts with its index), so a
+/// stray write would change its hash.
+pub fn write_image(dir: &Path, name: &str, mib: usize) -> PathBuf {
+    let mut data = vec![0u8; mib << 20];
+    for (i, chunk) in data.chunks_mut(4096).enumerate() {
+        chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, data).unwrap();
+    path
 }
 
 /// SHA-256 of a file, hex.
