@@ -694,6 +694,47 @@ pub(crate) mod tests {
         assert!(matches!(read_sections(b"ELF"), Err(UkiError::NoDosMagic)));
     }
 
+    /// One line per section: name, virtual address, virtual size, file range.
+    pub(crate) fn listing(uki: &[u8]) -> String {
+        read_sections(uki)
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{:<9} va={:#07x} vsize={:#07x} file={:#07x}..{:#07x}\n",
+                    s.name, s.virtual_address, s.virtual_size, s.data.start, s.data.end
+                )
+            })
+            .collect()
+    }
+
+    const DEBIAN_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+    #[test]
+    fn debian_stub_layout_matches_golden_file() {
+        let Ok(stub) = std::fs::read(DEBIAN_STUB) else {
+            eprintln!("skipped: no systemd-stub at {DEBIAN_STUB}");
+            return;
+        };
+        if !stub.windows(18).any(|w| w == b"systemd-stub 252.3") {
+            eprintln!("skipped: the golden file is for Debian 12's systemd-stub 252");
+            return;
+        }
+        let uki = assemble(&inputs(&stub)).unwrap();
+        assert_eq!(
+            listing(&uki),
+            include_str!("../tests/data/uki-sections.txt"),
+            "update tests/data/uki-sections.txt if the layout change is intended"
+        );
+        assert_eq!(cmdline(&uki).unwrap().as_deref(), Some("console=ttyS0 ro"));
+        // The stub's own sections are untouched.
+        let stub_sections = read_sections(&stub).unwrap();
+        for s in &stub_sections {
+            assert_eq!(stub[s.data.clone()], uki[s.data.clone()], "{}", s.name);
+        }
+        assert_eq!(uki, assemble(&inputs(&stub)).unwrap());
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
