@@ -9,18 +9,21 @@
 //! - the interpreter path exists and is a regular file;
 //! - every needed library is found in the file's `DT_RUNPATH` (or `DT_RPATH` when there is no `DT_RUNPATH`), with
 //!   `$ORIGIN` standing for the file's directory, or in the default library directories [`LIBRARY_DIRS`]
-//!   (a name containing `/` is taken as a path).
+//!   (a name containing `/` is taken as a path, with `$ORIGIN` expanded).
 //!
 //! Paths are resolved against the tree root, never the host: symlinks are followed inside the tree, an absolute
 //! symlink target starts again at the tree root, and `..` stops at it. All problems are collected and returned
 //! together as [`Missing`] entries, sorted by file.
 //!
-//! Skipped: relocatable objects and kernel modules (`*.ko`), core files. Statically linked programs have no
+//! Skipped: relocatable objects and kernel modules (`*.ko`), core files, detached debug info (its `.dynamic` is
+//! `SHT_NOBITS`). Statically linked programs have no
 //! interpreter and no `DT_NEEDED`, so they pass.
 //!
 //! Limits: a library is searched by name only: its class and machine are not compared with the program's. Each file
-//! is checked with its own search path, so a library that relies on the executable's `DT_RPATH` (which glibc
-//! applies to the whole dependency tree) is reported. `/etc/ld.so.conf` is not read; `$LIB` and `$PLATFORM` are not
+//! is checked on its own, with its own search path, so a library that relies on the executable's `DT_RPATH` (which
+//! glibc applies to the whole dependency tree) or on a library its loader has already loaded (the JDK's
+//! `libjava.so` needs `libjvm.so`, which `java` loads from its own run path) is reported. Files for other machines
+//! are checked too (a 32-bit helper needs `/lib/ld-linux.so.2`). `/etc/ld.so.conf` is not read; `$LIB` and `$PLATFORM` are not
 //! expanded (such entries are skipped). `LD_LIBRARY_PATH` does not exist at build time.
 
 use std::fmt;
@@ -29,7 +32,7 @@ use std::path::{Component, Path, PathBuf};
 
 use object::Endianness;
 use object::elf;
-use object::read::elf::{Dyn, FileHeader, ProgramHeader};
+use object::read::elf::{Dyn, FileHeader, ProgramHeader, SectionHeader};
 use thiserror::Error;
 
 /// Directories searched for every needed library, after the file's own run path.
@@ -149,6 +152,15 @@ fn deps<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<Option<ElfD
     let endian = header.endian().map_err(|e| e.to_string())?;
     let file_type = header.e_type(endian);
     if file_type != elf::ET_EXEC && file_type != elf::ET_DYN {
+        return Ok(None);
+    }
+    // Detached debug info (`/usr/lib/debug/**`, `*.debug`) keeps the program headers but not the data they point
+    // at: its `.dynamic` is SHT_NOBITS.
+    if let Ok(sections) = header.sections(endian, data)
+        && sections
+            .section_by_name(endian, b".dynamic")
+            .is_some_and(|(_, section)| section.sh_type(endian) == elf::SHT_NOBITS)
+    {
         return Ok(None);
     }
     let segments = header.program_headers(endian, data).map_err(|e| e.to_string())?;
@@ -304,7 +316,8 @@ fn check_file(root: &Path, file: &Path, deps: &ElfDeps, missing: &mut Vec<Missin
             name: interpreter.clone(),
         });
     }
-    let origin = file.parent().unwrap_or(Path::new("/"));
+    let origin = file.parent().unwrap_or(Path::new("/")).to_string_lossy();
+    let expand = |entry: &str| entry.replace("${ORIGIN}", &origin).replace("$ORIGIN", &origin);
     let run_path = if deps.runpath.is_empty() {
         &deps.rpath
     } else {
@@ -312,20 +325,17 @@ fn check_file(root: &Path, file: &Path, deps: &ElfDeps, missing: &mut Vec<Missin
     };
     let mut dirs: Vec<PathBuf> = run_path
         .iter()
-        .filter(|entry| !entry.is_empty())
-        .filter_map(|entry| {
-            let expanded = entry
-                .replace("${ORIGIN}", &origin.to_string_lossy())
-                .replace("$ORIGIN", &origin.to_string_lossy());
-            // Other dynamic string tokens and relative entries (relative to the working directory) cannot be
-            // resolved at build time.
-            (!expanded.contains('$') && expanded.starts_with('/')).then(|| PathBuf::from(expanded))
-        })
+        .map(|entry| expand(entry))
+        // Other dynamic string tokens, and relative entries (relative to the working directory), cannot be
+        // resolved at build time.
+        .filter(|entry| !entry.contains('$') && entry.starts_with('/'))
+        .map(PathBuf::from)
         .collect();
     dirs.extend(LIBRARY_DIRS.iter().map(PathBuf::from));
     for library in &deps.needed {
         let found = if library.contains('/') {
-            resolve_in_tree(root, &Path::new("/").join(library)).is_some()
+            // A name with a slash is a path; `$ORIGIN` is expanded in it too.
+            resolve_in_tree(root, &Path::new("/").join(expand(library))).is_some()
         } else {
             dirs.iter()
                 .any(|dir| resolve_in_tree(root, &dir.join(library)).is_some())
@@ -555,6 +565,14 @@ mod tests {
         std::fs::write(root.join("opt/app/lib/foo/libfoo.so.1"), b"").unwrap();
         missing.clear();
         check_file(root, Path::new("/opt/app/bin/app"), &deps, &mut missing);
+        assert_eq!(missing, vec![]);
+        // glibc expands $ORIGIN in a DT_NEEDED path as well (Python's bundled builds use it).
+        let by_path = ElfDeps {
+            needed: vec!["$ORIGIN/../lib/foo/libfoo.so.1".to_owned()],
+            runpath: vec![],
+            ..deps
+        };
+        check_file(root, Path::new("/opt/app/bin/app"), &by_path, &mut missing);
         assert_eq!(missing, vec![]);
     }
 
