@@ -23,7 +23,7 @@
 //! is checked on its own, with its own search path, so a library that relies on the executable's `DT_RPATH` (which
 //! glibc applies to the whole dependency tree) or on a library its loader has already loaded (the JDK's
 //! `libjava.so` needs `libjvm.so`, which `java` loads from its own run path) is reported. Files for other machines
-//! are checked too (a 32-bit helper needs `/lib/ld-linux.so.2`). `/etc/ld.so.conf` is not read; `$LIB` and `$PLATFORM` are not
+//! are checked too (a 32-bit program needs `/lib/ld-linux.so.2`). `/etc/ld.so.conf` is not read; `$LIB` and `$PLATFORM` are not
 //! expanded (such entries are skipped). `LD_LIBRARY_PATH` does not exist at build time.
 
 use std::fmt;
