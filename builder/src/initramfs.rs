@@ -10,7 +10,8 @@
 //! - inode numbers count from 1 in that order; hard links share their target's inode, `nlink` is the number of
 //!   names, and the data is written once, with the last name (as GNU cpio does; the kernel links the earlier
 //!   names and fills the data in when it reaches the last);
-//! - directories get `nlink` = 2 + their subdirectories; the archive ends with the `TRAILER!!!` entry.
+//! - directories get `nlink` = 2 + their subdirectories; the archive ends with the `TRAILER!!!` entry, padded
+//!   with NULs to a 512-byte block as GNU cpio does (the kernel skips NUL padding).
 //!
 //! With [`InitramfsOptions::newc_checksum`] the entries use the "070702" format, whose header carries the byte sum
 //! of the file data; the kernel verifies it while unpacking. The zstd frame always records the content size and a
@@ -371,7 +372,17 @@ impl Initramfs {
             writer.write_all(&data).map_err(InitramfsError::Write)?;
             writer.finish().map_err(InitramfsError::Write)?;
         }
-        cpio::newc::trailer(&mut out).map_err(InitramfsError::Write)?;
+        // The trailer in the same format as the entries (`cpio::newc::trailer` always writes "070701", which GNU
+        // cpio rejects after "070702" entries).
+        let trailer = cpio::newc::Builder::new("TRAILER!!!").nlink(1);
+        let trailer = if options.newc_checksum {
+            trailer.write_crc(&mut out, 0, 0)
+        } else {
+            trailer.write(&mut out, 0)
+        };
+        trailer.finish().map_err(InitramfsError::Write)?;
+        // GNU cpio writes (and expects) whole 512-byte blocks; the kernel skips NUL padding between archives.
+        out.resize(out.len().div_ceil(512) * 512, 0);
         Ok(out)
     }
 
@@ -413,4 +424,180 @@ pub fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, InitramfsError> {
 pub fn host_mode(path: &Path) -> std::io::Result<u32> {
     use std::os::unix::fs::PermissionsExt;
     Ok(std::fs::metadata(path)?.permissions().mode() & PERMISSION_BITS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    const EPOCH: u32 = 1_704_067_200; // 2024-01-01T00:00:00Z
+
+    fn sample(host_file: &Path) -> Initramfs {
+        let mut fs = Initramfs::new();
+        fs.add_file("/init", 0o755, b"#!/bin/sh\necho hi\n".to_vec())
+            .unwrap();
+        fs.add_dir("dev", 0o755).unwrap();
+        fs.add_char_device("/dev/console", 0o600, 5, 1).unwrap();
+        fs.add_file_from("/bin/tool", 0o755, host_file).unwrap();
+        fs.add_hard_link("/bin/tool-alias", "/bin/tool").unwrap();
+        fs.add_symlink("/bin/sh", "tool").unwrap();
+        fs.add_dir("/proc", 0o555).unwrap();
+        fs.add_file("/etc/ingot/release", 0o644, b"1\n".to_vec()).unwrap();
+        fs.add("/dev/vda", 0o660, EntryKind::BlockDevice { major: 254, minor: 0 })
+            .unwrap();
+        fs
+    }
+
+    fn host_file() -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&[0xab; 1000]).unwrap();
+        file
+    }
+
+    fn run_cpio(archive: &[u8], args: &[&str]) -> Option<(bool, String)> {
+        let mut child = Command::new("cpio")
+            .args(args)
+            .env("TZ", "UTC")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok()?;
+        child.stdin.take().unwrap().write_all(archive).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let mut text = String::from_utf8(out.stdout).unwrap();
+        text.push_str(&String::from_utf8(out.stderr).unwrap());
+        Some((out.status.success(), text))
+    }
+
+    #[test]
+    fn listing_matches_golden_file() {
+        let host = host_file();
+        let compressed = sample(host.path()).build(&InitramfsOptions::new(EPOCH)).unwrap();
+        let archive = zstd::decode_all(compressed.as_slice()).unwrap();
+        let Some((ok, listing)) = run_cpio(&archive, &["-itv", "--quiet"]) else {
+            eprintln!("skipped: GNU cpio is not installed");
+            return;
+        };
+        assert!(ok, "{listing}");
+        let golden = include_str!("../tests/data/initramfs-listing.txt");
+        assert_eq!(
+            listing, golden,
+            "cpio -itv output differs from tests/data/initramfs-listing.txt"
+        );
+        let (ok, out) = run_cpio(&archive, &["-i", "--only-verify-crc", "--quiet"]).unwrap();
+        assert!(ok && out.is_empty(), "checksums: {out}");
+    }
+
+    #[test]
+    fn output_is_byte_identical_across_runs() {
+        let host = host_file();
+        let options = InitramfsOptions::new(EPOCH);
+        let first = sample(host.path()).build(&options).unwrap();
+        let second = sample(host.path()).build(&options).unwrap();
+        assert_eq!(first, second);
+        // The zstd frame carries a checksum: corrupting the payload is detected.
+        let mut corrupt = first.clone();
+        let middle = corrupt.len() / 2;
+        corrupt[middle] ^= 0x55;
+        assert!(zstd::decode_all(corrupt.as_slice()).is_err());
+        // The uncompressed archive is pinned too, so a format change shows up as a diff of this file.
+        let archive = sample(host.path()).to_cpio(&options).unwrap();
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&archive));
+        assert_eq!(
+            format!("{digest}\n"),
+            include_str!("../tests/data/initramfs-cpio.sha256"),
+            "update tests/data/initramfs-cpio.sha256 if the change is intended"
+        );
+    }
+
+    #[test]
+    fn entries_are_ordered_with_numbered_inodes_and_shared_link_data() {
+        let host = host_file();
+        let archive = sample(host.path())
+            .to_cpio(&InitramfsOptions::new(EPOCH))
+            .unwrap();
+        let mut reader_input = archive.as_slice();
+        let mut seen = Vec::new();
+        loop {
+            let reader = cpio::NewcReader::new(reader_input).unwrap();
+            let entry = reader.entry().clone();
+            if entry.is_trailer() {
+                break;
+            }
+            let size = entry.file_size();
+            seen.push((
+                entry.name().to_owned(),
+                entry.ino(),
+                entry.nlink(),
+                size,
+                entry.mtime(),
+            ));
+            reader_input = reader.finish().unwrap();
+        }
+        let names: Vec<_> = seen.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "bin/sh",
+                "bin/tool",
+                "bin/tool-alias",
+                "dev",
+                "dev/console",
+                "dev/vda",
+                "etc",
+                "etc/ingot",
+                "etc/ingot/release",
+                "init",
+                "proc"
+            ]
+        );
+        let tool = &seen[2];
+        let alias = &seen[3];
+        assert_eq!((tool.1, tool.2, tool.3), (3, 2, 0), "first name carries no data");
+        assert_eq!(
+            (alias.1, alias.2, alias.3),
+            (3, 2, 1000),
+            "last name carries the data"
+        );
+        assert!(seen.iter().all(|s| s.4 == EPOCH));
+        assert_eq!(seen[7].2, 3, "etc has one subdirectory");
+    }
+
+    #[test]
+    fn rejects_inconsistent_lists() {
+        let mut fs = Initramfs::new();
+        fs.add_file("a", 0o644, b"x".to_vec()).unwrap();
+        assert!(matches!(
+            fs.add_dir("/a/", 0o755),
+            Err(InitramfsError::Duplicate { .. })
+        ));
+        for bad in ["", "/", "a/../b", "a//b", "./a"] {
+            assert!(
+                matches!(fs.add_dir(bad, 0o755), Err(InitramfsError::InvalidPath { .. })),
+                "{bad}"
+            );
+        }
+        fs.add_file("a/b", 0o644, b"y".to_vec()).unwrap();
+        let err = fs.to_cpio(&InitramfsOptions::new(0)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "initramfs path \"a/b\" needs \"a\" to be a directory, but it is listed as another kind of entry"
+        );
+        let mut fs = Initramfs::new();
+        fs.add_symlink("s", "x").unwrap();
+        fs.add_hard_link("h", "s").unwrap();
+        let err = fs.to_cpio(&InitramfsOptions::new(0)).unwrap_err();
+        assert!(matches!(err, InitramfsError::BadHardLink { .. }), "{err}");
+        let mut fs = Initramfs::new();
+        fs.add_file_from("f", 0o644, "/nonexistent/ingot-test").unwrap();
+        let err = fs.build(&InitramfsOptions::new(0)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read /nonexistent/ingot-test for initramfs path \"f\""
+        );
+    }
 }

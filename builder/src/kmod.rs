@@ -467,7 +467,7 @@ mod tests {
         b.extend_from_slice(modinfo.as_bytes());
         let strtab_at = b.len() as u64;
         b.extend_from_slice(shstrtab);
-        while b.len() % 8 != 0 {
+        while !b.len().is_multiple_of(8) {
             b.push(0);
         }
         let shoff = b.len() as u64;

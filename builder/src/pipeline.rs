@@ -207,7 +207,7 @@ pub fn build(profile: &Profile, inputs: &Inputs, out_dir: &Path, quiet: bool) ->
                 FileContent::Host(p) => stage.copy_file(p, &f.path, Some(f.mode))?,
             }
         }
-        crate::rootfs::elf::check_tree(&stage_dir)?;
+        crate::rootfs::elf::require_resolved(&stage_dir)?;
         erofs::mkfs(
             &stage_dir,
             &root_img,

@@ -3,7 +3,8 @@
 //! Layout follows the UAPI "Unified Kernel Image" specification. [`assemble`] takes the bytes of systemd-stub
 //! (`linuxx64.efi.stub` from Debian's `systemd-boot-efi`) and appends these sections, in this order:
 //! `.osrel`, `.cmdline`, `.uname` (optional), `.initrd`, `.linux`. `.linux` comes last, as `ukify` does, so
-//! the kernel may use the address space behind it.
+//! the kernel may use the address space behind it. Empty payloads (an empty command line, no initrd) get no
+//! section.
 //!
 //! - Virtual addresses start at the first 4 KiB boundary behind everything the stub maps and each section starts on
 //!   a 4 KiB boundary (or the stub's `SectionAlignment` if larger).
@@ -124,6 +125,9 @@ pub enum UkiError {
     /// The result would not fit the 32-bit fields of a PE image.
     #[error("the UKI would be larger than 4 GiB while adding section {name} ({len} bytes)")]
     TooLarge { name: &'static str, len: usize },
+    /// No kernel bytes were given.
+    #[error("the kernel image is empty: expected a bzImage for the .linux section")]
+    EmptyKernel,
     /// A text section is not UTF-8.
     #[error("section {name} is not valid UTF-8 (byte offset {offset:#x} in the file)")]
     NotUtf8 { name: &'static str, offset: usize },
@@ -405,6 +409,11 @@ pub fn assemble(inputs: &UkiInputs<'_>) -> Result<Vec<u8>, UkiError> {
         added.push((".uname", uname.as_bytes()));
     }
     added.push((".initrd", inputs.initrd));
+    // Empty payloads get no section (as with ukify); a UKI without a kernel is a mistake.
+    added.retain(|(_, data)| !data.is_empty());
+    if inputs.kernel.is_empty() {
+        return Err(UkiError::EmptyKernel);
+    }
     added.push((".linux", inputs.kernel));
 
     for (index, raw) in existing.iter().enumerate() {
@@ -642,6 +651,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn empty_payloads_get_no_section_but_the_kernel_is_required() {
+        let stub = tiny_stub();
+        let uki = assemble(&UkiInputs {
+            initrd: b"",
+            cmdline: "",
+            ..inputs(&stub)
+        })
+        .unwrap();
+        let names: Vec<_> = read_sections(&uki).unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, [".text", ".sbat", ".osrel", ".uname", ".linux"]);
+        assert_eq!(cmdline(&uki).unwrap(), None);
+        let err = assemble(&UkiInputs {
+            kernel: b"",
+            ..inputs(&stub)
+        })
+        .unwrap_err();
+        assert!(matches!(err, UkiError::EmptyKernel), "{err}");
+    }
+
+    #[test]
     fn output_is_deterministic() {
         let stub = tiny_stub();
         assert_eq!(
@@ -692,6 +721,47 @@ pub(crate) mod tests {
         );
         assert!(matches!(read_sections(b"MZ"), Err(UkiError::Truncated { .. })));
         assert!(matches!(read_sections(b"ELF"), Err(UkiError::NoDosMagic)));
+    }
+
+    /// One line per section: name, virtual address, virtual size, file range.
+    pub(crate) fn listing(uki: &[u8]) -> String {
+        read_sections(uki)
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{:<9} va={:#07x} vsize={:#07x} file={:#07x}..{:#07x}\n",
+                    s.name, s.virtual_address, s.virtual_size, s.data.start, s.data.end
+                )
+            })
+            .collect()
+    }
+
+    const DEBIAN_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+    #[test]
+    fn debian_stub_layout_matches_golden_file() {
+        let Ok(stub) = std::fs::read(DEBIAN_STUB) else {
+            eprintln!("skipped: no systemd-stub at {DEBIAN_STUB}");
+            return;
+        };
+        if !stub.windows(18).any(|w| w == b"systemd-stub 252.3") {
+            eprintln!("skipped: the golden file is for Debian 12's systemd-stub 252");
+            return;
+        }
+        let uki = assemble(&inputs(&stub)).unwrap();
+        assert_eq!(
+            listing(&uki),
+            include_str!("../tests/data/uki-sections.txt"),
+            "update tests/data/uki-sections.txt if the layout change is intended"
+        );
+        assert_eq!(cmdline(&uki).unwrap().as_deref(), Some("console=ttyS0 ro"));
+        // The stub's own sections are untouched.
+        let stub_sections = read_sections(&stub).unwrap();
+        for s in &stub_sections {
+            assert_eq!(stub[s.data.clone()], uki[s.data.clone()], "{}", s.name);
+        }
+        assert_eq!(uki, assemble(&inputs(&stub)).unwrap());
     }
 
     proptest! {
