@@ -21,8 +21,7 @@ pub fn ingot() -> Command {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("running ingot");
-    out
+    cmd.output().expect("running ingot")
 }
 
 pub fn stderr(o: &Output) -> String {
