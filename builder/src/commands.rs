@@ -140,7 +140,13 @@ pub fn lock(profile_arg: &str, offline: bool) -> Result<PathBuf> {
 }
 
 /// `ingot build`: checks the lock, fetches (or takes from the cache) every input, and builds the image.
-pub fn build(profile_arg: &str, out_dir: &Path, offline: bool, quiet: bool) -> Result<pipeline::Report> {
+pub fn build(
+    profile_arg: &str,
+    out_dir: &Path,
+    offline: bool,
+    quiet: bool,
+    keep_work: Option<&Path>,
+) -> Result<pipeline::Report> {
     let profile = load_profile(profile_arg)?;
     let plan = plan(&profile)?;
     let path = lock_path(&profile);
@@ -201,7 +207,7 @@ pub fn build(profile_arg: &str, out_dir: &Path, offline: bool, quiet: bool) -> R
         components,
         pinned,
     };
-    pipeline::build(&profile, &inputs, out_dir, quiet)
+    pipeline::build(&profile, &inputs, out_dir, quiet, keep_work)
 }
 
 /// Options of `ingot run`.

@@ -60,6 +60,9 @@ enum Command {
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
+        /// Keep the work directory (staged root, ESP files, file system images) at this new path.
+        #[arg(long, value_name = "DIR")]
+        keep_work: Option<PathBuf>,
     },
     /// Boot an image under QEMU (UEFI via OVMF) with the serial console on stdout.
     ///
@@ -122,7 +125,8 @@ fn main() -> ExitCode {
             out,
             offline,
             quiet,
-        } => ingot::commands::build(&profile, &out, offline, quiet).map(|r| {
+            keep_work,
+        } => ingot::commands::build(&profile, &out, offline, quiet, keep_work.as_deref()).map(|r| {
             println!("{}", r.image.display());
             if !quiet {
                 eprintln!("wrote {} and {}", r.image.display(), r.manifest_path.display());

@@ -117,7 +117,13 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Builds the image. Writes only inside `out_dir`: the image and manifest appear there complete or not at all.
-pub fn build(profile: &Profile, inputs: &Inputs, out_dir: &Path, quiet: bool) -> Result<Report> {
+pub fn build(
+    profile: &Profile,
+    inputs: &Inputs,
+    out_dir: &Path,
+    quiet: bool,
+    keep_work: Option<&Path>,
+) -> Result<Report> {
     let steps = Steps {
         quiet,
         start: Instant::now(),
@@ -295,6 +301,13 @@ pub fn build(profile: &Profile, inputs: &Inputs, out_dir: &Path, quiet: bool) ->
         .with_context(|| format!("writing {}", manifest_path.display()))?;
     if !quiet {
         eprintln!("  {:<34} {:>6.2} s", "total", steps.start.elapsed().as_secs_f64());
+    }
+    if let Some(keep) = keep_work {
+        // The staged root (`root/`), ESP files (`esp-files/`) and file system images, for debugging and
+        // for benchmarks that feed the same tree to other tools.
+        let kept = work.keep();
+        fs::rename(&kept, keep)
+            .with_context(|| format!("moving the work directory to {}", keep.display()))?;
     }
     Ok(Report {
         image,
