@@ -140,13 +140,25 @@ pub fn lock(profile_arg: &str, offline: bool) -> Result<PathBuf> {
 }
 
 /// `ingot build`: checks the lock, fetches (or takes from the cache) every input, and builds the image.
-pub fn build(
-    profile_arg: &str,
-    out_dir: &Path,
-    offline: bool,
-    quiet: bool,
-    keep_work: Option<&Path>,
-) -> Result<pipeline::Report> {
+/// Options of `ingot build`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildOptions<'a> {
+    /// Use only the cache for downloads.
+    pub offline: bool,
+    pub quiet: bool,
+    /// Do not reuse cached boot artifacts.
+    pub rebuild: bool,
+    /// Keep the work directory at this path.
+    pub keep_work: Option<&'a Path>,
+}
+
+pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Result<pipeline::Report> {
+    let BuildOptions {
+        offline,
+        quiet,
+        rebuild,
+        keep_work,
+    } = opts;
     let profile = load_profile(profile_arg)?;
     let plan = plan(&profile)?;
     let path = lock_path(&profile);
@@ -206,6 +218,7 @@ pub fn build(
         bootloader,
         components,
         pinned,
+        artifact_cache: (!rebuild).then(|| fetcher.cache().root().join("artifacts")),
     };
     pipeline::build(&profile, &inputs, out_dir, quiet, keep_work)
 }

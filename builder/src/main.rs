@@ -60,6 +60,10 @@ enum Command {
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
+        /// Rebuild every artifact; only downloaded inputs come from the cache (by default the initramfs, UKI
+        /// and ESP are reused when nothing they are made of changed).
+        #[arg(long)]
+        rebuild: bool,
         /// Keep the work directory (staged root, ESP files, file system images) at this new path.
         #[arg(long, value_name = "DIR")]
         keep_work: Option<PathBuf>,
@@ -125,8 +129,19 @@ fn main() -> ExitCode {
             out,
             offline,
             quiet,
+            rebuild,
             keep_work,
-        } => ingot::commands::build(&profile, &out, offline, quiet, keep_work.as_deref()).map(|r| {
+        } => ingot::commands::build(
+            &profile,
+            &out,
+            ingot::commands::BuildOptions {
+                offline,
+                quiet,
+                rebuild,
+                keep_work: keep_work.as_deref(),
+            },
+        )
+        .map(|r| {
             println!("{}", r.image.display());
             if !quiet {
                 eprintln!("wrote {} and {}", r.image.display(), r.manifest_path.display());

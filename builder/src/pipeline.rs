@@ -48,6 +48,9 @@ pub struct Inputs {
     /// Unpacked directories in the order of `profile.components`.
     pub components: Vec<PathBuf>,
     pub pinned: Vec<ComponentEntry>,
+    /// Where finished boot artifacts (ESP image + UKI hash) are kept by the hash of their inputs, so a
+    /// build that changes only the root reuses them. `None` disables reuse.
+    pub artifact_cache: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -141,35 +144,6 @@ pub fn build(
         Ok(index.resolve(&profile.kernel.initrd_modules, SoftDeps::Pre)?)
     })?;
 
-    let initrd = steps.run("writing the initramfs", || {
-        let mut ir = Initramfs::new();
-        for d in ["/dev", "/proc", "/sys", "/sysroot", "/run", "/tmp", "/etc/ingot"] {
-            ir.add_dir(d.trim_start_matches('/'), 0o755)?;
-        }
-        ir.add_char_device("dev/console", 0o600, 5, 1)?;
-        ir.add_file(INITRD_PATH.trim_start_matches('/'), 0o755, INGOT_INIT.to_vec())?;
-        ir.add_file(
-            INITRD_RELEASE.trim_start_matches('/'),
-            0o644,
-            os_release(profile).into_bytes(),
-        )?;
-        let mut list = String::new();
-        for m in &modules {
-            let rel = m.relative_path.to_string_lossy();
-            ir.add_file_from(&format!("lib/modules/{kver}/{rel}"), 0o644, &m.path)?;
-            list.push_str(&rel);
-            list.push('\n');
-        }
-        ir.add_file(
-            INITRD_MODULE_LIST.trim_start_matches('/'),
-            0o644,
-            list.into_bytes(),
-        )?;
-        let mut opts = InitramfsOptions::new(u32::try_from(epoch).unwrap_or(u32::MAX));
-        opts.zstd_level = profile.zstd_level;
-        Ok(ir.build(&opts)?)
-    })?;
-
     let root_img = work.path().join("root.erofs");
     steps.run("staging and writing the root", || {
         let stage_dir = work.path().join("root");
@@ -225,57 +199,37 @@ pub fn build(
     })?;
 
     let cmdline = kernel_cmdline(profile);
-    let uki_bytes = steps.run("assembling the UKI", || {
-        let stub = fs::read(inputs.bootloader.join(SD_STUB_EFI))
-            .with_context(|| format!("the bootloader package has no {SD_STUB_EFI}"))?;
-        let kernel = fs::read(&vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
-        let osrel = os_release(profile);
-        Ok(uki::assemble(&UkiInputs {
-            stub: &stub,
-            kernel: &kernel,
-            initrd: &initrd,
-            cmdline: &cmdline,
-            os_release: &osrel,
-            uname: Some(&kver),
-        })?)
-    })?;
-    let uki_sha = Sha256::digest(&uki_bytes);
     let uki_name = esp::uki_file_name(&profile.name, &profile.version);
-
-    let esp_img = work.path().join("esp.img");
-    steps.run("writing the ESP", || {
-        let files_dir = work.path().join("esp-files");
-        fs::create_dir(&files_dir)?;
-        let uki_path = files_dir.join("uki.efi");
-        fs::write(&uki_path, &uki_bytes)?;
-        let sd_boot = files_dir.join("systemd-boot.efi");
-        fs::copy(inputs.bootloader.join(SD_BOOT_EFI), &sd_boot)
-            .with_context(|| format!("the bootloader package has no {SD_BOOT_EFI}"))?;
-        let conf = files_dir.join("loader.conf");
-        fs::write(&conf, esp::loader_conf(profile.bootloader.timeout))?;
-        let files = [
-            EspFile {
-                path: esp::BOOT_LOADER_PATH.into(),
-                source: sd_boot,
-            },
-            EspFile {
-                path: esp::LOADER_CONF_PATH.into(),
-                source: conf,
-            },
-            EspFile {
-                path: format!("{}/{uki_name}", esp::UKI_DIR),
-                source: uki_path,
-            },
-        ];
-        let volume_id = u32::from_le_bytes([uki_sha[0], uki_sha[1], uki_sha[2], uki_sha[3]]);
-        Ok(esp::build(
-            &esp_img,
-            profile.partitions.esp,
-            volume_id,
-            &files,
-            epoch,
-        )?)
-    })?;
+    let boot_key = boot_artifact_key(profile, inputs, &cmdline, &uki_name);
+    let cached = inputs.artifact_cache.as_ref().map(|d| d.join(&boot_key));
+    let (esp_img, uki_sha) = match cached.as_ref().and_then(|d| read_boot_artifact(d)) {
+        Some(hit) => {
+            if !quiet {
+                eprintln!("  {:<34} {:>6.2} s", "reusing initramfs, UKI and ESP", 0.0);
+            }
+            hit
+        }
+        None => {
+            let (esp_img, uki_sha) = build_boot(
+                &steps,
+                profile,
+                inputs,
+                work.path(),
+                &modules,
+                &kver,
+                &vmlinuz,
+                &cmdline,
+                &uki_name,
+            )?;
+            if let Some(dir) = &cached {
+                // Best effort: a full cache disk must not fail the build.
+                if let Err(e) = store_boot_artifact(dir, &esp_img, &uki_sha) {
+                    eprintln!("warning: not caching boot artifacts in {}: {e:#}", dir.display());
+                }
+            }
+            (esp_img, uki_sha)
+        }
+    };
 
     let layout = disk::plan(&profile.partitions);
     let image = out_dir.join(format!("{}.raw", profile.name));
@@ -398,4 +352,159 @@ fn assemble_disk(
         data_ranges,
     };
     Ok((tmp, manifest))
+}
+
+/// Builds the initramfs, the UKI and the ESP image; returns the ESP image and the UKI's sha256.
+#[allow(clippy::too_many_arguments)]
+fn build_boot(
+    steps: &Steps,
+    profile: &Profile,
+    inputs: &Inputs,
+    work: &Path,
+    modules: &[crate::kmod::Module],
+    kver: &str,
+    vmlinuz: &Path,
+    cmdline: &str,
+    uki_name: &str,
+) -> Result<(PathBuf, [u8; 32])> {
+    let epoch = profile.source_date_epoch;
+    let initrd = steps.run("writing the initramfs", || {
+        let mut ir = Initramfs::new();
+        for d in ["/dev", "/proc", "/sys", "/sysroot", "/run", "/tmp", "/etc/ingot"] {
+            ir.add_dir(d.trim_start_matches('/'), 0o755)?;
+        }
+        ir.add_char_device("dev/console", 0o600, 5, 1)?;
+        ir.add_file(INITRD_PATH.trim_start_matches('/'), 0o755, INGOT_INIT.to_vec())?;
+        ir.add_file(
+            INITRD_RELEASE.trim_start_matches('/'),
+            0o644,
+            os_release(profile).into_bytes(),
+        )?;
+        let mut list = String::new();
+        for m in modules {
+            let rel = m.relative_path.to_string_lossy();
+            ir.add_file_from(&format!("lib/modules/{kver}/{rel}"), 0o644, &m.path)?;
+            list.push_str(&rel);
+            list.push('\n');
+        }
+        ir.add_file(
+            INITRD_MODULE_LIST.trim_start_matches('/'),
+            0o644,
+            list.into_bytes(),
+        )?;
+        let mut opts = InitramfsOptions::new(u32::try_from(epoch).unwrap_or(u32::MAX));
+        opts.zstd_level = profile.zstd_level;
+        Ok(ir.build(&opts)?)
+    })?;
+
+    let uki_bytes = steps.run("assembling the UKI", || {
+        let stub = fs::read(inputs.bootloader.join(SD_STUB_EFI))
+            .with_context(|| format!("the bootloader package has no {SD_STUB_EFI}"))?;
+        let kernel = fs::read(&vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
+        let osrel = os_release(profile);
+        Ok(uki::assemble(&UkiInputs {
+            stub: &stub,
+            kernel: &kernel,
+            initrd: &initrd,
+            cmdline: cmdline,
+            os_release: &osrel,
+            uname: Some(&kver),
+        })?)
+    })?;
+    let uki_sha = Sha256::digest(&uki_bytes);
+
+    let esp_img = work.join("esp.img");
+    steps.run("writing the ESP", || {
+        let files_dir = work.join("esp-files");
+        fs::create_dir(&files_dir)?;
+        let uki_path = files_dir.join("uki.efi");
+        fs::write(&uki_path, &uki_bytes)?;
+        let sd_boot = files_dir.join("systemd-boot.efi");
+        fs::copy(inputs.bootloader.join(SD_BOOT_EFI), &sd_boot)
+            .with_context(|| format!("the bootloader package has no {SD_BOOT_EFI}"))?;
+        let conf = files_dir.join("loader.conf");
+        fs::write(&conf, esp::loader_conf(profile.bootloader.timeout))?;
+        let files = [
+            EspFile {
+                path: esp::BOOT_LOADER_PATH.into(),
+                source: sd_boot,
+            },
+            EspFile {
+                path: esp::LOADER_CONF_PATH.into(),
+                source: conf,
+            },
+            EspFile {
+                path: format!("{}/{uki_name}", esp::UKI_DIR),
+                source: uki_path,
+            },
+        ];
+        let volume_id = u32::from_le_bytes([uki_sha[0], uki_sha[1], uki_sha[2], uki_sha[3]]);
+        Ok(esp::build(
+            &esp_img,
+            profile.partitions.esp,
+            volume_id,
+            &files,
+            epoch,
+        )?)
+    })?;
+
+    Ok((esp_img, uki_sha.into()))
+}
+
+/// The hash of everything the ESP image depends on.
+fn boot_artifact_key(profile: &Profile, inputs: &Inputs, cmdline: &str, uki_name: &str) -> String {
+    let mut h = Sha256::new();
+    let pin = |name: &str| {
+        inputs
+            .pinned
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.sha256.clone())
+            .unwrap_or_default()
+    };
+    for part in [
+        "ingot-boot-artifact-v1".to_string(),
+        hex(&Sha256::digest(INGOT_INIT)),
+        pin("kernel"),
+        pin("bootloader"),
+        profile.kernel.initrd_modules.join(","),
+        cmdline.to_string(),
+        os_release(profile),
+        uki_name.to_string(),
+        format!(
+            "{} {} {} {}",
+            profile.zstd_level, profile.source_date_epoch, profile.partitions.esp, profile.bootloader.timeout
+        ),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    hex(&h.finalize())
+}
+
+fn read_boot_artifact(dir: &Path) -> Option<(PathBuf, [u8; 32])> {
+    let sha = fs::read_to_string(dir.join("uki.sha256")).ok()?;
+    let bytes: [u8; 32] = hex::decode(sha.trim()).ok()?.try_into().ok()?;
+    let esp = dir.join("esp.img");
+    esp.is_file().then_some((esp, bytes))
+}
+
+fn store_boot_artifact(dir: &Path, esp_img: &Path, uki_sha: &[u8; 32]) -> Result<()> {
+    let parent = dir.parent().context("artifact directory has no parent")?;
+    fs::create_dir_all(parent)?;
+    let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(parent)?;
+    let src = fs::File::open(esp_img)?;
+    let len = src.metadata()?.len();
+    let dst = fs::File::create(tmp.path().join("esp.img"))?;
+    dst.set_len(len)?;
+    disk::scan(&src, 0, len, |rel, chunk| {
+        std::os::unix::fs::FileExt::write_all_at(&dst, chunk, rel)
+    })?;
+    dst.sync_all()?;
+    fs::write(tmp.path().join("uki.sha256"), hex(uki_sha))?;
+    match fs::rename(tmp.keep(), dir) {
+        Ok(()) => Ok(()),
+        Err(_) if dir.is_dir() => Ok(()), // another build stored the same artifact first
+        Err(e) => Err(e.into()),
+    }
 }
