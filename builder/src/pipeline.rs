@@ -400,15 +400,15 @@ fn build_boot(
     let uki_bytes = steps.run("assembling the UKI", || {
         let stub = fs::read(inputs.bootloader.join(SD_STUB_EFI))
             .with_context(|| format!("the bootloader package has no {SD_STUB_EFI}"))?;
-        let kernel = fs::read(&vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
+        let kernel = fs::read(vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
         let osrel = os_release(profile);
         Ok(uki::assemble(&UkiInputs {
             stub: &stub,
             kernel: &kernel,
             initrd: &initrd,
-            cmdline: cmdline,
+            cmdline,
             os_release: &osrel,
-            uname: Some(&kver),
+            uname: Some(kver),
         })?)
     })?;
     let uki_sha = Sha256::digest(&uki_bytes);

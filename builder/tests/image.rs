@@ -34,7 +34,10 @@ fn minimal_image_is_valid_reproducible_and_inspectable() {
     // Reusing the cached initramfs/UKI/ESP gives the same bytes as rebuilding them.
     let c = tempfile::tempdir().unwrap();
     let img_c = build_minimal(c.path());
-    assert!(std::fs::read(&img_c).unwrap() == bytes_b, "a build reusing cached boot artifacts differs");
+    assert!(
+        std::fs::read(&img_c).unwrap() == bytes_b,
+        "a build reusing cached boot artifacts differs"
+    );
     drop(bytes_b);
     assert_eq!(
         dir_entries(a.path()),

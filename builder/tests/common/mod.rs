@@ -34,9 +34,15 @@ pub fn stdout(o: &Output) -> String {
 
 /// Builds `minimal` into `out` and returns the image path; panics with ingot's stderr on failure.
 pub fn build_minimal(out: &Path) -> PathBuf {
+    build_minimal_with(out, &[])
+}
+
+/// Same, with extra `ingot build` arguments (e.g. `--rebuild`).
+pub fn build_minimal_with(out: &Path, extra: &[&str]) -> PathBuf {
     let o = run(ingot()
         .args(["build", "--quiet", "--profile", "minimal", "--out"])
-        .arg(out));
+        .arg(out)
+        .args(extra));
     assert!(o.status.success(), "ingot build failed:\n{}", stderr(&o));
     out.join("minimal.raw")
 }
