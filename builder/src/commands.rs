@@ -65,16 +65,7 @@ fn plan(profile: &Profile) -> Result<LockPlan> {
     }
     let archives = match (&profile.archive, packages.is_empty()) {
         (_, true) => Vec::new(),
-        (Some(a), false) => vec![(
-            ArchiveSpec {
-                url: a.url.clone(),
-                suite: a.suite.clone(),
-                components: a.components.clone(),
-                arch: a.arch.clone(),
-                keyring: a.keyring.clone(),
-            },
-            packages,
-        )],
+        (Some(a), false) => vec![(a.clone(), packages)],
         (None, false) => bail!(
             "{}: packages are named but no [archive] is set",
             profile.path.display()

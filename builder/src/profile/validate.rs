@@ -27,14 +27,7 @@ pub struct Profile {
 }
 
 /// A Debian-style archive that `ingot lock` resolves `package` sources in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Archive {
-    pub url: String,
-    pub suite: String,
-    pub components: Vec<String>,
-    pub arch: String,
-    pub keyring: PathBuf,
-}
+pub type Archive = crate::debian::ArchiveSpec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
