@@ -671,3 +671,16 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `.modinfo` comes from a package: arbitrary bytes must parse to something, never panic.
+        #[test]
+        fn arbitrary_modinfo_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = super::parse_modinfo(&bytes);
+        }
+    }
+}

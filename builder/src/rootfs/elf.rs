@@ -585,3 +585,27 @@ mod tests {
         assert_eq!(resolve_in_tree(tmp.path(), Path::new("/../../etc/passwd")), None);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Files in a component are untrusted: any bytes, and any mutation of a real ELF, give an answer or an
+        /// error, never a panic.
+        #[test]
+        fn arbitrary_and_mutated_elf_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..16),
+        ) {
+            let _ = super::read_deps(&bytes);
+            let mut real = std::fs::read("/bin/true").unwrap_or_else(|_| b"\x7fELF".to_vec());
+            real.truncate(64 * 1024);
+            for (at, v) in flips {
+                let i = at % real.len();
+                real[i] ^= v;
+            }
+            let _ = super::read_deps(&real);
+        }
+    }
+}
