@@ -139,8 +139,8 @@ pub fn build(
     let epoch = profile.source_date_epoch;
     let (kver, vmlinuz, modules_dir) = find_kernel(&inputs.kernel)?;
 
+    let index = ModuleIndex::open(&modules_dir, &kver)?;
     let modules = steps.run("resolving stage 1 modules", || {
-        let index = ModuleIndex::open(&modules_dir, &kver)?;
         Ok(index.resolve(&profile.kernel.initrd_modules, SoftDeps::Pre)?)
     })?;
 
@@ -159,7 +159,6 @@ pub fn build(
             0o644,
         )?;
         if !profile.kernel.root_modules.is_empty() {
-            let index = ModuleIndex::open(&modules_dir, &kver)?;
             for m in index.resolve(&profile.kernel.root_modules, SoftDeps::Pre)? {
                 stage.copy_file(
                     &m.path,
@@ -233,10 +232,24 @@ pub fn build(
 
     let layout = disk::plan(&profile.partitions);
     let image = out_dir.join(format!("{}.raw", profile.name));
-    let (tmp_image, manifest) = steps.run("assembling the disk", || {
+    let (tmp_image, disk) = steps.run("assembling the disk", || {
         assemble_disk(profile, &layout, &esp_img, &root_img, out_dir)
     })?;
     let manifest = Manifest {
+        schema: manifest::SCHEMA,
+        image: ImageInfo {
+            name: profile.name.clone(),
+            version: profile.version.clone(),
+            profile: profile
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            disk_guid: disk.disk_guid,
+            size: layout.disk_size,
+            source_date_epoch: profile.source_date_epoch,
+        },
+        partitions: disk.partitions,
         uki: UkiInfo {
             path: format!("{}/{uki_name}", esp::UKI_DIR),
             sha256: hex(&uki_sha),
@@ -245,7 +258,7 @@ pub fn build(
             initrd_modules: modules.iter().map(|m| m.name.clone()).collect(),
         },
         components: inputs.pinned.clone(),
-        ..manifest
+        data_ranges: disk.data_ranges,
     };
     let manifest_path = manifest::path_for_image(&image);
     tmp_image
@@ -270,15 +283,21 @@ pub fn build(
     })
 }
 
-/// Writes the partitions and table into a temp file in `out_dir`; returns it with a manifest lacking the UKI
-/// and component sections.
+/// What assembling the disk determined, for the manifest.
+struct AssembledDisk {
+    disk_guid: String,
+    partitions: Vec<PartitionEntry>,
+    data_ranges: Vec<[u64; 2]>,
+}
+
+/// Writes the partitions and table into a temp file in `out_dir`.
 fn assemble_disk(
     profile: &Profile,
     layout: &Layout,
     esp_img: &Path,
     root_img: &Path,
     out_dir: &Path,
-) -> Result<(tempfile::NamedTempFile, Manifest)> {
+) -> Result<(tempfile::NamedTempFile, AssembledDisk)> {
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.raw-", profile.name))
         .tempfile_in(out_dir)?;
@@ -326,32 +345,12 @@ fn assemble_disk(
             hashed_bytes: hashed,
         });
     }
-    let manifest = Manifest {
-        schema: manifest::SCHEMA,
-        image: ImageInfo {
-            name: profile.name.clone(),
-            version: profile.version.clone(),
-            profile: profile
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            disk_guid: disk_guid.to_string(),
-            size: layout.disk_size,
-            source_date_epoch: profile.source_date_epoch,
-        },
+    let disk = AssembledDisk {
+        disk_guid: disk_guid.to_string(),
         partitions,
-        uki: UkiInfo {
-            path: String::new(),
-            sha256: String::new(),
-            cmdline: String::new(),
-            kernel_release: String::new(),
-            initrd_modules: vec![],
-        },
-        components: vec![],
         data_ranges,
     };
-    Ok((tmp, manifest))
+    Ok((tmp, disk))
 }
 
 /// Builds the initramfs, the UKI and the ESP image; returns the ESP image and the UKI's sha256.
