@@ -143,7 +143,13 @@ pub fn inspect(image: &Path) -> Result<Report> {
 }
 
 fn read_uki(image: &Path, offset: u64) -> Result<Option<UkiReport>> {
-    let mut names = esp::list_dir(image, offset, esp::UKI_DIR).unwrap_or_default();
+    // An ESP without EFI/Linux simply has no UKI; any other failure (mtools missing, a damaged FAT) is an
+    // error, not an empty answer.
+    let mut names = match esp::list_dir(image, offset, esp::UKI_DIR) {
+        Ok(names) => names,
+        Err(esp::EspError::Tool { stderr, .. }) if stderr.contains("not found") => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("listing {} on the ESP", esp::UKI_DIR)),
+    };
     names.sort();
     let Some(name) = names.into_iter().rfind(|n| n.ends_with(".efi")) else {
         return Ok(None);
