@@ -14,6 +14,7 @@
 
 mod block;
 mod efi;
+mod event;
 mod failure;
 mod modules;
 mod mounts;

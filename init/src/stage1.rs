@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::io;
 use std::time::Duration;
 
-use ingot_spec::marker::{PHASE_ROOT_MOUNTED, PHASE_STAGE1, PREFIX};
+use ingot_spec::marker::{PHASE_ROOT, PHASE_STAGE1, PREFIX};
 use ingot_spec::partition::ROOT_FS_TYPE;
 
 use crate::block::{self, BootDisk};
@@ -101,7 +101,7 @@ pub fn run(sys: &dyn Sys, opts: &mut BootOptions) -> Result<Infallible, Error> {
     };
     sys.mkdir(NEW_ROOT).map_err(mount_err)?;
     sys.mount(&mount_root).map_err(mount_err)?;
-    crate::phase(sys, PHASE_ROOT_MOUNTED);
+    crate::phase(sys, PHASE_ROOT);
 
     switch_root(sys, NEW_ROOT)
 }
@@ -235,9 +235,7 @@ mod tests {
         let console = sys.console_lines();
         assert_eq!(console[0], "ingot: phase=stage1 t=1500");
         assert!(
-            console
-                .iter()
-                .any(|l| l.starts_with("ingot: phase=root-mounted t=")),
+            console.iter().any(|l| l.starts_with("ingot: phase=root t=")),
             "{console:?}"
         );
         assert!(

@@ -6,6 +6,7 @@
 //! formats by construction and the parsers can be fuzzed in isolation.
 
 pub mod cmdline;
+pub mod config;
 pub mod gpt;
 pub mod marker;
 pub mod partition;
