@@ -75,7 +75,7 @@ fn is_partition(sys: &dyn Sys, dir: &Path) -> bool {
 }
 
 /// Whole disks with a non-zero size, sorted by name.
-fn disks(sys: &dyn Sys) -> io::Result<Vec<String>> {
+pub fn disks(sys: &dyn Sys) -> io::Result<Vec<String>> {
     let base = Path::new(SYS_CLASS_BLOCK);
     let mut out = Vec::new();
     for name in sys.read_dir(base)? {

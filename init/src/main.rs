@@ -21,6 +21,7 @@ mod mounts;
 mod options;
 mod stage1;
 mod stage2;
+mod storage;
 mod supervisor;
 mod sys;
 

@@ -8,6 +8,7 @@
 pub mod cmdline;
 pub mod config;
 pub mod gpt;
+pub mod gpt_grow;
 pub mod marker;
 pub mod partition;
 

@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Errno, Exit, KillSignal, Mount, Shutdown, Signal, Sys};
+use super::{Errno, Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal, Sys};
 
 type Event = Box<dyn FnOnce(&Path)>;
 
@@ -25,6 +25,8 @@ pub struct FakeSys {
     events: RefCell<Vec<(Duration, Event)>>,
     pub ram_root: Cell<bool>,
     pub new_root_device: Cell<u64>,
+    /// `st_dev` of `/`.
+    pub root_device: Cell<u64>,
 }
 
 impl FakeSys {
@@ -39,6 +41,7 @@ impl FakeSys {
             events: RefCell::default(),
             ram_root: Cell::new(true),
             new_root_device: Cell::new(2),
+            root_device: Cell::new(1),
         }
     }
 
@@ -204,7 +207,7 @@ impl Sys for FakeSys {
     fn device_of(&self, path: &str) -> io::Result<u64> {
         self.record(format!("stat {path}"))?;
         Ok(if path == "/" {
-            1
+            self.root_device.get()
         } else {
             self.new_root_device.get()
         })
@@ -281,5 +284,45 @@ impl Sys for FakeSys {
             Err(e) => e,
             Ok(()) => io::Error::other("fake reboot returned"),
         }
+    }
+
+    fn write_file(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
+        self.record(format!("write {path} {}", String::from_utf8_lossy(bytes).trim_end()))?;
+        write_under(self.root.path(), path, bytes);
+        Ok(())
+    }
+
+    fn write_file_atomic(&self, path: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+        self.record(format!("write-atomic {path} {mode:o}"))?;
+        write_under(self.root.path(), path, bytes);
+        Ok(())
+    }
+
+    fn write_at_sync(&self, path: &str, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        self.record(format!("write-at {path} {offset} {}", bytes.len()))?;
+        let f = std::fs::OpenOptions::new().write(true).open(self.host(path))?;
+        f.write_all_at(bytes, offset)
+    }
+
+    fn resize_partition(&self, disk: &str, number: u32, start: u64, len: u64) -> io::Result<()> {
+        self.record(format!("resize-partition {disk} {number} {start} {len}"))
+    }
+
+    fn run(&self, argv: &[&str]) -> io::Result<ExitStatus> {
+        self.record(format!("run {}", argv.join(" ")))?;
+        Ok(ExitStatus::Code(0))
+    }
+
+    fn set_hostname(&self, name: &str) -> io::Result<()> {
+        self.record(format!("hostname {name}"))
+    }
+
+    fn random(&self, buf: &mut [u8]) -> io::Result<()> {
+        self.record(format!("random {}", buf.len()))?;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = i as u8 * 17;
+        }
+        Ok(())
     }
 }

@@ -337,6 +337,129 @@ impl Sys for Linux {
             Ok(()) => io::Error::other("reboot(2) returned"),
         }
     }
+
+    fn write_file(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
+        std::fs::write(path, bytes)
+    }
+
+    fn write_file_atomic(&self, path: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = Path::new(path);
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir)?;
+        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let result = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn write_at_sync(&self, path: &str, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        f.write_all_at(bytes, offset)?;
+        f.sync_data()
+    }
+
+    fn resize_partition(&self, disk: &str, number: u32, start: u64, len: u64) -> io::Result<()> {
+        let f = std::fs::OpenOptions::new().read(true).open(disk)?;
+        let mut part = BlkpgPartition {
+            start: i64::try_from(start).map_err(io::Error::other)?,
+            length: i64::try_from(len).map_err(io::Error::other)?,
+            pno: libc::c_int::try_from(number).map_err(io::Error::other)?,
+            devname: [0; 64],
+            volname: [0; 64],
+        };
+        let mut arg = BlkpgIoctlArg {
+            op: BLKPG_RESIZE_PARTITION,
+            flags: 0,
+            datalen: std::mem::size_of::<BlkpgPartition>() as libc::c_int,
+            data: (&raw mut part).cast(),
+        };
+        // SAFETY: `f` is an open block device; `arg` is a `struct blkpg_ioctl_arg` laid out as in
+        // <linux/blkpg.h> whose `data` points to `part`, a `struct blkpg_partition` that outlives the call.
+        // The kernel only reads both.
+        if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), BLKPG, &raw mut arg) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn run(&self, argv: &[&str]) -> io::Result<ExitStatus> {
+        let (program, args) = argv.split_first().ok_or_else(|| io::Error::other("empty command"))?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        // SAFETY: the closure runs in the forked child before exec and only calls `sigprocmask`, which is
+        // async-signal-safe, on an initialized empty set.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+                libc::sigemptyset(set.as_mut_ptr());
+                if libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let status = cmd.status()?;
+        Ok(match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+            (Some(c), _) => ExitStatus::Code(c),
+            (None, Some(s)) => ExitStatus::Signal(s),
+            (None, None) => ExitStatus::Code(-1),
+        })
+    }
+
+    fn set_hostname(&self, name: &str) -> io::Result<()> {
+        rustix::system::sethostname(name.as_bytes())?;
+        Ok(())
+    }
+
+    fn random(&self, buf: &mut [u8]) -> io::Result<()> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+                Ok(n) => filled += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `BLKPG` from <linux/fs.h>: `_IO(0x12, 105)`.
+const BLKPG: libc::c_ulong = 0x1269;
+const BLKPG_RESIZE_PARTITION: libc::c_int = 3;
+
+/// `struct blkpg_ioctl_arg` from <linux/blkpg.h>.
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: libc::c_int,
+    flags: libc::c_int,
+    datalen: libc::c_int,
+    data: *mut libc::c_void,
+}
+
+/// `struct blkpg_partition` from <linux/blkpg.h>: start and length in bytes.
+#[repr(C)]
+struct BlkpgPartition {
+    start: libc::c_longlong,
+    length: libc::c_longlong,
+    pno: libc::c_int,
+    devname: [libc::c_char; 64],
+    volname: [libc::c_char; 64],
 }
 
 static PANIC_DEBUG: AtomicBool = AtomicBool::new(false);

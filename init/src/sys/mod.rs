@@ -146,6 +146,24 @@ pub trait Sys {
     fn sleep(&self, d: Duration);
     /// `reboot(2)`. Returns only on failure.
     fn reboot(&self, how: Shutdown) -> io::Error;
+
+    // --- node state ----------------------------------------------------------------------------------
+    /// Writes a small file in place (create or truncate): `/proc/sys/...`, `/sys/...`.
+    fn write_file(&self, path: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Replaces a file so that a crash leaves the old or the new content, never a mix: temp file in the
+    /// same directory, fsync, rename, fsync the directory. Creates missing parent directories.
+    fn write_file_atomic(&self, path: &str, bytes: &[u8], mode: u32) -> io::Result<()>;
+    /// Writes `bytes` at `offset` of a block device or file and flushes them to stable storage.
+    fn write_at_sync(&self, path: &str, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Tells the kernel partition `number` of `disk` (`/dev/vda`) now spans `start..start+len` bytes
+    /// (`BLKPG_RESIZE_PARTITION`), which works while other partitions of the disk are mounted.
+    fn resize_partition(&self, disk: &str, number: u32, start: u64, len: u64) -> io::Result<()>;
+    /// Runs a program to completion before any service exists (the file system tools), with the console
+    /// as its output, and returns how it ended. Not for supervised processes.
+    fn run(&self, argv: &[&str]) -> io::Result<ExitStatus>;
+    fn set_hostname(&self, name: &str) -> io::Result<()>;
+    /// Fills `buf` from the kernel's random pool (`getrandom`, blocking until it is initialized).
+    fn random(&self, buf: &mut [u8]) -> io::Result<()>;
 }
 
 /// Whether an error is `EEXIST`, `EBUSY` … (errno comparison without matching on raw numbers elsewhere).
