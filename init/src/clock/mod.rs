@@ -175,7 +175,9 @@ fn looks_like_host_name(s: &str) -> bool {
         None => s,
     };
     !host.is_empty()
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
         && host.bytes().any(|b| b.is_ascii_alphabetic())
 }
 
@@ -375,8 +377,7 @@ impl Clock {
         self.failures = 0;
         self.pending_step = None;
         if self.servers.is_empty() && self.boot_outcome.is_none() {
-            self.boot_outcome =
-                Some("unsynced: no NTP server configured, keeping the RTC time".to_owned());
+            self.boot_outcome = Some("unsynced: no NTP server configured, keeping the RTC time".to_owned());
         }
     }
 
@@ -428,10 +429,7 @@ impl Clock {
             .transport
             .open(server)
             .map_err(|e| format!("opening a socket: {e}"))?;
-        let t1 = self
-            .system
-            .now()
-            .map_err(|e| format!("reading the clock: {e}"))?;
+        let t1 = self.system.now().map_err(|e| format!("reading the clock: {e}"))?;
         channel
             .send(&packet::request(nonce))
             .map_err(|e| format!("sending the request: {e}"))?;
@@ -497,10 +495,7 @@ impl Clock {
                     self.server_problems.remove(&q.server);
                     samples.push(s);
                 }
-                QueryOutcome::Rejected(r)
-                | QueryOutcome::Waiting {
-                    ignored: Some(r), ..
-                } => {
+                QueryOutcome::Rejected(r) | QueryOutcome::Waiting { ignored: Some(r), .. } => {
                     let why = format!("reply rejected: {r}");
                     self.note_server_problem(sys, q.server, &why);
                     rejected.get_or_insert(format!("{}: {r}", q.server));
@@ -533,7 +528,11 @@ impl Clock {
         };
         // Servers that stayed silent while others answered: worth a line, once.
         for server in silent {
-            self.note_server_problem(sys, server, &format!("no answer within {}s", REPLY_TIMEOUT.as_secs()));
+            self.note_server_problem(
+                sys,
+                server,
+                &format!("no answer within {}s", REPLY_TIMEOUT.as_secs()),
+            );
         }
         for server in &result.outliers {
             self.note_server_problem(sys, *server, "its time disagrees with the other servers");
@@ -573,7 +572,11 @@ impl Clock {
             (self.poll_exp + 1).min(POLL_MAX_EXP)
         };
         let discipline = Discipline {
-            offset_nanos: if step { 0 } else { offset.clamp(-MAX_SLEW, MAX_SLEW) },
+            offset_nanos: if step {
+                0
+            } else {
+                offset.clamp(-MAX_SLEW, MAX_SLEW)
+            },
             time_constant: i64::from(poll_exp),
             max_error_micros: result.best.error_bound() / 1000,
             est_error_micros: result.spread / 1000,
@@ -712,7 +715,9 @@ impl Pollable for Clock {
         self.receive(readable);
         let round_over = self.round.as_ref().is_some_and(|r| {
             now >= r.started + REPLY_TIMEOUT
-                || r.queries.iter().all(|q| !matches!(q.outcome, QueryOutcome::Waiting { .. }))
+                || r.queries
+                    .iter()
+                    .all(|q| !matches!(q.outcome, QueryOutcome::Waiting { .. }))
         });
         if round_over {
             self.finish_round(sys, now);
@@ -721,7 +726,9 @@ impl Pollable for Clock {
             self.start_round(now);
             // Every request may have failed at once (no route, no socket): no reply to wait for.
             let all_failed = self.round.as_ref().is_some_and(|r| {
-                r.queries.iter().all(|q| !matches!(q.outcome, QueryOutcome::Waiting { .. }))
+                r.queries
+                    .iter()
+                    .all(|q| !matches!(q.outcome, QueryOutcome::Waiting { .. }))
             });
             if all_failed {
                 self.finish_round(sys, now);

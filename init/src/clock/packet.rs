@@ -141,7 +141,7 @@ impl Reply {
 
     /// The packet with these fields (what a server would send); for tests.
     #[cfg(test)]
-    pub fn to_bytes(&self) -> [u8; PACKET_LEN] {
+    pub fn to_bytes(self) -> [u8; PACKET_LEN] {
         let mut p = [0u8; PACKET_LEN];
         p[0] = (self.leap << 6) | ((self.version & 7) << 3) | (self.mode & 7);
         p[1] = self.stratum;

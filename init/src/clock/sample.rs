@@ -69,7 +69,13 @@ pub struct Secs(pub i64);
 impl fmt::Display for Secs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let micros = i128::from(self.0) / 1000;
-        let sign = if micros < 0 { "-" } else if f.sign_plus() { "+" } else { "" };
+        let sign = if micros < 0 {
+            "-"
+        } else if f.sign_plus() {
+            "+"
+        } else {
+            ""
+        };
         let micros = micros.unsigned_abs();
         write!(f, "{sign}{}.{:06}s", micros / 1_000_000, micros % 1_000_000)
     }
@@ -217,9 +223,7 @@ pub fn combine(samples: &[Sample]) -> Option<Combined> {
     };
     let offset = median(&kept.iter().map(|s| s.offset).collect::<Vec<_>>())?;
     let distance = |s: &Sample| i128::from(s.offset).abs_diff(i128::from(offset));
-    let best = *kept
-        .iter()
-        .min_by_key(|s| (distance(s), s.delay))?;
+    let best = *kept.iter().min_by_key(|s| (distance(s), s.delay))?;
     let spread = kept.iter().map(distance).max().unwrap_or(0);
     Some(Combined {
         offset,
@@ -278,14 +282,22 @@ mod tests {
     #[test]
     fn offset_and_delay_from_the_four_timestamps() {
         // Server 5 s ahead, 20 ms each way, 2 ms processing.
-        let (t1, t2, t3, t4) = (NOW, NOW + 5 * SEC + 20 * MS, NOW + 5 * SEC + 22 * MS, NOW + 42 * MS);
+        let (t1, t2, t3, t4) = (
+            NOW,
+            NOW + 5 * SEC + 20 * MS,
+            NOW + 5 * SEC + 22 * MS,
+            NOW + 42 * MS,
+        );
         assert_eq!(offset_and_delay(t1, t2, t3, t4), (5 * SEC, 40 * MS));
         // Asymmetric paths show up as half the asymmetry in the offset.
         let (t2, t3, t4) = (NOW + 30 * MS, NOW + 30 * MS, NOW + 40 * MS);
         assert_eq!(offset_and_delay(NOW, t2, t3, t4), (10 * MS, 40 * MS));
         // Our clock ahead: negative offset.
         assert_eq!(offset_and_delay(NOW, NOW - SEC, NOW - SEC, NOW), (-SEC, 0));
-        assert_eq!(offset_and_delay(i64::MIN, i64::MAX, i64::MAX, i64::MIN), (i64::MAX, 0));
+        assert_eq!(
+            offset_and_delay(i64::MIN, i64::MAX, i64::MAX, i64::MIN),
+            (i64::MAX, 0)
+        );
         assert_eq!(offset_and_delay(i64::MIN, 0, 0, i64::MAX), (0, i64::MAX));
     }
 
@@ -310,24 +322,68 @@ mod tests {
             (Reply { mode: 3, ..good }, Reject::Mode(3)),
             (Reply { version: 2, ..good }, Reject::Version(2)),
             (Reply { version: 5, ..good }, Reject::Version(5)),
-            (Reply { origin: NtpTimestamp(1), ..good }, Reject::Origin),
-            (Reply { stratum: 0, reference_id: *b"DENY", ..good }, Reject::Kiss("DENY".into())),
+            (
+                Reply {
+                    origin: NtpTimestamp(1),
+                    ..good
+                },
+                Reject::Origin,
+            ),
+            (
+                Reply {
+                    stratum: 0,
+                    reference_id: *b"DENY",
+                    ..good
+                },
+                Reject::Kiss("DENY".into()),
+            ),
             (Reply { stratum: 16, ..good }, Reject::Stratum(16)),
             (Reply { stratum: 255, ..good }, Reject::Stratum(255)),
             (Reply { leap: 3, ..good }, Reject::Unsynchronized),
-            (Reply { receive: NtpTimestamp::ZERO, ..good }, Reject::ZeroTimestamp),
-            (Reply { transmit: NtpTimestamp::ZERO, ..good }, Reject::ZeroTimestamp),
             (
-                Reply { root_dispersion: 0x0001_8000, ..good },
+                Reply {
+                    receive: NtpTimestamp::ZERO,
+                    ..good
+                },
+                Reject::ZeroTimestamp,
+            ),
+            (
+                Reply {
+                    transmit: NtpTimestamp::ZERO,
+                    ..good
+                },
+                Reject::ZeroTimestamp,
+            ),
+            (
+                Reply {
+                    root_dispersion: 0x0001_8000,
+                    ..good
+                },
                 Reject::RootDistance(Secs(1_500_000_000 + 3_906_250 / 2 + 4_500_000)),
             ),
         ];
         for (reply, want) in cases {
             assert_eq!(run(reply, "10.0.2.2:123"), Err(want.clone()), "{want}");
         }
-        assert_eq!(run(good, "10.0.2.3:123"), Err(Reject::Source(addr("10.0.2.3:123"))));
-        assert_eq!(run(good, "10.0.2.2:124"), Err(Reject::Source(addr("10.0.2.2:124"))));
-        assert!(run(Reply { version: 3, leap: 1, ..good }, "10.0.2.2:123").is_ok());
+        assert_eq!(
+            run(good, "10.0.2.3:123"),
+            Err(Reject::Source(addr("10.0.2.3:123")))
+        );
+        assert_eq!(
+            run(good, "10.0.2.2:124"),
+            Err(Reject::Source(addr("10.0.2.2:124")))
+        );
+        assert!(
+            run(
+                Reply {
+                    version: 3,
+                    leap: 1,
+                    ..good
+                },
+                "10.0.2.2:123"
+            )
+            .is_ok()
+        );
         assert!(run(Reply { stratum: 15, ..good }, "10.0.2.2:123").is_ok());
 
         let early = Reply {

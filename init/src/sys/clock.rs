@@ -40,10 +40,7 @@ impl NtpSocket {
     pub fn send(&self, packet: &[u8]) -> io::Result<()> {
         let sent = self.socket.send(packet)?;
         if sent != packet.len() {
-            return Err(io::Error::other(format!(
-                "sent {sent} of {} bytes",
-                packet.len()
-            )));
+            return Err(io::Error::other(format!("sent {sent} of {} bytes", packet.len())));
         }
         Ok(())
     }
@@ -69,12 +66,8 @@ impl NtpSocket {
 /// `CLOCK_REALTIME` as time since the Unix epoch.
 pub fn realtime() -> io::Result<Duration> {
     let ts = rustix::time::clock_gettime(ClockId::Realtime);
-    timespec_to_duration(ts).ok_or_else(|| {
-        io::Error::other(format!(
-            "the system clock reads {}s, before 1970",
-            ts.tv_sec
-        ))
-    })
+    timespec_to_duration(ts)
+        .ok_or_else(|| io::Error::other(format!("the system clock reads {}s, before 1970", ts.tv_sec)))
 }
 
 /// Steps `CLOCK_REALTIME` by `offset_nanos` (read, add, set back to back); returns the time it was set to.
@@ -231,9 +224,6 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(
-            result.unwrap_err().kind(),
-            io::ErrorKind::ConnectionRefused
-        );
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::ConnectionRefused);
     }
 }
