@@ -11,6 +11,8 @@
 
 #![allow(unsafe_code)]
 
+#[allow(dead_code)] // used by the NTP client in crate::clock
+pub mod clock;
 #[cfg(test)]
 pub mod fake;
 mod linux;
