@@ -182,10 +182,13 @@ fn grow(sys: &dyn Sys, disk: &str, number: u32) -> Result<Option<u64>, Error> {
     let sectors = sys
         .read(Path::new(&format!("{}/{disk}/size", block::SYS_CLASS_BLOCK)))
         .map_err(|source| io_err("reading the disk size", disk, source))?;
-    let sectors: u64 = String::from_utf8_lossy(&sectors).trim().parse().map_err(|_| Error::Table {
-        disk: disk.to_owned(),
-        reason: "sysfs size is not a number".to_owned(),
-    })?;
+    let sectors: u64 = String::from_utf8_lossy(&sectors)
+        .trim()
+        .parse()
+        .map_err(|_| Error::Table {
+            disk: disk.to_owned(),
+            reason: "sysfs size is not a number".to_owned(),
+        })?;
     let dev = format!("/dev/{disk}");
     let start = sys
         .read_at(Path::new(&dev), 0, 2 * SECTOR as usize)
@@ -202,7 +205,8 @@ fn grow(sys: &dyn Sys, disk: &str, number: u32) -> Result<Option<u64>, Error> {
         disk: disk.to_owned(),
         source,
     };
-    let Some(grown) = gpt_grow::grow_partition(&head, sectors, number, ALIGN_SECTORS).map_err(grow_err)? else {
+    let Some(grown) = gpt_grow::grow_partition(&head, sectors, number, ALIGN_SECTORS).map_err(grow_err)?
+    else {
         return Ok(None);
     };
     for w in &grown.writes {
@@ -223,7 +227,10 @@ fn grow(sys: &dyn Sys, disk: &str, number: u32) -> Result<Option<u64>, Error> {
 }
 
 fn mkfs(sys: &dyn Sys, device: &str) -> Result<(), Error> {
-    let program = MKE2FS.into_iter().find(|p| sys.exists(Path::new(p))).ok_or(Error::NoMkfs)?;
+    let program = MKE2FS
+        .into_iter()
+        .find(|p| sys.exists(Path::new(p)))
+        .ok_or(Error::NoMkfs)?;
     // Lazy init keeps first boot fast on big disks; the kernel zeroes the inode tables in the background.
     let argv = [
         program,
@@ -263,9 +270,14 @@ mod tests {
         let layout = testing::ingot_layout(0x1000);
         let mut image = testing::gpt_image(&layout);
         image.resize((sectors * SECTOR) as usize, 0);
-        testing::add_disk(sys.host("/").as_path(), "vda", &image, &[1, 2, 3, 4, 5, 6], |n| format!("vda{n}"));
+        testing::add_disk(sys.host("/").as_path(), "vda", &image, &[1, 2, 3, 4, 5, 6], |n| {
+            format!("vda{n}")
+        });
         sys.write("/sys/class/block/vda/size", format!("{sectors}\n"));
-        sys.write("/sys/dev/block/254:2/uevent", "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\n");
+        sys.write(
+            "/sys/dev/block/254:2/uevent",
+            "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\n",
+        );
         sys.root_device.set(rustix::fs::makedev(254, 2));
         sys.write("/usr/sbin/mke2fs", "");
         let mut part = vec![0u8; 4096];
@@ -291,7 +303,11 @@ mod tests {
         assert!(calls[..4].iter().all(|c| c.starts_with("write-at /dev/vda ")));
         assert_eq!(
             calls[4],
-            format!("resize-partition /dev/vda 6 {} {}", p.offset_bytes(), p.size_bytes())
+            format!(
+                "resize-partition /dev/vda 6 {} {}",
+                p.offset_bytes(),
+                p.size_bytes()
+            )
         );
         assert_eq!(
             calls[5],

@@ -287,7 +287,10 @@ impl Sys for FakeSys {
     }
 
     fn write_file(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
-        self.record(format!("write {path} {}", String::from_utf8_lossy(bytes).trim_end()))?;
+        self.record(format!(
+            "write {path} {}",
+            String::from_utf8_lossy(bytes).trim_end()
+        ))?;
         write_under(self.root.path(), path, bytes);
         Ok(())
     }

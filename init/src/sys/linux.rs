@@ -248,7 +248,9 @@ impl Sys for Linux {
 
     fn load_module(&self, path: &Path) -> io::Result<()> {
         let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
-        rustix::system::finit_module(&fd, c"", 0)?;
+        // MODULE_INIT_COMPRESSED_FILE: the kernel decompresses `.ko.xz`/`.ko.zst` itself.
+        let compressed = path.extension().is_some_and(|e| e != "ko");
+        rustix::system::finit_module(&fd, c"", if compressed { 4 } else { 0 })?;
         Ok(())
     }
 
@@ -398,9 +400,13 @@ impl Sys for Linux {
     }
 
     fn run(&self, argv: &[&str]) -> io::Result<ExitStatus> {
-        let (program, args) = argv.split_first().ok_or_else(|| io::Error::other("empty command"))?;
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| io::Error::other("empty command"))?;
         let mut cmd = std::process::Command::new(program);
-        cmd.args(args).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         // SAFETY: the closure runs in the forked child before exec and only calls `sigprocmask`, which is
         // async-signal-safe, on an initialized empty set.
         unsafe {
@@ -414,11 +420,16 @@ impl Sys for Linux {
             });
         }
         let status = cmd.status()?;
-        Ok(match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
-            (Some(c), _) => ExitStatus::Code(c),
-            (None, Some(s)) => ExitStatus::Signal(s),
-            (None, None) => ExitStatus::Code(-1),
-        })
+        Ok(
+            match (
+                status.code(),
+                std::os::unix::process::ExitStatusExt::signal(&status),
+            ) {
+                (Some(c), _) => ExitStatus::Code(c),
+                (None, Some(s)) => ExitStatus::Signal(s),
+                (None, None) => ExitStatus::Code(-1),
+            },
+        )
     }
 
     fn set_hostname(&self, name: &str) -> io::Result<()> {

@@ -15,6 +15,7 @@
 pub mod clock;
 #[cfg(test)]
 pub mod fake;
+pub mod input;
 mod linux;
 
 use std::ffi::OsString;
