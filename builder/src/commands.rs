@@ -11,7 +11,7 @@ use crate::fetch::{Fetcher, Pinned, Sha256};
 use crate::lock::{Lock, LockRequest};
 use crate::manifest::ComponentEntry;
 use crate::pipeline::{self, Inputs};
-use crate::profile::{self, Profile, Source};
+use crate::profile::{self, ImageSource, Profile, Source};
 
 /// Kernel metapackages (`linux-image-cloud-amd64`) depend on the versioned package that holds the kernel;
 /// `ingot lock` pins that one.
@@ -24,12 +24,17 @@ struct LockPlan {
     wanted: Vec<String>,
 }
 
-fn sources(profile: &Profile) -> Vec<(&str, &Source)> {
+/// Every input the lock pins, by its lock name: kernel, bootloader, components, image archives.
+fn sources(profile: &Profile) -> Vec<(String, &Source)> {
     let mut v = vec![
-        ("kernel", &profile.kernel.source),
-        ("bootloader", &profile.bootloader.source),
+        ("kernel".to_string(), &profile.kernel.source),
+        ("bootloader".to_string(), &profile.bootloader.source),
     ];
-    v.extend(profile.components.iter().map(|c| (c.name.as_str(), &c.source)));
+    v.extend(profile.components.iter().map(|c| (c.name.clone(), &c.source)));
+    v.extend(profile.images.iter().filter_map(|i| match &i.source {
+        ImageSource::Archive(s) => Some((crate::images::lock_name(&i.name), s)),
+        ImageSource::Component { .. } => None,
+    }));
     v
 }
 
@@ -37,6 +42,7 @@ fn plan(profile: &Profile) -> Result<LockPlan> {
     let mut packages = Vec::new();
     let mut pinned = Vec::new();
     for (name, source) in sources(profile) {
+        let name = name.as_str();
         match source {
             Source::Package(p) => packages.push(PackageRequest {
                 component: name.to_string(),
@@ -71,7 +77,7 @@ fn plan(profile: &Profile) -> Result<LockPlan> {
             profile.path.display()
         ),
     };
-    let wanted = sources(profile).into_iter().map(|(n, _)| n.to_string()).collect();
+    let wanted = sources(profile).into_iter().map(|(n, _)| n).collect();
     Ok(LockPlan {
         archives,
         pinned,
@@ -186,6 +192,25 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         .iter()
         .map(|c| unpack(&c.name))
         .collect::<Result<Vec<_>>>()?;
+    let images = profile
+        .images
+        .iter()
+        .map(|i| match &i.source {
+            ImageSource::Archive(_) => {
+                let name = crate::images::lock_name(&i.name);
+                let pinned = lock
+                    .pinned(&name)
+                    .with_context(|| format!("{} pins no image archive {name:?}", path.display()))?;
+                Ok(fetcher.fetch(&pinned)?)
+            }
+            ImageSource::Component { component, .. } => profile
+                .components
+                .iter()
+                .position(|c| c.name == *component)
+                .map(|k| components[k].clone())
+                .with_context(|| format!("image {:?}: no component {component:?}", i.name)),
+        })
+        .collect::<Result<Vec<_>>>()?;
     if !quiet {
         eprintln!(
             "  {:<34} {:>6.2} s",
@@ -208,6 +233,7 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         kernel,
         bootloader,
         components,
+        images,
         pinned,
         artifact_cache: (!rebuild).then(|| fetcher.cache().root().join("artifacts")),
     };
