@@ -573,8 +573,10 @@ mod tests {
         }
     }
 
-    /// Path → (entry type, mode, uid, mtime, bytes) of every entry of a tar.
-    fn entries(bytes: &[u8]) -> Vec<(String, tar::EntryType, u32, u64, u64, Vec<u8>)> {
+    /// (path, entry type, mode, uid, mtime, bytes) of one tar entry.
+    type Entry = (String, tar::EntryType, u32, u64, u64, Vec<u8>);
+
+    fn entries(bytes: &[u8]) -> Vec<Entry> {
         let mut a = tar::Archive::new(bytes);
         a.entries()
             .unwrap()
@@ -596,7 +598,7 @@ mod tests {
             .collect()
     }
 
-    fn blob<'a>(entries: &'a [(String, tar::EntryType, u32, u64, u64, Vec<u8>)], digest: &str) -> &'a [u8] {
+    fn blob<'a>(entries: &'a [Entry], digest: &str) -> &'a [u8] {
         let path = format!("blobs/sha256/{}", digest.strip_prefix("sha256:").unwrap());
         &entries.iter().find(|e| e.0 == path).unwrap().5
     }
