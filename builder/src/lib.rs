@@ -11,6 +11,7 @@ pub mod images;
 pub mod init_binary;
 pub mod initramfs;
 pub mod inspect;
+pub mod kconfig;
 pub mod kmod;
 pub mod lock;
 pub mod manifest;
