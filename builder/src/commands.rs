@@ -270,20 +270,29 @@ pub fn read_kernel_config(input: &KernelConfigInput, offline: bool) -> Result<(S
                 .with_context(|| format!("reading {}", path.display()))?;
             if head[..n] == *b"!<arch>\n" {
                 let (inner, bytes) = crate::fetch::find_data_file(path, is_kernel_config, MAX_KERNEL_CONFIG)?
-                    .with_context(|| format!("{} holds no /boot/config-* (is it a linux-image package?)", path.display()))?;
+                    .with_context(|| {
+                        format!(
+                            "{} holds no /boot/config-* (is it a linux-image package?)",
+                            path.display()
+                        )
+                    })?;
                 return Ok((
                     format!("{} (/{})", path.display(), inner.display()),
                     String::from_utf8_lossy(&bytes).into_owned(),
                 ));
             }
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            Ok((path.display().to_string(), String::from_utf8_lossy(&bytes).into_owned()))
+            Ok((
+                path.display().to_string(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ))
         }
         KernelConfigInput::Profile(arg) => {
             let profile = load_profile(arg)?;
             let path = lock_path(&profile);
-            let lock = Lock::load(&path)
-                .with_context(|| format!("the profile's kernel is pinned by its lock file (run `ingot lock --profile {arg}`)"))?;
+            let lock = Lock::load(&path).with_context(|| {
+                format!("the profile's kernel is pinned by its lock file (run `ingot lock --profile {arg}`)")
+            })?;
             let pinned = lock
                 .pinned("kernel")
                 .with_context(|| format!("{} pins no kernel", path.display()))?;
@@ -295,20 +304,33 @@ pub fn read_kernel_config(input: &KernelConfigInput, offline: bool) -> Result<(S
                 .filter(|p| p.strip_prefix(&dir).is_ok_and(is_kernel_config))
                 .collect();
             configs.sort();
-            let config = configs.pop().context("the profile's kernel package has no /boot/config-*")?;
-            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-            let name = config.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let config = configs
+                .pop()
+                .context("the profile's kernel package has no /boot/config-*")?;
+            let text =
+                std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+            let name = config
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let package = lock
                 .component("kernel")
                 .and_then(|c| c.package.clone())
                 .unwrap_or_else(|| pinned.url.clone());
-            Ok((format!("profile {} kernel {package} (/boot/{name})", profile.name), text))
+            Ok((
+                format!("profile {} kernel {package} (/boot/{name})", profile.name),
+                text,
+            ))
         }
     }
 }
 
 /// `ingot kernel check`: which of `features` (all when empty) the configuration has.
-pub fn kernel_check(input: &KernelConfigInput, features: &[String], offline: bool) -> Result<kconfig::Report> {
+pub fn kernel_check(
+    input: &KernelConfigInput,
+    features: &[String],
+    offline: bool,
+) -> Result<kconfig::Report> {
     let all = kconfig::features()?;
     // An unknown feature is reported before anything is read or downloaded.
     kconfig::check("", &kconfig::KernelConfig::default(), &all, features)?;

@@ -53,7 +53,10 @@ pub fn parse(text: &str) -> KernelConfig {
                 && is_option_name(name)
             {
                 cfg.options.insert(name.to_string(), "n".to_string());
-            } else if cfg.header.is_none() && comment.starts_with("Linux") && comment.ends_with("Kernel Configuration") {
+            } else if cfg.header.is_none()
+                && comment.starts_with("Linux")
+                && comment.ends_with("Kernel Configuration")
+            {
                 cfg.header = Some(comment.to_string());
             }
             continue;
@@ -102,7 +105,11 @@ pub struct Requirement {
 impl Requirement {
     /// The options that satisfy it, in order of preference.
     pub fn choices(&self) -> Vec<&str> {
-        self.name.iter().map(String::as_str).chain(self.any.iter().map(String::as_str)).collect()
+        self.name
+            .iter()
+            .map(String::as_str)
+            .chain(self.any.iter().map(String::as_str))
+            .collect()
     }
 }
 
@@ -118,7 +125,10 @@ pub fn load_features(text: &str) -> Result<Vec<Feature>, KconfigError> {
     let mut seen = Vec::new();
     for f in &file.feature {
         if seen.contains(&f.name.as_str()) {
-            return Err(KconfigError::Features(format!("feature {:?} is listed twice", f.name)));
+            return Err(KconfigError::Features(format!(
+                "feature {:?} is listed twice",
+                f.name
+            )));
         }
         seen.push(&f.name);
         for r in &f.options {
@@ -263,7 +273,11 @@ pub fn render(r: &Report) -> String {
         let status = if f.complete {
             "complete".to_string()
         } else {
-            format!("INCOMPLETE: {} of {} missing", f.missing.len(), f.missing.len() + f.present.len())
+            format!(
+                "INCOMPLETE: {} of {} missing",
+                f.missing.len(),
+                f.missing.len() + f.present.len()
+            )
         };
         let _ = writeln!(s, "\n{}: {status}\n  {}", f.name, f.description);
         for o in &f.present {
@@ -280,7 +294,12 @@ pub fn render(r: &Report) -> String {
         }
     }
     let done = r.features.iter().filter(|f| f.complete).count();
-    let incomplete: Vec<&str> = r.features.iter().filter(|f| !f.complete).map(|f| f.name.as_str()).collect();
+    let incomplete: Vec<&str> = r
+        .features
+        .iter()
+        .filter(|f| !f.complete)
+        .map(|f| f.name.as_str())
+        .collect();
     let _ = write!(s, "\n{done} of {} features complete", r.features.len());
     if !incomplete.is_empty() {
         let _ = write!(s, "; incomplete: {}", incomplete.join(", "));
@@ -302,8 +321,15 @@ mod tests {
              CONFIG_A=y\nCONFIG_B=m\r\n# CONFIG_C is not set\nCONFIG_D=\"text = x\"\nCONFIG_E=0x10\n\
              CONFIG_A=m\nnot an option\nCONFIG_=y\n  # CONFIG_F is not set  \n\n",
         );
-        assert_eq!(cfg.header.as_deref(), Some("Linux/x86 6.1.176 Kernel Configuration"));
-        assert_eq!(cfg.get("CONFIG_A"), Some("m"), "the last assignment wins, as in Kconfig");
+        assert_eq!(
+            cfg.header.as_deref(),
+            Some("Linux/x86 6.1.176 Kernel Configuration")
+        );
+        assert_eq!(
+            cfg.get("CONFIG_A"),
+            Some("m"),
+            "the last assignment wins, as in Kconfig"
+        );
         assert_eq!(cfg.get("CONFIG_B"), Some("m"));
         assert_eq!(cfg.get("CONFIG_C"), Some("n"));
         assert_eq!(cfg.get("CONFIG_D"), Some("\"text = x\""));
@@ -318,20 +344,41 @@ mod tests {
         let f = features().unwrap();
         let names: Vec<&str> = f.iter().map(|f| f.name.as_str()).collect();
         for want in [
-            "containers", "kubelet", "kube-proxy", "bridge-cni", "vxlan", "cilium", "calico", "longhorn", "rook",
-            "topolvm", "ipvs",
+            "containers",
+            "kubelet",
+            "kube-proxy",
+            "bridge-cni",
+            "vxlan",
+            "cilium",
+            "calico",
+            "longhorn",
+            "rook",
+            "topolvm",
+            "ipvs",
         ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
-        assert!(f.iter().all(|f| !f.options.is_empty() && !f.description.is_empty()));
+        assert!(
+            f.iter()
+                .all(|f| !f.options.is_empty() && !f.description.is_empty())
+        );
     }
 
     #[test]
     fn bad_feature_files_are_explained() {
         let cases = [
-            ("[[feature]]\nname = \"a\"\ndescription = \"d\"\noptions = [{ name = \"X\", description = \"d\" }]\n", "not an option name"),
-            ("[[feature]]\nname = \"a\"\ndescription = \"d\"\noptions = [{ any = [\"CONFIG_X\"], description = \"d\" }]\n", "two or more"),
-            ("[[feature]]\nname = \"a\"\ndescription = \"d\"\noptions = []\n[[feature]]\nname = \"a\"\ndescription = \"d\"\noptions = []\n", "twice"),
+            (
+                "[[feature]]\nname = \"a\"\ndescription = \"d\"\noptions = [{ name = \"X\", description = \"d\" }]\n",
+                "not an option name",
+            ),
+            (
+                "[[feature]]\nname = \"a\"\ndescription = \"d\"\noptions = [{ any = [\"CONFIG_X\"], description = \"d\" }]\n",
+                "two or more",
+            ),
+            (
+                "[[feature]]\nname = \"a\"\ndescription = \"d\"\noptions = []\n[[feature]]\nname = \"a\"\ndescription = \"d\"\noptions = []\n",
+                "twice",
+            ),
             ("[[feature]]\nname = \"a\"\n", "missing field"),
         ];
         for (text, want) in cases {
@@ -340,7 +387,8 @@ mod tests {
         }
     }
 
-    const FIXTURE: &str = "# Linux/x86 6.1.0 Kernel Configuration\nCONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\nCONFIG_E=m\n";
+    const FIXTURE: &str =
+        "# Linux/x86 6.1.0 Kernel Configuration\nCONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\nCONFIG_E=m\n";
     const FEATURES: &str = r#"
 [[feature]]
 name = "one"
@@ -380,7 +428,10 @@ options = [
     fn unknown_features_list_the_known_ones() {
         let f = load_features(FEATURES).unwrap();
         let e = check("x", &parse(FIXTURE), &f, &["one".into(), "three".into()]).unwrap_err();
-        assert_eq!(e.to_string(), "unknown feature \"three\"; the features are: one, two");
+        assert_eq!(
+            e.to_string(),
+            "unknown feature \"three\"; the features are: one, two"
+        );
     }
 
     /// Lines that look like configuration lines, and arbitrary ones.

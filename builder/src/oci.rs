@@ -13,9 +13,9 @@
 //!   layers as they are. It also makes the layer's digest its `diff_id`.
 //! - The configuration says `created` = the epoch, `architecture` `amd64`, `os` `linux`, the rootfs
 //!   `diff_ids`, and the optional entrypoint, command and environment.
-//! - `index.json` annotates the manifest with both `io.containerd.image.name` (which `ctr images import`
-//!   uses as the image's name) and `org.opencontainers.image.ref.name`, both set to the full reference,
-//!   and gives its platform (`linux/amd64`).
+//! - `index.json` annotates the manifest with both `io.containerd.image.name` (the name containerd's import
+//!   takes first) and `org.opencontainers.image.ref.name` (which `ctr images import` falls back to), both set
+//!   to the full reference, and gives its platform (`linux/amd64`).
 //!
 //! [`normalize_archive`] takes an archive made elsewhere (`skopeo copy … oci-archive:`, `ctr export`) and
 //! makes sure containerd tags it with the profile's name when importing it.

@@ -1,10 +1,11 @@
-//! `[[images]]` end to end against the real containerd: a profile builds an image from Debian's
-//! `busybox-static` (a component that is not installed in the root), `ingot build` writes its OCI archive
-//! into the root, and containerd 1.6 (Debian bookworm) imports it under the profile's name and runs it.
+//! `[[images]]` end to end: a profile with an image built from Debian's `busybox-static` (a component that
+//! is not installed in the root) and a ready archive from a `path`. `ingot build` writes both archives into
+//! the root, the manifest and lock record them, and containerd 1.6 (Debian bookworm) imports them under the
+//! profile's names and runs the busybox image.
 //!
-//! Needs root, `containerd`, `ctr` and `runc` (`apt-get install containerd runc`); skips with a printed
-//! reason otherwise. containerd runs with a private root, state and socket in a temporary directory and the
-//! native snapshotter, so it touches nothing of a containerd the host may run.
+//! The containerd test needs root, `containerd`, `ctr` and `runc` (`apt-get install containerd runc`) and
+//! skips with a printed reason otherwise. containerd runs with a private root, state and socket in a
+//! temporary directory and the native snapshotter, so it touches nothing of a containerd the host may run.
 
 mod common;
 
@@ -132,13 +133,30 @@ impl Drop for Containerd {
     }
 }
 
-/// A profile with the minimal profile's pinned kernel and bootloader, and busybox only as an image.
+/// The second image: a ready archive from a `path`, tagged differently in its own index (as an
+/// `oci-archive` made elsewhere would be), which the build must name `PAUSE` for containerd.
+const PAUSE: &str = "registry.k8s.io/pause:3.6";
+
+/// A profile with the minimal profile's pinned kernel and bootloader, busybox only as an image, and a
+/// `path` image archive.
 fn write_profile(dir: &Path) -> PathBuf {
     let lock = Lock::load(&repo_root().join("profiles/minimal.lock")).unwrap();
     let pin = |name: &str| {
         let c = lock.component(name).unwrap();
         format!("url = \"{}\"\nsha256 = \"{}\"", c.url, c.sha256)
     };
+    let tree = dir.join("pause-tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("pause"), b"not really pause\n").unwrap();
+    ingot::oci::write_archive(
+        &tree,
+        "ingot.local/elsewhere:1",
+        &ingot::oci::ImageConfig::default(),
+        0,
+        dir,
+        &dir.join("pause.tar"),
+    )
+    .unwrap();
     let profile = dir.join("oci.toml");
     std::fs::write(
         &profile,
@@ -172,6 +190,10 @@ from = "busybox"
 entrypoint = ["/bin/busybox"]
 cmd = ["echo", "hello from the image's command"]
 env = {{ PATH = "/bin" }}
+
+[[images]]
+name = "{PAUSE}"
+path = "pause.tar"
 "#,
             kernel = pin("kernel"),
             bootloader = pin("bootloader"),
@@ -181,81 +203,132 @@ env = {{ PATH = "/bin" }}
     profile
 }
 
-#[test]
-fn containerd_imports_and_runs_an_image_built_from_a_component() {
-    if let Some(why) = skip_reason() {
-        println!("SKIPPED containerd_imports_and_runs_an_image_built_from_a_component: {why}");
-        return;
-    }
-    let started = Instant::now();
+/// What a build of the test profile left: the staged root and the manifest.
+struct Built {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    profile: PathBuf,
+    root: PathBuf,
+    manifest: Manifest,
+}
+
+fn lock_and_build() -> Built {
     let d = tempfile::Builder::new()
         .prefix("ingot-ctr-")
         .tempdir_in("/tmp")
         .unwrap();
-    let profile = write_profile(d.path());
+    let dir = d.path().to_path_buf();
+    let profile = write_profile(&dir);
     let o = run(ingot().args(["lock", "--profile"]).arg(&profile));
     assert!(o.status.success(), "ingot lock failed:\n{}", stderr(&o));
-    let out = d.path().join("out");
-    let work = d.path().join("work");
     let o = run(ingot()
         .args(["build", "--quiet", "--profile"])
         .arg(&profile)
         .arg("--out")
-        .arg(&out)
+        .arg(dir.join("out"))
         .arg("--keep-work")
-        .arg(&work));
+        .arg(dir.join("work")));
     assert!(o.status.success(), "ingot build failed:\n{}", stderr(&o));
+    let manifest = Manifest::load(&dir.join("out/oci.manifest.json")).unwrap();
+    Built {
+        _dir: d,
+        root: dir.join("work/root"),
+        profile,
+        dir,
+        manifest,
+    }
+}
 
-    let root = work.join("root");
+#[test]
+fn images_land_in_the_root_manifest_and_lock() {
+    let b = lock_and_build();
     assert!(
-        !root.join("bin/busybox").exists(),
+        !b.root.join("bin/busybox").exists(),
         "a component with install = false stays out of the root"
     );
-    let archive = root.join("usr/share/ingot/images/ingot.local_busybox_latest.tar");
-    let m = Manifest::load(&out.join("oci.manifest.json")).unwrap();
-    assert_eq!(m.images.len(), 1, "{:?}", m.images);
-    let entry = &m.images[0];
+    let names: Vec<(&str, &str, &str)> = b
+        .manifest
+        .images
+        .iter()
+        .map(|i| (i.name.as_str(), i.namespace.as_str(), i.archive.as_str()))
+        .collect();
     assert_eq!(
-        (
-            entry.name.as_str(),
-            entry.namespace.as_str(),
-            entry.archive.as_str()
-        ),
-        (
-            IMAGE,
-            "k8s.io",
-            "/usr/share/ingot/images/ingot.local_busybox_latest.tar"
-        )
+        names,
+        [
+            (
+                IMAGE,
+                "k8s.io",
+                "/usr/share/ingot/images/ingot.local_busybox_latest.tar"
+            ),
+            (
+                PAUSE,
+                "k8s.io",
+                "/usr/share/ingot/images/registry.k8s.io_pause_3.6.tar"
+            ),
+        ]
     );
+    for i in &b.manifest.images {
+        let file = b.root.join(i.archive.trim_start_matches('/'));
+        assert_eq!(i.sha256, ingot::fetch::Sha256::of_file(&file).unwrap().to_hex());
+        let index = ingot::oci::read_index(&file).unwrap();
+        assert_eq!(
+            index.manifests[0].annotations[ingot::oci::ANNOTATION_CONTAINERD_NAME],
+            i.name
+        );
+        assert_eq!(index.manifests[0].digest, i.digest);
+    }
+    // The lock records the path archive by content, like every path source; a changed archive makes
+    // the lock stale.
+    let lock = Lock::load(&b.profile.with_extension("lock")).unwrap();
+    let pinned = lock.component(&format!("image:{PAUSE}")).unwrap();
     assert_eq!(
-        entry.sha256,
-        ingot::fetch::Sha256::of_file(&archive).unwrap().to_hex()
+        pinned.sha256,
+        ingot::fetch::Sha256::of_file(&b.dir.join("pause.tar")).unwrap()
     );
+    std::fs::write(b.dir.join("pause.tar"), b"changed").unwrap();
+    let o = run(ingot()
+        .args(["build", "--quiet", "--profile"])
+        .arg(&b.profile)
+        .arg("--out")
+        .arg(b.dir.join("out2")));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is stale"), "{}", stderr(&o));
+}
 
-    // The same archive, named differently by an index without containerd's annotation, as a pinned
-    // archive from elsewhere would be: normalising it must make the import tag it.
-    let renamed = d.path().join("renamed.tar");
-    ingot::oci::normalize_archive(&archive, "registry.k8s.io/pause:3.6", &renamed).unwrap();
-
-    let c = Containerd::start(&d.path().join("containerd"));
+#[test]
+fn containerd_imports_and_runs_the_images() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED containerd_imports_and_runs_the_images: {why}");
+        return;
+    }
+    let started = Instant::now();
+    let b = lock_and_build();
+    let c = Containerd::start(&b.dir.join("containerd"));
     let ns = ["-n", "k8s.io"];
-    for a in [&archive, &renamed] {
+    for i in &b.manifest.images {
+        let file = b.root.join(i.archive.trim_start_matches('/'));
         c.ok(&[
             &ns[..],
-            &["images", "import", "--snapshotter", "native", a.to_str().unwrap()],
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                "native",
+                file.to_str().unwrap(),
+            ],
         ]
         .concat());
     }
     let listed = c.ok(&[&ns[..], &["images", "ls"]].concat());
-    for name in [IMAGE, "registry.k8s.io/pause:3.6"] {
+    for i in &b.manifest.images {
         let line = listed
             .lines()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .unwrap_or_else(|| panic!("{name} not imported under its name:\n{listed}"));
+            .find(|l| l.split_whitespace().next() == Some(i.name.as_str()))
+            .unwrap_or_else(|| panic!("{} not imported under its name:\n{listed}", i.name));
         assert!(
-            line.contains(&entry.digest),
+            line.contains(&i.digest),
             "the manifest's digest {} is what containerd shows:\n{line}",
-            entry.digest
+            i.digest
         );
     }
     let hello = c.ok(&[

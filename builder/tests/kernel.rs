@@ -31,14 +31,22 @@ fn exit_status_follows_the_requested_features() {
     std::fs::write(&cfg, config_without(&["CONFIG_ISCSI_TCP"])).unwrap();
 
     let o = run(ingot().args(["kernel", "check"]).arg(&cfg));
-    assert_eq!(o.status.code(), Some(1), "longhorn is incomplete:\n{}", stdout(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "longhorn is incomplete:\n{}",
+        stdout(&o)
+    );
     let text = stdout(&o);
     assert!(text.contains("longhorn: INCOMPLETE: 1 of 7 missing"), "{text}");
     assert!(
         text.contains("MISSING  CONFIG_ISCSI_TCP (not set): iscsi_tcp: the iSCSI initiator"),
         "{text}"
     );
-    assert!(text.contains("10 of 11 features complete; incomplete: longhorn"), "{text}");
+    assert!(
+        text.contains("10 of 11 features complete; incomplete: longhorn"),
+        "{text}"
+    );
 
     let o = run(ingot()
         .args(["kernel", "check", "--feature", "containers", "-f", "rook"])
@@ -46,7 +54,9 @@ fn exit_status_follows_the_requested_features() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("2 of 2 features complete"));
 
-    let o = run(ingot().args(["kernel", "check", "--json", "-f", "longhorn"]).arg(&cfg));
+    let o = run(ingot()
+        .args(["kernel", "check", "--json", "-f", "longhorn"])
+        .arg(&cfg));
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["complete"], false);
@@ -71,7 +81,11 @@ fn unknown_features_and_non_configs_are_errors() {
     );
     std::fs::write(&cfg, "hello\n").unwrap();
     let o = run(ingot().args(["kernel", "check"]).arg(&cfg));
-    assert!(stderr(&o).contains("is not a kernel configuration"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not a kernel configuration"),
+        "{}",
+        stderr(&o)
+    );
     let o = run(ingot().args(["kernel", "check"]));
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--profile"), "{}", stderr(&o));
@@ -82,7 +96,10 @@ fn help_teaches_and_names_every_feature() {
     let o = run(ingot().args(["kernel", "check", "--help"]));
     assert!(o.status.success());
     let help = stdout(&o);
-    assert!(help.contains("ingot kernel check /boot/config-$(uname -r)"), "{help}");
+    assert!(
+        help.contains("ingot kernel check /boot/config-$(uname -r)"),
+        "{help}"
+    );
     for f in ingot::kconfig::features().unwrap() {
         assert!(help.contains(&f.name), "--help does not name feature {}", f.name);
     }
@@ -109,8 +126,11 @@ fn reads_the_configuration_out_of_a_kernel_package() {
         ("control.tar", &[0u8; 1024][..]),
         ("data.tar", &data[..]),
     ] {
-        deb.append(&ar::Header::new(name.as_bytes().to_vec(), bytes.len() as u64), bytes)
-            .unwrap();
+        deb.append(
+            &ar::Header::new(name.as_bytes().to_vec(), bytes.len() as u64),
+            bytes,
+        )
+        .unwrap();
     }
     let path = d.path().join("linux-image-6.1.0-9-amd64_6.1.1-1_amd64.deb");
     std::fs::write(&path, deb.into_inner().unwrap()).unwrap();
@@ -128,16 +148,14 @@ fn every_feature_option_exists_in_debians_6_1_kernel() {
     let lock = ingot::lock::Lock::load(&repo_root().join("profiles/minimal.lock")).unwrap();
     let cache = ingot::fetch::Cache::from_env().unwrap();
     let Some(dir) = cache.unpacked(&lock.component("kernel").unwrap().sha256) else {
-        println!("SKIPPED every_feature_option_exists_in_debians_6_1_kernel: the minimal profile's kernel is not in the cache (run `ingot build --profile minimal`)");
+        println!(
+            "SKIPPED every_feature_option_exists_in_debians_6_1_kernel: the minimal profile's kernel is not in the cache (run `ingot build --profile minimal`)"
+        );
         return;
     };
     let o = run(ingot().args(["kernel", "check", "--profile", "minimal", "--offline", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert!(
-        v["kernel"].as_str().unwrap().contains(" 6.1."),
-        "{}",
-        v["kernel"]
-    );
+    assert!(v["kernel"].as_str().unwrap().contains(" 6.1."), "{}", v["kernel"]);
     let config = std::fs::read_dir(Path::new(&dir).join("boot"))
         .unwrap()
         .map(|e| e.unwrap().path())
