@@ -767,6 +767,37 @@ mod tests {
         assert!(fs::read(&again).unwrap() == fs::read(&renamed).unwrap());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A pinned archive is bytes from elsewhere: reading and renaming a damaged one fails cleanly.
+        #[test]
+        fn mutated_archives_never_panic(
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..24),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let t = d.path().join("tree");
+            fs::create_dir(&t).unwrap();
+            fs::write(t.join("f"), b"x").unwrap();
+            let good = d.path().join("good.tar");
+            write_archive(&t, "ingot.local/x:1", &ImageConfig::default(), 0, d.path(), &good).unwrap();
+            let mut bytes = fs::read(&good).unwrap();
+            // Damage the index and tar headers most of the time: that is where parsing happens.
+            let index_at = bytes.windows(10).position(|w| w == b"index.json").unwrap_or(0);
+            for (i, b) in flips {
+                let n = bytes.len();
+                let at = if i % 2 == 0 { (index_at + i % 1024) % n } else { i % n };
+                bytes[at] = b;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            let bad = d.path().join("bad.tar");
+            fs::write(&bad, &bytes).unwrap();
+            let _ = read_index(&bad);
+            let _ = normalize_archive(&bad, "registry.k8s.io/pause:3.6", &d.path().join("out.tar"));
+        }
+    }
+
     #[test]
     fn not_an_archive_is_explained() {
         let d = tempfile::tempdir().unwrap();
