@@ -122,3 +122,34 @@ pub fn manifest_entries(staged: &[StagedImage]) -> Vec<ImageEntry> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_entries_say_what_the_node_imports() {
+        let staged = [StagedImage {
+            name: "registry.k8s.io/pause:3.6".into(),
+            namespace: "k8s.io".into(),
+            archive: format!("{IMAGES_DIR}/registry.k8s.io_pause_3.6.tar"),
+            sha256: Sha256::from_bytes([0xab; 32]),
+            digest: format!("sha256:{}", "cd".repeat(32)),
+        }];
+        let init = images_for_init(&staged);
+        assert_eq!(
+            init,
+            [Image {
+                name: "registry.k8s.io/pause:3.6".into(),
+                archive: "/usr/share/ingot/images/registry.k8s.io_pause_3.6.tar".into(),
+                namespace: "k8s.io".into(),
+                sha256: "ab".repeat(32),
+            }]
+        );
+        assert_eq!(manifest_entries(&staged)[0].digest, staged[0].digest);
+        assert_eq!(
+            lock_name("registry.k8s.io/pause:3.6"),
+            "image:registry.k8s.io/pause:3.6"
+        );
+    }
+}
