@@ -18,6 +18,8 @@ mod event;
 mod failure;
 mod modules;
 mod mounts;
+#[allow(dead_code)] // stage 2 starts the network once it is wired in
+mod net;
 mod options;
 mod stage1;
 mod stage2;
