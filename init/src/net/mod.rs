@@ -19,9 +19,14 @@
 //! retried with a backoff of 1 s doubling to 30 s. Lease changes and renewals are logged once each,
 //! packets never.
 //!
-//! Known limits: IPv4 only; rp_filter on the interface must be off while it has no address (replies are
-//! broadcast to a UDP socket, not read from a packet socket); no VLANs, bonds or static routes beyond the
-//! default route.
+//! Each interface with a gateway (or a leased router) gets its own default route, with the interface's
+//! position in the configuration as metric: the first is preferred, the next serves once that route is
+//! gone (its address removed).
+//!
+//! Known limits: IPv4 only; Ethernet-like links (DHCP sends the 6-byte MAC); rp_filter on the interface
+//! must be off while it has no address (replies are broadcast to a UDP socket, not read from a packet
+//! socket); a carrier coming back does not restart DHCP at once (the lease runs its course: renewal,
+//! rebinding, expiry); no VLANs, bonds or static routes beyond the default route.
 
 pub mod addr;
 pub mod dhcp;
@@ -40,7 +45,7 @@ use ingot_spec::marker::PREFIX;
 
 use self::addr::{Ipv4Cidr, Mac};
 use self::dhcp::{Client, Destination, Event, Lease, Loss};
-use self::netlink::{Link, Origin, Rtnl};
+use self::netlink::{DefaultRoute, Link, Origin, Rtnl};
 use crate::event::Pollable;
 use crate::sys::Sys;
 use crate::sys::net::{DHCP_SERVER_PORT, DhcpSocket};
@@ -125,6 +130,16 @@ impl Matcher {
             }
             Matcher::Default { .. } => default_candidate(link),
         }
+    }
+}
+
+/// The default choice among `candidates` (sorted by name) at `now`, having looked since `since`: the first
+/// with a carrier, or the first of all once [`CARRIER_WAIT`] passed (then with `true`: no carrier).
+fn default_pick(candidates: &[Link], since: Duration, now: Duration) -> Option<(&Link, bool)> {
+    match candidates.iter().find(|l| l.carrier) {
+        Some(l) => Some((l, false)),
+        None if now >= since + CARRIER_WAIT => candidates.first().map(|l| (l, true)),
+        None => None,
     }
 }
 
@@ -335,6 +350,8 @@ pub struct Network {
     resolv_retry_at: Option<Duration>,
     hostname: Option<String>,
     seed: u64,
+    /// The last failure to list the links, reported once.
+    links_error: Option<String>,
 }
 
 impl Network {
@@ -387,6 +404,7 @@ impl Network {
             resolv_retry_at: None,
             hostname: crate::sys::net::hostname(),
             seed: crate::sys::net::random_u64(),
+            links_error: None,
         };
         net.find_links(sys, now, &links);
         net.run_timers(sys, now);
@@ -500,19 +518,18 @@ impl Network {
                 Err(e) => crate::warn(sys, &format!("{}, ignoring", crate::failure::chain(&e))),
             }
         }
-        let pick = match candidates.iter().find(|l| l.carrier) {
-            Some(l) => l.clone(),
-            None if now >= since + CARRIER_WAIT => {
-                let first = candidates.first()?.clone();
+        let pick = match default_pick(candidates, since, now) {
+            Some((link, false)) => link.clone(),
+            Some((link, true)) => {
                 crate::warn(
                     sys,
                     &format!(
                         "network: no Ethernet link has a carrier after {} s, using {}",
                         CARRIER_WAIT.as_secs(),
-                        first.name
+                        link.name
                     ),
                 );
-                first
+                link.clone()
             }
             None => {
                 iface.poll_at = now + CARRIER_POLL;
@@ -540,10 +557,14 @@ impl Network {
             for cidr in &iface.addresses {
                 self.rtnl.add_address(&link, *cidr, None)?;
             }
-            if let Some(gw) = iface.gateway {
-                let onlink = !iface.addresses.iter().any(|c| c.contains(gw));
-                self.rtnl
-                    .replace_default_route(&link, gw, Origin::Static, onlink)?;
+            if let Some(gateway) = iface.gateway {
+                let route = DefaultRoute {
+                    gateway,
+                    metric: metric(i),
+                    origin: Origin::Static,
+                    onlink: !iface.addresses.iter().any(|c| c.contains(gateway)),
+                };
+                self.rtnl.replace_default_route(&link, route)?;
             }
             if iface.is_dhcp() {
                 let dhcp = iface.dhcp.get_or_insert_with(|| Dhcp {
@@ -711,14 +732,13 @@ impl Network {
             let lifetime = (!lease.infinite()).then(|| lease.expires_at().saturating_sub(now));
             self.rtnl.add_address(&link, lease.cidr, lifetime)?;
             match lease.routers.first() {
-                Some(gw) => {
-                    let onlink = !lease.cidr.contains(*gw);
-                    self.rtnl
-                        .replace_default_route(&link, *gw, Origin::Dhcp, onlink)?;
-                }
+                Some(gw) => self
+                    .rtnl
+                    .replace_default_route(&link, dhcp_route(i, &lease.cidr, *gw))?,
                 None => {
                     if let Some(old) = previous_router {
-                        ignore_missing(self.rtnl.remove_default_route(&link, old))?;
+                        let route = dhcp_route(i, &lease.cidr, old);
+                        ignore_missing(self.rtnl.remove_default_route(&link, route))?;
                     }
                 }
             }
@@ -745,7 +765,8 @@ impl Network {
         let Some(applied) = d.applied.take() else { return };
         let mut result = Ok(());
         if let Some(gw) = applied.routers.first() {
-            result = ignore_missing(self.rtnl.remove_default_route(&link, *gw));
+            let route = dhcp_route(i, &applied.cidr, *gw);
+            result = ignore_missing(self.rtnl.remove_default_route(&link, route));
         }
         // The kernel may have dropped the address itself when its lifetime ran out.
         let removed = ignore_missing(self.rtnl.remove_address(&link, lease.cidr));
@@ -800,6 +821,20 @@ impl Network {
     }
 }
 
+/// The default route metric of interface `i`: the first configured interface is preferred.
+fn metric(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+fn dhcp_route(i: usize, cidr: &Ipv4Cidr, gateway: Ipv4Addr) -> DefaultRoute {
+    DefaultRoute {
+        gateway,
+        metric: metric(i),
+        origin: Origin::Dhcp,
+        onlink: !cidr.contains(gateway),
+    }
+}
+
 /// Removing what is already gone is success.
 fn ignore_missing(r: Result<(), netlink::Error>) -> Result<(), netlink::Error> {
     match r {
@@ -842,16 +877,17 @@ impl Pollable for Network {
     fn wake(&mut self, sys: &dyn Sys, now: Duration, readable: &[RawFd]) {
         if self.ifaces.iter().any(|i| i.link.is_none() && now >= i.poll_at) {
             match self.rtnl.links() {
-                Ok(links) => self.find_links(sys, now, &links),
+                Ok(links) => {
+                    self.links_error = None;
+                    self.find_links(sys, now, &links);
+                }
                 Err(e) => {
-                    crate::warn(
-                        sys,
-                        &format!(
-                            "{}, retrying in {} s",
-                            crate::failure::chain(&e),
-                            LINK_POLL.as_secs()
-                        ),
-                    );
+                    // A lasting failure is reported once, not every poll.
+                    let text = crate::failure::chain(&e);
+                    if self.links_error.as_deref() != Some(text.as_str()) {
+                        crate::warn(sys, &format!("{text}, retrying every {} s", LINK_POLL.as_secs()));
+                        self.links_error = Some(text);
+                    }
                     for i in self.ifaces.iter_mut().filter(|i| i.link.is_none()) {
                         i.poll_at = now + LINK_POLL;
                     }
@@ -921,6 +957,20 @@ mod tests {
         let mut wg = link(4, "wg0", None, true);
         wg.ethernet = false;
         assert!(!default_candidate(&wg));
+    }
+
+    #[test]
+    fn the_default_choice_prefers_a_carrier_then_waits_then_takes_the_first() {
+        let s = Duration::from_secs;
+        let no_carrier = [link(2, "eth0", None, false), link(3, "eth1", None, false)];
+        assert_eq!(default_pick(&no_carrier, s(10), s(10)), None);
+        assert_eq!(default_pick(&no_carrier, s(10), s(14)), None);
+        let (pick, late) = default_pick(&no_carrier, s(10), s(15)).unwrap();
+        assert_eq!((pick.name.as_str(), late), ("eth0", true));
+        let second_up = [link(2, "eth0", None, false), link(3, "eth1", None, true)];
+        let (pick, late) = default_pick(&second_up, s(10), s(10)).unwrap();
+        assert_eq!((pick.name.as_str(), late), ("eth1", false));
+        assert_eq!(default_pick(&[], s(0), s(100)), None);
     }
 
     #[test]

@@ -50,6 +50,7 @@ const IFA_BROADCAST: u16 = 4;
 const IFA_CACHEINFO: u16 = 6;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
 
 /// A dump interrupted by a concurrent change is retried this many times.
 const DUMP_ATTEMPTS: u32 = 3;
@@ -132,18 +133,26 @@ pub enum Request {
         index: u32,
         cidr: Ipv4Cidr,
     },
-    /// Adds or replaces the main table's default route; `onlink` for a gateway outside every subnet of
-    /// the link (a /32 lease).
+    /// Adds, or replaces the one with the same metric.
     ReplaceDefaultRoute {
         index: u32,
-        gateway: Ipv4Addr,
-        origin: Origin,
-        onlink: bool,
+        route: DefaultRoute,
     },
     RemoveDefaultRoute {
         index: u32,
-        gateway: Ipv4Addr,
+        route: DefaultRoute,
     },
+}
+
+/// A default route in the main table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DefaultRoute {
+    pub gateway: Ipv4Addr,
+    /// Lower is preferred; routes of different metrics coexist.
+    pub metric: u32,
+    pub origin: Origin,
+    /// For a gateway outside every subnet of the link (a /32 lease).
+    pub onlink: bool,
 }
 
 /// The inner message of a request: a fixed header and its attributes.
@@ -204,7 +213,7 @@ fn address_message(index: u32, cidr: Ipv4Cidr) -> (AddressHeader, Vec<DefaultNla
     )
 }
 
-fn default_route(index: u32, gateway: Ipv4Addr) -> (RouteHeader, Vec<DefaultNla>) {
+fn default_route(index: u32, route: &DefaultRoute) -> (RouteHeader, Vec<DefaultNla>) {
     let header = RouteHeader {
         address_family: AddressFamily::Inet,
         table: RouteHeader::RT_TABLE_MAIN,
@@ -212,7 +221,12 @@ fn default_route(index: u32, gateway: Ipv4Addr) -> (RouteHeader, Vec<DefaultNla>
         kind: RouteType::Unicast,
         ..RouteHeader::default()
     };
-    (header, vec![ipv4(RTA_GATEWAY, gateway), u32_attr(RTA_OIF, index)])
+    let attrs = vec![
+        ipv4(RTA_GATEWAY, route.gateway),
+        u32_attr(RTA_OIF, index),
+        u32_attr(RTA_PRIORITY, route.metric),
+    ];
+    (header, attrs)
 }
 
 /// The kernel's representation of "forever" in address lifetimes.
@@ -280,24 +294,19 @@ impl Request {
                     Body::Address(RTM_DELADDR, header, attrs),
                 )
             }
-            Request::ReplaceDefaultRoute {
-                index,
-                gateway,
-                origin,
-                onlink,
-            } => {
-                let (mut header, attrs) = default_route(*index, *gateway);
-                header.protocol = match origin {
+            Request::ReplaceDefaultRoute { index, route } => {
+                let (mut header, attrs) = default_route(*index, route);
+                header.protocol = match route.origin {
                     Origin::Static => RouteProtocol::Static,
                     Origin::Dhcp => RouteProtocol::Dhcp,
                 };
-                if *onlink {
+                if route.onlink {
                     header.flags = RouteFlags::Onlink;
                 }
                 (create, Body::Route(RTM_NEWROUTE, header, attrs))
             }
-            Request::RemoveDefaultRoute { index, gateway } => {
-                let (mut header, attrs) = default_route(*index, *gateway);
+            Request::RemoveDefaultRoute { index, route } => {
+                let (mut header, attrs) = default_route(*index, route);
                 // Deleting matches on the fields that are set; scope "nowhere" matches any scope.
                 header.scope = RouteScope::NoWhere;
                 (
@@ -505,30 +514,24 @@ impl Rtnl {
             .map(drop)
     }
 
-    pub fn replace_default_route(
-        &mut self,
-        link: &Link,
-        gateway: Ipv4Addr,
-        origin: Origin,
-        onlink: bool,
-    ) -> Result<(), Error> {
+    pub fn replace_default_route(&mut self, link: &Link, route: DefaultRoute) -> Result<(), Error> {
         let req = Request::ReplaceDefaultRoute {
             index: link.index,
-            gateway,
-            origin,
-            onlink,
+            route,
         };
+        let gateway = route.gateway;
         self.transact(&req, &|| {
             format!("setting the default route via {gateway} on {}", link.name)
         })
         .map(drop)
     }
 
-    pub fn remove_default_route(&mut self, link: &Link, gateway: Ipv4Addr) -> Result<(), Error> {
+    pub fn remove_default_route(&mut self, link: &Link, route: DefaultRoute) -> Result<(), Error> {
         let req = Request::RemoveDefaultRoute {
             index: link.index,
-            gateway,
+            route,
         };
+        let gateway = route.gateway;
         self.transact(&req, &|| {
             format!("removing the default route via {gateway} on {}", link.name)
         })
@@ -703,13 +706,13 @@ pub(crate) mod tests {
                 .any(|a| matches!(a, AddressAttribute::CacheInfo(c) if c.ifa_valid == 86400))
         );
 
-        let bytes = Request::ReplaceDefaultRoute {
-            index: 2,
+        let route = DefaultRoute {
             gateway: Ipv4Addr::new(10, 0, 2, 2),
+            metric: 1,
             origin: Origin::Dhcp,
             onlink: true,
-        }
-        .encode(10);
+        };
+        let bytes = Request::ReplaceDefaultRoute { index: 2, route }.encode(10);
         let nl = NetlinkBuffer::new_checked(&bytes).unwrap();
         assert_eq!(nl.message_type(), RTM_NEWROUTE);
         let msg = RouteMessage::parse(nl.payload()).unwrap();
@@ -723,6 +726,7 @@ pub(crate) mod tests {
                 ))))
         );
         assert!(msg.attributes.contains(&RouteAttribute::Oif(2)));
+        assert!(msg.attributes.contains(&RouteAttribute::Priority(1)));
     }
 
     proptest! {

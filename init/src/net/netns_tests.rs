@@ -299,7 +299,41 @@ fn dhcp_lease_from_dnsmasq_is_applied_and_renewed() {
             .unwrap()
             .contains(ip.trim_end_matches("/24"))
     );
+
+    // The server goes away. The client's clock is ours to move: renewal, rebinding and expiry pass in
+    // simulated time while the kernel state is real.
     drop(dnsmasq);
+    let mut now = boottime();
+    for _ in 0..50 {
+        if !net.configured() {
+            break;
+        }
+        now = net.deadline().unwrap().max(now);
+        net.wake(&sys, now, &[]);
+    }
+    assert!(!net.configured());
+    let lines = sys.console_lines();
+    let warnings: Vec<&String> = lines.iter().filter(|l| l.contains("warning")).collect();
+    assert_eq!(
+        warnings,
+        [
+            &format!(
+                "ingot: warning dhcp vc0: no answer from DHCP server 10.77.0.1 to the renewal of {ip}, asking any server"
+            ),
+            &format!("ingot: warning dhcp vc0: lease of {ip} expired, address removed"),
+        ]
+    );
+    assert!(!sh(&["ip", "-4", "addr", "show", "dev", "vc0"]).contains("inet "));
+    assert_eq!(sh(&["ip", "-4", "route", "show", "default"]), "");
+    assert_eq!(
+        std::fs::read_to_string(&resolv).unwrap(),
+        "# Written by ingot-init from the network configuration and DHCP leases.\n"
+    );
+    assert_eq!(
+        net.summary(),
+        "interface=vc0 address=none via=dhcp state=discovering"
+    );
+    assert!(net.ntp_servers().is_empty());
 }
 
 #[test]
@@ -313,17 +347,41 @@ fn static_addresses_route_mtu_and_resolv_conf_are_applied_at_start() {
     enter_new_network_namespace().unwrap();
     sh(&["ip", "link", "add", "st0", "type", "veth", "peer", "name", "st1"]);
     sh(&["ip", "link", "set", "st1", "up"]);
+    // A second link, matched by its MAC address (upper case, as a user may write it).
+    sh(&["ip", "link", "add", "st2", "type", "veth", "peer", "name", "st3"]);
+    sh(&["ip", "link", "set", "st3", "up"]);
+    let st2 = sh(&["ip", "-o", "link", "show", "dev", "st2"]);
+    let mac = st2
+        .split("link/ether ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_uppercase();
     let dir = tempfile::tempdir().unwrap();
     let resolv = dir.path().join("resolv.conf");
     let sys = FakeSys::new();
     let cfg = config::Network {
-        interfaces: vec![config::Interface {
-            matches: interface("st0"),
-            addresses: vec!["192.168.77.5/24".into(), "192.168.78.5/24".into()],
-            gateway: Some(Ipv4Addr::new(192, 168, 77, 1)),
-            dns: vec![Ipv4Addr::new(9, 9, 9, 9), Ipv4Addr::new(1, 1, 1, 1)],
-            mtu: Some(1400),
-        }],
+        interfaces: vec![
+            config::Interface {
+                matches: interface("st0"),
+                addresses: vec!["192.168.77.5/24".into(), "192.168.78.5/24".into()],
+                gateway: Some(Ipv4Addr::new(192, 168, 77, 1)),
+                dns: vec![Ipv4Addr::new(9, 9, 9, 9), Ipv4Addr::new(1, 1, 1, 1)],
+                mtu: Some(1400),
+            },
+            config::Interface {
+                matches: config::InterfaceMatch {
+                    name: None,
+                    mac: Some(mac),
+                },
+                addresses: vec!["192.168.80.5/24".into()],
+                gateway: Some(Ipv4Addr::new(192, 168, 80, 1)),
+                dns: vec![Ipv4Addr::new(9, 9, 9, 9)],
+                mtu: None,
+            },
+        ],
     };
     let net = Network::start_with(
         &sys,
@@ -337,7 +395,8 @@ fn static_addresses_route_mtu_and_resolv_conf_are_applied_at_start() {
     assert!(net.configured());
     assert_eq!(
         net.summary(),
-        "interface=st0 address=192.168.77.5/24,192.168.78.5/24 gateway=192.168.77.1 dns=9.9.9.9,1.1.1.1 via=static"
+        "interface=st0 address=192.168.77.5/24,192.168.78.5/24 gateway=192.168.77.1 dns=9.9.9.9,1.1.1.1 via=static; \
+         interface=st2 address=192.168.80.5/24 gateway=192.168.80.1 dns=9.9.9.9 via=static"
     );
     let link = sh(&["ip", "-o", "link", "show", "dev", "st0"]);
     assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
@@ -351,8 +410,10 @@ fn static_addresses_route_mtu_and_resolv_conf_are_applied_at_start() {
     assert!(addrs.contains("valid_lft forever"), "{addrs}");
     assert_eq!(
         sh(&["ip", "-4", "route", "show", "default"]).trim(),
-        "default via 192.168.77.1 dev st0 proto static"
+        "default via 192.168.77.1 dev st0 proto static \n\
+         default via 192.168.80.1 dev st2 proto static metric 1"
     );
+    assert!(sh(&["ip", "-4", "-o", "addr", "show", "dev", "st2"]).contains("inet 192.168.80.5/24"));
     assert!(sh(&["ip", "-4", "addr", "show", "dev", "lo"]).contains("inet 127.0.0.1/8"));
     assert_eq!(
         std::fs::read_to_string(&resolv).unwrap(),
