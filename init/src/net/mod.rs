@@ -322,8 +322,7 @@ impl Iface {
         crate::warn(
             sys,
             &format!(
-                "network {}: {}, retrying in {} s",
-                self.name(),
+                "network: {}, retrying in {} s",
                 crate::failure::chain(err),
                 delay.as_secs()
             ),
@@ -971,6 +970,37 @@ mod tests {
         let (pick, late) = default_pick(&second_up, s(10), s(10)).unwrap();
         assert_eq!((pick.name.as_str(), late), ("eth1", false));
         assert_eq!(default_pick(&[], s(0), s(100)), None);
+    }
+
+    #[test]
+    fn failures_are_retried_with_a_growing_delay_and_said_so() {
+        let sys = crate::sys::fake::FakeSys::new();
+        let mut f = Iface::new(
+            Matcher::Default {
+                raised: vec![],
+                since: None,
+            },
+            vec![],
+            None,
+            vec![],
+            None,
+        );
+        let err = netlink::Error::Kernel {
+            what: "setting eth0 up".into(),
+            source: std::io::Error::from_raw_os_error(19),
+        };
+        let mut delays = Vec::new();
+        for _ in 0..7 {
+            f.failed(&sys, Duration::from_secs(100), &err);
+            delays.push(f.retry_at.unwrap().as_secs() - 100);
+        }
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(
+            sys.console_lines()[0],
+            "ingot: warning network: setting eth0 up: No such device (os error 19), retrying in 1 s"
+        );
+        f.succeeded();
+        assert_eq!((f.retry_at, f.retry_delay), (None, FIRST_RETRY));
     }
 
     #[test]
