@@ -22,6 +22,8 @@ mod images;
 mod modules;
 mod mounts;
 mod node;
+#[allow(dead_code)] // stage 2 starts the network once it is wired in
+mod net;
 mod options;
 mod power_button;
 mod stage1;
