@@ -6,6 +6,7 @@ use std::error::Error;
 
 use ingot_spec::marker::PREFIX;
 
+use crate::event_loop::EventLoop;
 use crate::options::BootOptions;
 use crate::supervisor::Supervisor;
 use crate::sys::{Shutdown, Sys};
@@ -53,10 +54,11 @@ pub fn after_error(sys: &dyn Sys, opts: &BootOptions, err: &dyn Error) {
 
 /// The halted state: reap forever and go down when a shutdown signal arrives.
 pub fn halt_forever(sys: &dyn Sys) -> ! {
-    let mut sup = Supervisor::new();
+    let mut sup = Supervisor::default();
+    let mut event_loop = EventLoop::new();
     loop {
-        let how = sup.run(sys);
-        let e = sup.shutdown(sys, how);
+        let how = event_loop.run(sys, &mut sup, &mut [], |_| {});
+        let e = event_loop.shutdown(sys, &mut sup, how);
         sys.console(&format!("{PREFIX}error {}: {e}, staying halted", how.name()));
     }
 }

@@ -3,8 +3,8 @@
 //! One static binary plays both stages. In the initramfs (`/etc/initrd-release` exists) it is stage 1:
 //! mount the API file systems, load the listed modules, find the disk systemd-boot started from, mount its
 //! root read-only and `switch_root` into it, exec'ing `/sbin/init` (this binary again, still PID 1). There
-//! it is stage 2: mount `/run` and `/tmp`, print `ingot: phase=ready`, then reap and wait for a shutdown
-//! request (see [`supervisor`]). Each phase prints `ingot: phase=<name> t=<ms since kernel start>`.
+//! it is stage 2: mount `/run` and `/tmp`, print `ingot: phase=ready`, then run PID 1's event loop
+//! ([`event_loop`]: signals, the one reaper, the [`supervisor`] of services) until a shutdown request. Each phase prints `ingot: phase=<name> t=<ms since kernel start>`.
 //!
 //! PID-1 manners: nothing may panic or exit (the kernel panics when PID 1 dies); every failure goes through
 //! [`failure`]: `ingot: error <what>: <cause chain>` on the console, then reboot after
@@ -17,13 +17,14 @@ mod block;
 mod clock;
 mod efi;
 mod event;
+mod event_loop;
 mod failure;
 mod images;
 mod modules;
 mod mounts;
-mod node;
 #[allow(dead_code)] // stage 2 starts the network once it is wired in
 mod net;
+mod node;
 mod options;
 mod power_button;
 mod stage1;

@@ -7,6 +7,7 @@ use std::io;
 
 use ingot_spec::marker::{PHASE_READY, PHASE_STAGE2};
 
+use crate::event_loop::EventLoop;
 use crate::mounts;
 use crate::options::BootOptions;
 use crate::supervisor::Supervisor;
@@ -28,15 +29,19 @@ pub fn run(sys: &dyn Sys, opts: &mut BootOptions) -> Result<Infallible, Error> {
     *opts = BootOptions::load(sys);
     sys::set_panic_policy(opts.debug, opts.reboot_delay);
     mounts::mount_all(sys, &mounts::RUNTIME)?;
-    let mut supervisor = Supervisor::new();
+    let mut supervisor = Supervisor::default();
+    let mut event_loop = EventLoop::new();
     crate::phase(sys, PHASE_READY);
 
     let how = if opts.poweroff {
         Shutdown::PowerOff
     } else {
-        supervisor.run(sys)
+        event_loop.run(sys, &mut supervisor, &mut [], |_| {})
     };
-    Err(Error::Shutdown(how, supervisor.shutdown(sys, how)))
+    Err(Error::Shutdown(
+        how,
+        event_loop.shutdown(sys, &mut supervisor, how),
+    ))
 }
 
 #[cfg(test)]
@@ -73,6 +78,9 @@ mod tests {
                 "console ingot: shutdown poweroff",
                 "kill-all term",
                 "sync",
+                "console ingot: warning reading /proc/self/mountinfo: No such file or directory (os error 2), remounting only / read-only",
+                "console ingot: remounted / read-only",
+                "console ingot: powering off",
                 "reboot poweroff",
             ]
         );

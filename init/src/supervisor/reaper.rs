@@ -1,41 +1,55 @@
 //! The one place that collects exited children.
+//!
+//! PID 1 is the parent of every orphan on the node, so exactly one piece of code may wait: this one, with
+//! `waitid(P_ALL, WNOHANG)` in a loop. Whoever starts a process registers its pid with an owner tag
+//! ([`Reaper::watch`]) right after `fork` returned and before the loop runs again; signals are blocked
+//! and only read in the loop, so the exit cannot be collected before it is registered. The exits of
+//! registered pids are handed back with their owner; everything else (orphans re-parented to PID 1) is
+//! reaped silently. Nothing ever calls `Child::wait` or `waitpid(pid)` on a supervised process.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use crate::sys::{self, Errno, Exit, Sys};
 
-/// Collects every exited child; exits of watched pids are handed back, orphans re-parented to PID 1 are
-/// reaped silently.
-#[derive(Debug, Default)]
-pub struct Reaper {
-    watched: BTreeSet<i32>,
+#[derive(Debug)]
+pub struct Reaper<T> {
+    watched: BTreeMap<i32, T>,
+}
+
+impl<T> Default for Reaper<T> {
+    fn default() -> Self {
+        Reaper {
+            watched: BTreeMap::new(),
+        }
+    }
 }
 
 /// What one [`Reaper::reap`] collected.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Reaped {
-    /// Exits of watched pids, in the order collected.
-    pub exits: Vec<Exit>,
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reaped<T> {
+    /// Exits of watched pids with their owners, in the order collected.
+    pub exits: Vec<(T, Exit)>,
     /// No children are left at all (`ECHILD`).
     pub none_left: bool,
 }
 
-impl Reaper {
-    /// Registers a pid whose exit someone waits for. Call it before the signal mask is unblocked for the
-    /// child's `SIGCHLD`; PID 1 keeps signals blocked and takes them synchronously, so that always holds.
-    #[allow(dead_code)] // called by the service runners
-    pub fn watch(&mut self, pid: i32) {
-        self.watched.insert(pid);
+impl<T: Copy> Reaper<T> {
+    /// Registers `pid`, whose exit `owner` waits for.
+    pub fn watch(&mut self, pid: i32, owner: T) {
+        self.watched.insert(pid, owner);
     }
 
     /// Collects every child that has exited, without blocking.
-    pub fn reap(&mut self, sys: &dyn Sys) -> Reaped {
-        let mut out = Reaped::default();
+    pub fn reap(&mut self, sys: &dyn Sys) -> Reaped<T> {
+        let mut out = Reaped {
+            exits: Vec::new(),
+            none_left: false,
+        };
         loop {
             match sys.reap_one() {
                 Ok(Some(exit)) => {
-                    if self.watched.remove(&exit.pid) {
-                        out.exits.push(exit);
+                    if let Some(owner) = self.watched.remove(&exit.pid) {
+                        out.exits.push((owner, exit));
                     }
                 }
                 Ok(None) => return out,
@@ -50,5 +64,65 @@ impl Reaper {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::sys::ExitStatus;
+    use crate::sys::fake::FakeSys;
+
+    #[test]
+    fn hands_back_watched_exits_with_their_owner_and_drops_orphans() {
+        let sys = FakeSys::new();
+        let mut r = Reaper::default();
+        r.watch(42, 'a');
+        r.watch(43, 'b');
+        for (pid, code) in [(7, 0), (43, 1), (42, 2)] {
+            sys.queue_exit(Ok(Some(Exit {
+                pid,
+                status: ExitStatus::Code(code),
+            })));
+        }
+        sys.queue_exit(Ok(None));
+        let got = r.reap(&sys);
+        assert_eq!(
+            got.exits,
+            [
+                (
+                    'b',
+                    Exit {
+                        pid: 43,
+                        status: ExitStatus::Code(1)
+                    }
+                ),
+                (
+                    'a',
+                    Exit {
+                        pid: 42,
+                        status: ExitStatus::Code(2)
+                    }
+                ),
+            ]
+        );
+        assert!(!got.none_left);
+        assert!(r.watched.is_empty());
+        assert!(r.reap(&sys).none_left);
+    }
+
+    #[test]
+    fn other_errors_are_warnings() {
+        let sys = FakeSys::new();
+        let mut r: Reaper<()> = Reaper::default();
+        sys.queue_exit(Err(Errno::INTR));
+        sys.queue_exit(Err(Errno::INVAL));
+        let got = r.reap(&sys);
+        assert!(!got.none_left);
+        assert_eq!(
+            sys.console_lines(),
+            ["ingot: warning reaping children: Invalid argument (os error 22), ignoring"]
+        );
     }
 }

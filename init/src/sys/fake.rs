@@ -1,19 +1,51 @@
 //! A recording [`Sys`] for unit tests: reads come from a temporary directory standing in for `/`, every
 //! action is recorded as one line (`mount proc /proc proc nosuid,nodev,noexec`), time is virtual and only
 //! moves when the code sleeps or waits, and failures are injected per call prefix.
+//!
+//! Processes are simulated: [`Sys::spawn`] records `spawn <argv>` and hands out pids from 100 up with a
+//! real pipe whose write end the test holds ([`FakeSys::output`]); they exit when the test says
+//! ([`FakeSys::exit_at`]) or when signalled (`SIGTERM` unless [`FakeSys::ignore_term`], `SIGKILL` always),
+//! each exit queueing a `SIGCHLD`. [`Sys::poll`] polls the real descriptors without waiting; when nothing
+//! is readable it moves the virtual clock to the next scheduled event or the timeout, whichever is first.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
-use std::io;
+use std::io::{self, Write as _};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Errno, Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal, Sys};
+use super::{
+    AppendFile, Command, Errno, Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal, Spawned, Sys, fd,
+};
 
-type Event = Box<dyn FnOnce(&Path)>;
+enum Event {
+    Tree(Box<dyn FnOnce(&Path)>),
+    Exit(i32, ExitStatus),
+    Signal(Signal),
+}
+
+/// A simulated child process.
+struct Child {
+    /// The write end of its output pipe; dropped (end of file) when it exits.
+    output: Option<OwnedFd>,
+    ignores_term: bool,
+}
+
+/// What one [`Sys::spawn`] was asked to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpawnedCommand {
+    pub pid: i32,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// The virtual clock never passes this: a loop that waits for something the test never provides fails
+/// instead of spinning forever.
+const RUNAWAY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub struct FakeSys {
     root: tempfile::TempDir,
@@ -23,6 +55,11 @@ pub struct FakeSys {
     signals: RefCell<VecDeque<Signal>>,
     exits: RefCell<VecDeque<Result<Option<Exit>, Errno>>>,
     events: RefCell<Vec<(Duration, Event)>>,
+    children: RefCell<BTreeMap<i32, Child>>,
+    dead: RefCell<VecDeque<Exit>>,
+    spawned: RefCell<Vec<SpawnedCommand>>,
+    next_pid: Cell<i32>,
+    signal_fd: Cell<Option<RawFd>>,
     pub ram_root: Cell<bool>,
     pub new_root_device: Cell<u64>,
     /// `st_dev` of `/`.
@@ -39,6 +76,11 @@ impl FakeSys {
             signals: RefCell::default(),
             exits: RefCell::default(),
             events: RefCell::default(),
+            children: RefCell::default(),
+            dead: RefCell::default(),
+            spawned: RefCell::default(),
+            next_pid: Cell::new(100),
+            signal_fd: Cell::new(None),
             ram_root: Cell::new(true),
             new_root_device: Cell::new(2),
             root_device: Cell::new(1),
@@ -58,12 +100,72 @@ impl FakeSys {
 
     /// Runs `event` on the fake tree once the virtual clock passed `at` (e.g. a disk showing up).
     pub fn at(&self, at: Duration, event: impl FnOnce(&Path) + 'static) {
-        self.events.borrow_mut().push((at, Box::new(event)));
+        self.events.borrow_mut().push((at, Event::Tree(Box::new(event))));
+    }
+
+    /// Makes the simulated process `pid` exit with `status` at `at` (if it still runs then).
+    pub fn exit_at(&self, at: Duration, pid: i32, status: ExitStatus) {
+        self.events.borrow_mut().push((at, Event::Exit(pid, status)));
+    }
+
+    /// Delivers `signal` to PID 1 at `at`.
+    pub fn signal_at(&self, at: Duration, signal: Signal) {
+        self.events.borrow_mut().push((at, Event::Signal(signal)));
+    }
+
+    /// The simulated process `pid` writes `bytes` to its stdout.
+    pub fn output(&self, pid: i32, bytes: &[u8]) {
+        let children = self.children.borrow();
+        let fd = children
+            .get(&pid)
+            .and_then(|c| c.output.as_ref())
+            .unwrap_or_else(|| panic!("no running process {pid}"));
+        std::fs::File::from(fd.try_clone().unwrap())
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    /// The simulated process `pid` survives `SIGTERM` (only `SIGKILL` ends it).
+    pub fn ignore_term(&self, pid: i32) {
+        if let Some(c) = self.children.borrow_mut().get_mut(&pid) {
+            c.ignores_term = true;
+        }
+    }
+
+    /// Everything [`Sys::spawn`] started, in order.
+    pub fn spawned(&self) -> Vec<SpawnedCommand> {
+        self.spawned.borrow().clone()
+    }
+
+    /// The pid of the latest process started with `program` as `argv[0]`.
+    pub fn last_pid(&self, program: &str) -> i32 {
+        self.spawned
+            .borrow()
+            .iter()
+            .rev()
+            .find(|c| c.argv.first().is_some_and(|p| p == program))
+            .map(|c| c.pid)
+            .unwrap_or_else(|| panic!("{program} was never started"))
+    }
+
+    /// Whether the simulated process `pid` is running.
+    pub fn running(&self, pid: i32) -> bool {
+        self.children.borrow().contains_key(&pid)
+    }
+
+    /// Sets the virtual clock to `t` (never backwards), running the events due by then.
+    pub fn advance_to(&self, t: Duration) {
+        self.advance(t.saturating_sub(self.clock.get()));
     }
 
     /// Every call whose record starts with `prefix` fails with `errno`.
     pub fn fail(&self, prefix: &str, errno: Errno) {
         self.failures.borrow_mut().push((prefix.to_owned(), errno));
+    }
+
+    /// Undoes [`FakeSys::fail`] for `prefix`.
+    pub fn unfail(&self, prefix: &str) {
+        self.failures.borrow_mut().retain(|(p, _)| p != prefix);
     }
 
     pub fn queue_signal(&self, s: Signal) {
@@ -101,17 +203,80 @@ impl FakeSys {
         self.clock.get()
     }
 
-    fn advance(&self, d: Duration) {
+    /// Moves the virtual clock forward by `d`, running the events due by then in time order.
+    pub fn advance(&self, d: Duration) {
         self.clock.set(self.clock.get() + d);
         let now = self.clock.get();
-        let due: Vec<Event> = {
+        assert!(
+            now < RUNAWAY,
+            "the virtual clock ran away: the code waits for something the test never provides"
+        );
+        let mut due: Vec<(Duration, Event)> = {
             let mut events = self.events.borrow_mut();
             let (due, later): (Vec<_>, Vec<_>) = events.drain(..).partition(|(t, _)| *t <= now);
             *events = later;
-            due.into_iter().map(|(_, e)| e).collect()
+            due
         };
-        for e in due {
-            e(self.root.path());
+        due.sort_by_key(|(t, _)| *t);
+        for (_, e) in due {
+            match e {
+                Event::Tree(f) => f(self.root.path()),
+                Event::Exit(pid, status) => self.exit_now(pid, status),
+                Event::Signal(s) => self.queue_signal(s),
+            }
+        }
+    }
+
+    fn next_event(&self) -> Option<Duration> {
+        self.events.borrow().iter().map(|(t, _)| *t).min()
+    }
+
+    /// Ends a running simulated process: closes its output, makes it reapable, queues `SIGCHLD`.
+    fn exit_now(&self, pid: i32, status: ExitStatus) {
+        if self.children.borrow_mut().remove(&pid).is_some() {
+            self.dead.borrow_mut().push_back(Exit { pid, status });
+            self.queue_signal(Signal::Child);
+        }
+    }
+
+    fn signal_child(&self, pid: i32, sig: KillSignal) -> bool {
+        let ignores_term = match self.children.borrow().get(&pid) {
+            None => return false,
+            Some(c) => c.ignores_term,
+        };
+        match sig {
+            KillSignal::Kill => self.exit_now(pid, ExitStatus::Signal(9)),
+            KillSignal::Term if !ignores_term => self.exit_now(pid, ExitStatus::Signal(15)),
+            KillSignal::Term => {}
+        }
+        true
+    }
+
+    /// The descriptors among `fds` that are readable now: real ones by a zero-timeout `poll`, the fake
+    /// signal descriptor when a signal is queued.
+    fn ready_now(&self, fds: &[RawFd]) -> Vec<RawFd> {
+        let sigfd = self.signal_fd.get();
+        let real: Vec<RawFd> = fds.iter().copied().filter(|f| Some(*f) != sigfd).collect();
+        let mut ready = fd::poll_readable(&real, Some(Duration::ZERO)).unwrap();
+        if let Some(s) = sigfd
+            && fds.contains(&s)
+            && !self.signals.borrow().is_empty()
+        {
+            ready.push(s);
+        }
+        ready
+    }
+
+    /// Like [`FakeSys::record`] for calls too frequent to record (writes): only injects failures.
+    fn fail_only(&self, call: String) -> io::Result<()> {
+        match self
+            .failures
+            .borrow()
+            .iter()
+            .find(|(p, _)| call.starts_with(p.as_str()))
+        {
+            Some((_, e)) => Err((*e).into()),
+            None => Ok(()),
         }
     }
 
@@ -186,7 +351,8 @@ impl Sys for FakeSys {
     }
 
     fn mkdir(&self, path: &str) -> io::Result<()> {
-        self.record(format!("mkdir {path}"))
+        self.record(format!("mkdir {path}"))?;
+        std::fs::create_dir_all(self.host(path))
     }
 
     fn mount(&self, m: &Mount<'_>) -> io::Result<()> {
@@ -254,24 +420,84 @@ impl Sys for FakeSys {
         self.record("cad-off".to_owned())
     }
 
-    fn wait_signal(&self, timeout: Option<Duration>) -> io::Result<Option<Signal>> {
-        if let Some(s) = self.signals.borrow_mut().pop_front() {
-            return Ok(Some(s));
+    fn signal_fd(&self) -> io::Result<OwnedFd> {
+        self.record("signal-fd".to_owned())?;
+        // A real descriptor number that stays unique while it is open; readiness is simulated.
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null")?);
+        self.signal_fd.set(Some(fd.as_raw_fd()));
+        Ok(fd)
+    }
+
+    fn read_signals(&self, _fd: BorrowedFd<'_>) -> io::Result<Vec<Signal>> {
+        Ok(self.signals.borrow_mut().drain(..).collect())
+    }
+
+    fn poll(&self, fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<RawFd>> {
+        let ready = self.ready_now(fds);
+        if !ready.is_empty() || timeout == Some(Duration::ZERO) {
+            return Ok(ready);
         }
-        self.advance(timeout.unwrap_or(Duration::from_secs(1)));
-        Ok(None)
+        let now = self.clock.get();
+        let limit = now + timeout.unwrap_or(Duration::from_secs(3600));
+        match self.next_event() {
+            Some(t) if t <= limit => self.advance_to(t.max(now)),
+            _ => self.advance_to(limit),
+        }
+        Ok(self.ready_now(fds))
+    }
+
+    fn spawn(&self, cmd: &Command<'_>) -> io::Result<Spawned> {
+        self.record(format!("spawn {}", cmd.argv.join(" ")))?;
+        let pid = self.next_pid.get();
+        self.next_pid.set(pid + 1);
+        let (output, write) = fd::output_pipe()?;
+        self.children.borrow_mut().insert(
+            pid,
+            Child {
+                output: Some(write),
+                ignores_term: false,
+            },
+        );
+        self.spawned.borrow_mut().push(SpawnedCommand {
+            pid,
+            argv: cmd.argv.to_vec(),
+            env: cmd.env.to_vec(),
+        });
+        Ok(Spawned { pid, output })
     }
 
     fn reap_one(&self) -> io::Result<Option<Exit>> {
         match self.exits.borrow_mut().pop_front() {
-            Some(Ok(e)) => Ok(e),
-            Some(Err(e)) => Err(e.into()),
-            None => Err(Errno::CHILD.into()),
+            Some(Ok(e)) => return Ok(e),
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+        if let Some(e) = self.dead.borrow_mut().pop_front() {
+            return Ok(Some(e));
+        }
+        if self.children.borrow().is_empty() {
+            Err(Errno::CHILD.into())
+        } else {
+            Ok(None)
         }
     }
 
     fn kill_all(&self, sig: KillSignal) -> io::Result<()> {
-        self.record(format!("kill-all {sig:?}").to_ascii_lowercase())
+        self.record(format!("kill-all {sig:?}").to_ascii_lowercase())?;
+        let pids: Vec<i32> = self.children.borrow().keys().copied().collect();
+        for pid in pids {
+            self.signal_child(pid, sig);
+        }
+        Ok(())
+    }
+
+    fn kill_group(&self, pgid: i32, sig: KillSignal) -> io::Result<()> {
+        self.record(format!("kill-group {pgid} {sig:?}").to_ascii_lowercase())?;
+        if self.signal_child(pgid, sig) {
+            Ok(())
+        } else {
+            Err(Errno::SRCH.into())
+        }
     }
 
     fn sleep(&self, d: Duration) {
@@ -327,5 +553,27 @@ impl Sys for FakeSys {
             *b = i as u8 * 17;
         }
         Ok(())
+    }
+
+    fn connect_unix(&self, path: &Path) -> io::Result<()> {
+        fd::connect_unix(&self.host(path))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<AppendFile> {
+        self.fail_only(format!("open-append {}", path.display()))?;
+        AppendFile::open(&self.host(path))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.fail_only(format!("rename {}", from.display()))?;
+        std::fs::rename(self.host(from), self.host(to))
+    }
+
+    fn unmount(&self, target: &str) -> io::Result<()> {
+        self.record(format!("umount {target}"))
+    }
+
+    fn remount_read_only(&self, target: &str) -> io::Result<()> {
+        self.record(format!("remount-ro {target}"))
     }
 }

@@ -1,20 +1,22 @@
-//! [`Sys`] on the real kernel: rustix for nearly everything, libc only for the signal mask calls rustix
-//! does not offer safely. Every file descriptor is opened with `O_CLOEXEC` (std does so itself), except
+//! [`Sys`] on the real kernel: rustix for nearly everything, libc only for the signal mask, `signalfd` and
+//! `sigaction` calls rustix does not offer safely. Every file descriptor is opened with `O_CLOEXEC` (std does so itself), except
 //! the console duplicated onto 0/1/2 on purpose so children inherit it.
 
 use std::ffi::{CString, OsString};
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+use rustix::mount::MountFlags;
 
-use super::{Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal, Sys};
+use super::{AppendFile, Command, Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal, Spawned, Sys, fd};
 
 /// The running kernel.
 #[derive(Debug, Default)]
@@ -273,29 +275,70 @@ impl Sys for Linux {
         Ok(())
     }
 
-    fn wait_signal(&self, timeout: Option<Duration>) -> io::Result<Option<Signal>> {
+    fn signal_fd(&self) -> io::Result<OwnedFd> {
         let set = signal_set()?;
-        let signo = match timeout {
-            Some(t) => {
-                let ts = libc::timespec {
-                    tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
-                    tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
-                };
-                // SAFETY: `set` and `ts` are initialized and live across the call; a null `siginfo_t`
-                // pointer is allowed and means we do not want the details.
-                unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) }
-            }
-            // SAFETY: `set` is initialized and lives across the call; a null `siginfo_t` pointer is allowed.
-            None => unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) },
-        };
-        if signo < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN | libc::EINTR) => Ok(None),
-                _ => Err(e),
-            };
+        // SAFETY: `set` is an initialized `sigset_t` that lives across the call; -1 asks for a new
+        // descriptor. The flags are plain constants.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
         }
-        Ok(SIGNALS.iter().find(|(n, _)| *n == signo).map(|(_, s)| *s))
+        // SAFETY: `signalfd` returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn read_signals(&self, fd: BorrowedFd<'_>) -> io::Result<Vec<Signal>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; SIGINFO_SIZE * 16];
+        loop {
+            match fd::read_nonblocking(fd, &mut buf)? {
+                fd::Read::Data(n) => {
+                    for signo in signal_numbers(buf.get(..n).unwrap_or_default()) {
+                        if let Some((_, s)) = SIGNALS.iter().find(|(n, _)| *n == signo) {
+                            out.push(*s);
+                        }
+                    }
+                }
+                fd::Read::WouldBlock | fd::Read::Eof => return Ok(out),
+            }
+        }
+    }
+
+    fn poll(&self, fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<RawFd>> {
+        fd::poll_readable(fds, timeout)
+    }
+
+    fn spawn(&self, cmd: &Command<'_>) -> io::Result<Spawned> {
+        let Some((program, args)) = cmd.argv.split_first() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an empty command line",
+            ));
+        };
+        let (output, write) = fd::output_pipe()?;
+        // `try_clone` duplicates with F_DUPFD_CLOEXEC; std moves both onto 1 and 2 in the child.
+        let stderr = write.try_clone()?;
+        let setup = ChildSetup::new()?;
+        let mut c = std::process::Command::new(program);
+        c.args(args)
+            .env_clear()
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::from(stderr));
+        // SAFETY: the closure runs in the forked child of this single-threaded process before `exec` and
+        // only makes async-signal-safe system calls (setsid, sigprocmask, sigaction) on values prepared
+        // before the fork; it allocates nothing and touches no locks.
+        unsafe {
+            c.pre_exec(move || setup.apply());
+        }
+        let child = c.spawn()?;
+        let pid = i32::try_from(child.id())
+            .map_err(|_| io::Error::other("the kernel returned a pid above i32::MAX"))?;
+        // Dropping `Child` neither waits nor kills: the reaper collects the exit.
+        drop(child);
+        Ok(Spawned { pid, output })
     }
 
     fn reap_one(&self) -> io::Result<Option<Exit>> {
@@ -326,6 +369,17 @@ impl Sys for Linux {
                 return Err(e);
             }
         }
+        Ok(())
+    }
+
+    fn kill_group(&self, pgid: i32, sig: KillSignal) -> io::Result<()> {
+        let pid = rustix::process::Pid::from_raw(pgid)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "process group 0 is not a group"))?;
+        let sig = match sig {
+            KillSignal::Term => rustix::process::Signal::TERM,
+            KillSignal::Kill => rustix::process::Signal::KILL,
+        };
+        rustix::process::kill_process_group(pid, sig)?;
         Ok(())
     }
 
@@ -448,6 +502,29 @@ impl Sys for Linux {
         }
         Ok(())
     }
+
+    fn connect_unix(&self, path: &Path) -> io::Result<()> {
+        fd::connect_unix(path)
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<AppendFile> {
+        AppendFile::open(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        rustix::fs::rename(from, to)?;
+        Ok(())
+    }
+
+    fn unmount(&self, target: &str) -> io::Result<()> {
+        rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty())?;
+        Ok(())
+    }
+
+    fn remount_read_only(&self, target: &str) -> io::Result<()> {
+        rustix::mount::mount_remount(target, MountFlags::RDONLY, c"")?;
+        Ok(())
+    }
 }
 
 /// `BLKPG` from <linux/fs.h>: `_IO(0x12, 105)`.
@@ -471,6 +548,67 @@ struct BlkpgPartition {
     pno: libc::c_int,
     devname: [libc::c_char; 64],
     volname: [libc::c_char; 64],
+}
+
+/// Size of one `struct signalfd_siginfo` record.
+const SIGINFO_SIZE: usize = 128;
+
+/// The signal numbers (`ssi_signo`, the first field) of the `signalfd_siginfo` records in `buf`.
+fn signal_numbers(buf: &[u8]) -> impl Iterator<Item = libc::c_int> + '_ {
+    buf.chunks_exact(SIGINFO_SIZE).filter_map(|rec| {
+        let signo = u32::from_ne_bytes(rec.get(..4)?.try_into().ok()?);
+        libc::c_int::try_from(signo).ok()
+    })
+}
+
+/// What a spawned child does between `fork` and `exec`, prepared before the fork so the child only
+/// makes system calls: become a session (and process group) leader, so the supervisor can signal the
+/// whole service; clear the signal mask PID 1 blocks with; reset every signal's disposition (PID 1's
+/// runtime ignores `SIGPIPE`, and ignored signals survive `exec`).
+#[derive(Clone, Copy)]
+struct ChildSetup {
+    empty: libc::sigset_t,
+    default_action: libc::sigaction,
+}
+
+impl ChildSetup {
+    fn new() -> io::Result<ChildSetup> {
+        let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: `empty` points to writable memory of the size of a `sigset_t`; `sigemptyset` initializes
+        // all of it and only fails for a null pointer.
+        if unsafe { libc::sigemptyset(empty.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `sigemptyset` returned 0, so the whole `sigset_t` is initialized.
+        let empty = unsafe { empty.assume_init() };
+        // SAFETY: `sigaction` is a plain C struct for which all-zero bytes are valid: handler 0 is
+        // `SIG_DFL`, no flags, no restorer; we then set the mask to the initialized empty set.
+        let mut default_action: libc::sigaction = unsafe { MaybeUninit::zeroed().assume_init() };
+        default_action.sa_sigaction = libc::SIG_DFL;
+        default_action.sa_mask = empty;
+        Ok(ChildSetup {
+            empty,
+            default_action,
+        })
+    }
+
+    fn apply(&self) -> io::Result<()> {
+        rustix::process::setsid()?;
+        // SAFETY: `self.empty` is an initialized `sigset_t`; a null old-mask pointer is allowed. This runs
+        // in the single-threaded forked child.
+        if unsafe { libc::sigprocmask(libc::SIG_SETMASK, &self.empty, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for signo in 1..=libc::SIGRTMAX() {
+            if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+                continue;
+            }
+            // SAFETY: `self.default_action` is a fully initialized `sigaction` (SIG_DFL); the old-action
+            // pointer may be null. Numbers the kernel reserves fail with EINVAL, which we ignore.
+            unsafe { libc::sigaction(signo, &self.default_action, std::ptr::null_mut()) };
+        }
+        Ok(())
+    }
 }
 
 static PANIC_DEBUG: AtomicBool = AtomicBool::new(false);
@@ -507,8 +645,10 @@ pub fn install_panic_hook() {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
+    use std::os::fd::AsRawFd as _;
+
     use super::*;
 
     #[test]
@@ -525,6 +665,156 @@ mod tests {
         assert_eq!(failures, 0);
         assert!(root.exists());
         assert_eq!(std::fs::read_dir(root).unwrap().count(), 0);
+    }
+
+    /// Reads a child's output until it closes the pipe, then reaps until `pid` exits.
+    fn output_and_exit(spawned: Spawned) -> (String, ExitStatus) {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            fd::poll_readable(&[spawned.output.as_raw_fd()], None).unwrap();
+            match fd::read_nonblocking(spawned.output.as_fd(), &mut buf).unwrap() {
+                fd::Read::Data(n) => out.extend_from_slice(&buf[..n]),
+                fd::Read::WouldBlock => {}
+                fd::Read::Eof => break,
+            }
+        }
+        loop {
+            match Linux.reap_one() {
+                Ok(Some(e)) if e.pid == spawned.pid => {
+                    return (String::from_utf8(out).unwrap(), e.status);
+                }
+                Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("reaping: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn spawned_children_get_a_clean_process_state_as_pid1() {
+        if !super::super::pid1_test::as_pid1(
+            "sys::linux::tests::spawned_children_get_a_clean_process_state_as_pid1",
+        ) {
+            return;
+        }
+        // PID 1's own state must not leak into services: its blocked signals (blocked before main in
+        // this test process too), the SIGPIPE the Rust runtime ignores, its working directory.
+        std::env::set_current_dir("/tmp").unwrap();
+        let run = |argv: &[&str]| {
+            let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
+            let env = [
+                ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),
+                ("FOO".to_owned(), "bar baz".to_owned()),
+            ];
+            let child = Linux
+                .spawn(&Command {
+                    argv: &argv,
+                    env: &env,
+                })
+                .unwrap();
+            let fd_flags = rustix::io::fcntl_getfd(&child.output).unwrap();
+            assert!(fd_flags.contains(rustix::io::FdFlags::CLOEXEC));
+            let pid = child.pid;
+            let (out, status) = output_and_exit(child);
+            (pid, out, status)
+        };
+
+        let (_, out, _) = run(&["/bin/grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]);
+        let masks: Vec<u64> = out
+            .lines()
+            .map(|l| u64::from_str_radix(l.split('\t').nth(1).unwrap(), 16).unwrap())
+            .collect();
+        // glibc reserves signals 32 and 33 for itself and refuses to change them; PID 1 never ignores
+        // them, but a test runner may.
+        let glibc_reserved = 0b11 << 31;
+        assert_eq!(masks.len(), 2, "{out}");
+        assert_eq!(masks[0], 0, "no blocked signals: {out}");
+        assert_eq!(masks[1] & !glibc_reserved, 0, "no ignored signals: {out}");
+
+        // Only stdin, stdout, stderr and the directory ls reads: no descriptor of PID 1 leaks.
+        let (_, out, _) = run(&["/bin/ls", "/proc/self/fd"]);
+        assert_eq!(out, "0\n1\n2\n3\n");
+
+        let script = r#"
+            echo "pid=$$ sid=$(cut -d' ' -f6 /proc/$$/stat)"
+            echo "cwd=$(pwd) stdin=$(readlink /proc/$$/fd/0)"
+            echo to-stderr >&2
+            env | sort
+            exit 3
+        "#;
+        let (pid, out, status) = run(&["/bin/sh", "-c", script]);
+        assert_eq!(status, ExitStatus::Code(3));
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            [
+                format!("pid={pid} sid={pid}").as_str(),
+                "cwd=/ stdin=/dev/null",
+                "to-stderr",
+                "FOO=bar baz",
+                "PATH=/usr/bin:/bin",
+                "PWD=/",
+            ],
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_missing_program_fails_the_spawn_as_pid1() {
+        if !super::super::pid1_test::as_pid1("sys::linux::tests::a_missing_program_fails_the_spawn_as_pid1") {
+            return;
+        }
+        let argv = ["/nonexistent/program".to_owned()];
+        let err = Linux
+            .spawn(&Command {
+                argv: &argv,
+                env: &[],
+            })
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        let err = Linux.spawn(&Command { argv: &[], env: &[] }).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        // Nothing is left to reap: the failed child was collected by the spawn itself.
+        assert!(
+            Linux
+                .reap_one()
+                .is_err_and(|e| e.raw_os_error() == Some(libc::ECHILD))
+        );
+    }
+
+    #[test]
+    fn signal_fd_reports_a_blocked_signal_sent_before_it_existed_as_pid1() {
+        if !super::super::pid1_test::as_pid1(
+            "sys::linux::tests::signal_fd_reports_a_blocked_signal_sent_before_it_existed_as_pid1",
+        ) {
+            return;
+        }
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::USR2).unwrap();
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::HUP).unwrap();
+        let fd = Linux.signal_fd().unwrap();
+        assert_eq!(
+            Linux
+                .poll(&[fd.as_raw_fd()], Some(Duration::from_secs(5)))
+                .unwrap(),
+            [fd.as_raw_fd()]
+        );
+        let mut got = Linux.read_signals(fd.as_fd()).unwrap();
+        got.sort_by_key(|s| format!("{s:?}"));
+        assert_eq!(got, [Signal::Hup, Signal::Usr2]);
+        assert_eq!(Linux.read_signals(fd.as_fd()).unwrap(), []);
+        assert!(
+            Linux
+                .poll(&[fd.as_raw_fd()], Some(Duration::ZERO))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn signalfd_records_carry_the_signal_number_first() {
+        let mut buf = vec![0u8; SIGINFO_SIZE * 2 + 5];
+        buf[..4].copy_from_slice(&17u32.to_ne_bytes());
+        buf[SIGINFO_SIZE..SIGINFO_SIZE + 4].copy_from_slice(&15u32.to_ne_bytes());
+        assert_eq!(signal_numbers(&buf).collect::<Vec<_>>(), [17, 15]);
     }
 
     #[test]

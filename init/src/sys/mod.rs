@@ -15,16 +15,21 @@
 pub mod clock;
 #[cfg(test)]
 pub mod fake;
+pub mod fd;
 pub mod input;
 mod linux;
 #[allow(dead_code)] // used by `crate::net`, which stage 2 does not start yet
 pub mod net;
+#[cfg(test)]
+pub mod pid1_test;
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
+pub use fd::AppendFile;
 pub use linux::{Linux, install_panic_hook, set_panic_policy};
 pub use rustix::mount::MountFlags;
 
@@ -56,7 +61,7 @@ impl Shutdown {
     }
 }
 
-/// The signals PID 1 blocks and consumes synchronously with [`Sys::wait_signal`].
+/// The signals PID 1 blocks and takes from its signal descriptor ([`Sys::signal_fd`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
     Child,
@@ -69,7 +74,8 @@ pub enum Signal {
     Pwr,
 }
 
-/// What `kill(-1, sig)` sends to every other process.
+/// What `kill(2)` sends: to every other process ([`Sys::kill_all`]) or to a process group
+/// ([`Sys::kill_group`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KillSignal {
     Term,
@@ -88,6 +94,24 @@ pub enum ExitStatus {
 pub struct Exit {
     pub pid: i32,
     pub status: ExitStatus,
+}
+
+/// A program to start with [`Sys::spawn`].
+#[derive(Clone, Copy, Debug)]
+pub struct Command<'a> {
+    /// The program's absolute path, then its arguments. No `$PATH` lookup, no shell.
+    pub argv: &'a [String],
+    /// The complete environment, `(name, value)`.
+    pub env: &'a [(String, String)],
+}
+
+/// A started child.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Also its process group and session id: the child is a session leader.
+    pub pid: i32,
+    /// The read end of the pipe holding the child's stdout and stderr: close-on-exec, nonblocking.
+    pub output: OwnedFd,
 }
 
 /// The system calls PID-1 logic needs. Object safe: the logic takes `&dyn Sys`.
@@ -137,17 +161,29 @@ pub trait Sys {
     // --- processes and signals ---------------------------------------------------------------------
     /// Replaces this process image (keeps PID 1). Returns only on failure.
     fn exec(&self, path: &str) -> io::Error;
-    /// Blocks the signals in [`Signal`] so they queue until [`Sys::wait_signal`] takes them.
+    /// Blocks the signals in [`Signal`] so they queue until PID 1 reads them from [`Sys::signal_fd`].
     fn block_signals(&self) -> io::Result<()>;
     /// Makes Ctrl-Alt-Del send `SIGINT` to PID 1 instead of rebooting at once.
     fn disable_ctrl_alt_del(&self) -> io::Result<()>;
-    /// Waits for one blocked signal; `None` after `timeout` (`None` = forever) or when interrupted.
-    fn wait_signal(&self, timeout: Option<Duration>) -> io::Result<Option<Signal>>;
+    /// A `signalfd(2)` (close-on-exec, nonblocking) that becomes readable when one of the blocked
+    /// [`Signal`]s is pending, including those pending before it was created.
+    fn signal_fd(&self) -> io::Result<OwnedFd>;
+    /// Takes every pending signal from a [`Sys::signal_fd`] without blocking (empty: none pending).
+    fn read_signals(&self, fd: BorrowedFd<'_>) -> io::Result<Vec<Signal>>;
+    /// Waits until one of `fds` has input (or end of file, or an error) or `timeout` passed (`None`:
+    /// no timeout); returns those descriptors, empty after the timeout or when interrupted.
+    fn poll(&self, fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<RawFd>>;
+    /// Starts a program as a new session leader with stdin `/dev/null`, stdout and stderr on a new pipe,
+    /// cwd `/`, exactly `cmd.env`, an empty signal mask and default signal dispositions. Nothing waits
+    /// for it but the reaper; a failed `exec` (`ENOENT`, `EACCES`) is returned as the error.
+    fn spawn(&self, cmd: &Command<'_>) -> io::Result<Spawned>;
     /// Collects one exited child without blocking: `Ok(None)` when children exist but none has exited,
     /// `Err(ECHILD)` when there are none.
     fn reap_one(&self) -> io::Result<Option<Exit>>;
     /// Sends a signal to every process except PID 1.
     fn kill_all(&self, sig: KillSignal) -> io::Result<()>;
+    /// Sends a signal to every process in group `pgid` (`ESRCH` when there is none left).
+    fn kill_group(&self, pgid: i32, sig: KillSignal) -> io::Result<()>;
     fn sleep(&self, d: Duration);
     /// `reboot(2)`. Returns only on failure.
     fn reboot(&self, how: Shutdown) -> io::Error;
@@ -169,6 +205,17 @@ pub trait Sys {
     fn set_hostname(&self, name: &str) -> io::Result<()>;
     /// Fills `buf` from the kernel's random pool (`getrandom`, blocking until it is initialized).
     fn random(&self, buf: &mut [u8]) -> io::Result<()>;
+
+    // --- files, sockets, mounts the supervisor uses -------------------------------------------------
+    /// Connects to the Unix stream socket at `path` and hangs up; `Ok` means something accepts there.
+    fn connect_unix(&self, path: &Path) -> io::Result<()>;
+    /// Opens (creating, mode 0640) a file for appending.
+    fn open_append(&self, path: &Path) -> io::Result<AppendFile>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// `umount(2)` without flags.
+    fn unmount(&self, target: &str) -> io::Result<()>;
+    /// Remounts the file system at `target` read-only.
+    fn remount_read_only(&self, target: &str) -> io::Result<()>;
 }
 
 /// Whether an error is `EEXIST`, `EBUSY` … (errno comparison without matching on raw numbers elsewhere).
