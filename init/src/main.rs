@@ -4,7 +4,8 @@
 //! mount the API file systems, load the listed modules, find the disk systemd-boot started from, mount its
 //! root read-only and `switch_root` into it, exec'ing `/sbin/init` (this binary again, still PID 1). There
 //! it is stage 2: mount `/run` and `/tmp`, print `ingot: phase=ready`, then run PID 1's event loop
-//! ([`event_loop`]: signals, the one reaper, the [`supervisor`] of services) until a shutdown request. Each phase prints `ingot: phase=<name> t=<ms since kernel start>`.
+//! ([`event_loop`]: signals, the one reaper, the [`supervisor`] of services) until a shutdown request.
+//! Each phase prints `ingot: phase=<name> t=<ms since kernel start>`.
 //!
 //! PID-1 manners: nothing may panic or exit (the kernel panics when PID 1 dies); every failure goes through
 //! [`failure`]: `ingot: error <what>: <cause chain>` on the console, then reboot after
