@@ -231,7 +231,8 @@ impl EventLoop {
     ///    output until they are gone;
     /// 2. `SIGTERM` to every remaining process, reaping until none is left or [`TERM_TIMEOUT`] passed,
     ///    then `SIGKILL` and at most [`KILL_TIMEOUT`] more;
-    /// 3. `sync`, then unmounts everything it can, newest first ([`unmount::unmount_all`]);
+    /// 3. closes the service log files, `sync`s, then unmounts everything it can, newest first
+    ///    ([`unmount::unmount_all`]);
     /// 4. `reboot(2)`.
     ///
     /// Each step is printed on the console. Returns only if `reboot(2)` failed.
@@ -254,6 +255,7 @@ impl EventLoop {
             }
             self.wait_for_all(sys, sup, KILL_TIMEOUT);
         }
+        sup.close_files(sys, sys.boottime());
         sys.sync();
         unmount::unmount_all(sys);
         let doing = match how {

@@ -340,6 +340,12 @@ impl ServiceLog {
         }
     }
 
+    /// Closes the log file (at shutdown, so its file system can be unmounted); the next
+    /// [`ServiceLog::open`] opens it again.
+    pub fn close(&mut self) {
+        self.file = None;
+    }
+
     fn report_dropped(&self, sys: &dyn Sys, n: u64) {
         self.say(sys, &format!(": {n} lines were not shown on the console"));
     }

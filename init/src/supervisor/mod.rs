@@ -29,7 +29,8 @@
 //!   service failed for good, all services are ready.
 //! - **Stopping** ([`Supervisor::begin_stop`]): in reverse dependency order (a service is stopped once
 //!   everything that depends on it has exited), `SIGTERM` to the service's process group, `SIGKILL` after
-//!   its `stop_timeout_ms`, and after a further [`KILL_TIMEOUT`] it is given up on.
+//!   its `stop_timeout_ms`, and after a further [`KILL_TIMEOUT`] it is given up on. At the very end
+//!   [`Supervisor::close_files`] closes the log files so `/var` can be unmounted.
 //!
 //! Signals follow busybox init, so its `reboot`/`poweroff`/`halt` applets work against us:
 //!
@@ -456,6 +457,19 @@ impl Supervisor {
     /// Whether no service process is left (after [`Supervisor::begin_stop`]: all stopped).
     pub fn stopped(&self) -> bool {
         self.units.iter().all(|u| u.pid.is_none())
+    }
+
+    /// Reads what is left in the output pipes, then closes them and the log files, so no descriptor of
+    /// PID 1 keeps `/var` busy when it is unmounted. For the end of the shutdown, after every process
+    /// is gone.
+    pub fn close_files(&mut self, sys: &dyn Sys, now: Duration) {
+        for i in 0..self.units.len() {
+            self.read_pipes(sys, now, i, None);
+            let u = &mut self.units[i];
+            u.pipes.clear();
+            u.log.flush(sys);
+            u.log.close();
+        }
     }
 
     /// Writes the status file now if anything changed since the last write.

@@ -592,6 +592,13 @@ fn shutdown_stops_dependents_first_and_kills_what_ignores_sigterm() {
         assert_eq!(n.sup.state(s), Some(State::Stopped));
     }
     assert_eq!(n.sup.state("never"), Some(State::Failed));
+    // No descriptor of PID 1 keeps /var busy for the unmount.
+    let logs = n.sys.host("/var/log/ingot");
+    assert!(logs.join("kubelet.log").exists());
+    for fd in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+        assert!(!target.starts_with(&logs), "{} still open", target.display());
+    }
     let status = n.status();
     assert_eq!(status["services"][1]["state"], "stopped");
     assert_eq!(status["services"][1]["last_exit"]["signal"], 9);
