@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use crate::sys::Sys;
 
-#[allow(dead_code)] // implemented by the services, the network and the clock as they land
 pub trait Pollable {
     /// Descriptors to watch for readability now (may change between calls).
     fn fds(&self) -> Vec<RawFd>;

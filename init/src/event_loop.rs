@@ -60,7 +60,6 @@ const SIGNAL_FD_RETRY: Duration = Duration::from_secs(1);
 const POLL_RETRY: Duration = Duration::from_millis(100);
 
 /// Why [`EventLoop::run_until`] returned.
-#[allow(dead_code)] // for stage 2's boot steps that wait, wired in with the services
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The condition held.
@@ -185,7 +184,6 @@ impl EventLoop {
 
     /// Turns until `until(supervisor)` holds (checked before every turn, so it may return at once),
     /// `deadline` passes, or a shutdown is requested.
-    #[allow(dead_code)] // for stage 2's boot steps that wait, wired in with the services
     pub fn run_until(
         &mut self,
         sys: &dyn Sys,

@@ -14,7 +14,6 @@
 //! logic is unit-tested against a recording fake.
 
 mod block;
-#[allow(dead_code)] // the NTP client; stage 2's event loop drives it once the network is up
 mod clock;
 mod efi;
 mod event;
@@ -23,7 +22,6 @@ mod failure;
 mod images;
 mod modules;
 mod mounts;
-#[allow(dead_code)] // stage 2 starts the network once it is wired in
 mod net;
 mod node;
 mod options;

@@ -51,6 +51,49 @@ pub const RUNTIME: [Mount<'static>; 2] = [
     },
 ];
 
+/// What containers and their runtimes expect besides `/run` and `/tmp`: pseudo terminals, POSIX shared
+/// memory, the unified cgroup hierarchy and the BPF file system (pinned programs survive their loader, as
+/// Cilium needs). A node whose kernel lacks one still boots: these are mounted with [`mount_best_effort`].
+pub const NODE: [Mount<'static>; 4] = [
+    Mount {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: MountFlags::NOSUID.union(MountFlags::NOEXEC),
+        data: Some("mode=0620,ptmxmode=0666"),
+    },
+    Mount {
+        source: "tmpfs",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: Some("mode=1777"),
+    },
+    Mount {
+        source: "cgroup2",
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: Some("nsdelegate,memory_recursiveprot"),
+    },
+    Mount {
+        source: "bpf",
+        target: "/sys/fs/bpf",
+        fstype: "bpf",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: Some("mode=0700"),
+    },
+];
+
+/// Like [`mount_all`], but a failure is a warning naming the mount, and the rest are still tried.
+pub fn mount_best_effort(sys: &dyn Sys, mounts: &[Mount<'static>]) {
+    for m in mounts {
+        if let Err(e) = mount_all(sys, std::slice::from_ref(m)) {
+            crate::warn(sys, &format!("{e}: {}, ignoring", e.source));
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("mounting {fstype} on {target}")]
 pub struct Error {

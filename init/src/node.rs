@@ -11,7 +11,6 @@ use std::path::Path;
 
 use crate::sys::{Mount, MountFlags, Sys};
 
-pub const STATE_DIR: &str = "/var/lib/ingot";
 const MACHINE_ID: &str = "/var/lib/ingot/machine-id";
 const BOOT_COUNT: &str = "/var/lib/ingot/boot-count";
 const ETC_UPPER: &str = "/run/ingot/etc/upper";

@@ -52,14 +52,6 @@ impl PowerButton {
         }
         PowerButton { devices }
     }
-
-    pub fn summary(&self) -> String {
-        self.devices
-            .iter()
-            .map(|(p, _)| p.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
 }
 
 impl Pollable for PowerButton {

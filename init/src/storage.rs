@@ -259,14 +259,20 @@ fn mkfs(sys: &dyn Sys, device: &str) -> Result<(), Error> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub mod tests {
     use super::*;
     use crate::block::testing;
     use crate::sys::fake::FakeSys;
 
     /// A fake node whose root is `vda2` and whose disk image is `sectors` long (bigger than the GPT says).
-    fn node(sectors: u64, ext4: bool) -> FakeSys {
+    pub fn node(sectors: u64, ext4: bool) -> FakeSys {
         let sys = FakeSys::new();
+        add_var_disk(&sys, sectors, ext4);
+        sys
+    }
+
+    /// Adds the boot disk with its `var` partition to a fake node.
+    pub fn add_var_disk(sys: &FakeSys, sectors: u64, ext4: bool) {
         let layout = testing::ingot_layout(0x1000);
         let mut image = testing::gpt_image(&layout);
         image.resize((sectors * SECTOR) as usize, 0);
@@ -285,7 +291,6 @@ mod tests {
             part[EXT4_MAGIC_OFFSET as usize..EXT4_MAGIC_OFFSET as usize + 2].copy_from_slice(&EXT4_MAGIC);
         }
         sys.write("/dev/vda6", part);
-        sys
     }
 
     #[test]

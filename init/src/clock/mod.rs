@@ -186,14 +186,17 @@ fn looks_like_host_name(s: &str) -> bool {
 pub struct Offset(i64);
 
 impl Offset {
+    #[cfg(test)]
     pub fn from_nanos(nanos: i64) -> Offset {
         Offset(nanos)
     }
 
+    #[cfg(test)]
     pub fn as_nanos(self) -> i64 {
         self.0
     }
 
+    #[cfg(test)]
     pub fn as_secs_f64(self) -> f64 {
         self.0 as f64 / SEC as f64
     }
@@ -361,6 +364,7 @@ impl Clock {
         clock
     }
 
+    #[cfg(test)]
     /// Replace the server list (e.g. when DHCP offers NTP servers later). A new list starts a round at
     /// the next wake; the same list changes nothing.
     pub fn set_servers(&mut self, servers: Vec<SocketAddr>, now: Duration) {
@@ -381,6 +385,7 @@ impl Clock {
         }
     }
 
+    #[cfg(test)]
     pub fn state(&self) -> &ClockState {
         &self.state
     }

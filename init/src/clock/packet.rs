@@ -36,6 +36,7 @@ pub struct NtpTimestamp(pub u64);
 impl NtpTimestamp {
     pub const ZERO: NtpTimestamp = NtpTimestamp(0);
 
+    #[cfg(test)]
     /// The timestamp of an instant given in nanoseconds since the Unix epoch (the era is dropped).
     pub fn from_unix_nanos(unix_nanos: i64) -> NtpTimestamp {
         let nanos = i128::from(unix_nanos) + i128::from(NTP_TO_UNIX_SECS) * NANOS_PER_SEC;

@@ -340,7 +340,6 @@ pub struct Supervisor {
 impl Supervisor {
     /// A supervisor for `services` (in configuration order), all `waiting` until [`Supervisor::start`].
     /// `Supervisor::default()` supervises nothing and only reaps.
-    #[allow(dead_code)] // stage 2 calls it once it reads the services from the init configuration
     pub fn new(services: Vec<Service>) -> Supervisor {
         let plan = graph::plan(&services);
         let units = services
@@ -375,7 +374,6 @@ impl Supervisor {
 
     /// Starts the services, each once its dependencies are satisfied (this call starts those without
     /// dependencies). Reports services whose configuration is wrong. Does nothing the second time.
-    #[allow(dead_code)] // stage 2 calls it once it reads the services from the init configuration
     pub fn start(&mut self, sys: &dyn Sys) {
         if self.started || self.stopping {
             return;
@@ -393,7 +391,6 @@ impl Supervisor {
     }
 
     /// Records a boot phase for the status file (stage 2 calls it for each phase it prints).
-    #[allow(dead_code)] // stage 2 calls it once it reads the services from the init configuration
     pub fn record_phase(&mut self, name: &str, t_ms: u64) {
         self.phases.push(Phase {
             name: name.to_owned(),
@@ -403,13 +400,12 @@ impl Supervisor {
     }
 
     /// The events since the last call, oldest first.
-    #[allow(dead_code)] // stage 2 calls it once it reads the services from the init configuration
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
     }
 
+    #[cfg(test)]
     /// The state of the service named `name`.
-    #[allow(dead_code)] // stage 2 calls it once it reads the services from the init configuration
     pub fn state(&self, name: &str) -> Option<State> {
         self.units.iter().find(|u| u.spec.name == name).map(|u| u.state)
     }

@@ -11,14 +11,12 @@
 
 #![allow(unsafe_code)]
 
-#[allow(dead_code)] // used by the NTP client in crate::clock
 pub mod clock;
 #[cfg(test)]
 pub mod fake;
 pub mod fd;
 pub mod input;
 mod linux;
-#[allow(dead_code)] // used by `crate::net`, which stage 2 does not start yet
 pub mod net;
 #[cfg(test)]
 pub mod pid1_test;
