@@ -8,10 +8,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::debian::{self, ArchiveSpec, PackageRequest};
 use crate::fetch::{Fetcher, Pinned, Sha256};
+use crate::kconfig;
 use crate::lock::{Lock, LockRequest};
 use crate::manifest::ComponentEntry;
 use crate::pipeline::{self, Inputs};
-use crate::profile::{self, Profile, Source};
+use crate::profile::{self, ImageSource, Profile, Source};
 
 /// Kernel metapackages (`linux-image-cloud-amd64`) depend on the versioned package that holds the kernel;
 /// `ingot lock` pins that one.
@@ -24,12 +25,17 @@ struct LockPlan {
     wanted: Vec<String>,
 }
 
-fn sources(profile: &Profile) -> Vec<(&str, &Source)> {
+/// Every input the lock pins, by its lock name: kernel, bootloader, components, image archives.
+fn sources(profile: &Profile) -> Vec<(String, &Source)> {
     let mut v = vec![
-        ("kernel", &profile.kernel.source),
-        ("bootloader", &profile.bootloader.source),
+        ("kernel".to_string(), &profile.kernel.source),
+        ("bootloader".to_string(), &profile.bootloader.source),
     ];
-    v.extend(profile.components.iter().map(|c| (c.name.as_str(), &c.source)));
+    v.extend(profile.components.iter().map(|c| (c.name.clone(), &c.source)));
+    v.extend(profile.images.iter().filter_map(|i| match &i.source {
+        ImageSource::Archive(s) => Some((crate::images::lock_name(&i.name), s)),
+        ImageSource::Component { .. } => None,
+    }));
     v
 }
 
@@ -37,6 +43,7 @@ fn plan(profile: &Profile) -> Result<LockPlan> {
     let mut packages = Vec::new();
     let mut pinned = Vec::new();
     for (name, source) in sources(profile) {
+        let name = name.as_str();
         match source {
             Source::Package(p) => packages.push(PackageRequest {
                 component: name.to_string(),
@@ -71,7 +78,7 @@ fn plan(profile: &Profile) -> Result<LockPlan> {
             profile.path.display()
         ),
     };
-    let wanted = sources(profile).into_iter().map(|(n, _)| n.to_string()).collect();
+    let wanted = sources(profile).into_iter().map(|(n, _)| n).collect();
     Ok(LockPlan {
         archives,
         pinned,
@@ -186,6 +193,25 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         .iter()
         .map(|c| unpack(&c.name))
         .collect::<Result<Vec<_>>>()?;
+    let images = profile
+        .images
+        .iter()
+        .map(|i| match &i.source {
+            ImageSource::Archive(_) => {
+                let name = crate::images::lock_name(&i.name);
+                let pinned = lock
+                    .pinned(&name)
+                    .with_context(|| format!("{} pins no image archive {name:?}", path.display()))?;
+                Ok(fetcher.fetch(&pinned)?)
+            }
+            ImageSource::Component { component, .. } => profile
+                .components
+                .iter()
+                .position(|c| c.name == *component)
+                .map(|k| components[k].clone())
+                .with_context(|| format!("image {:?}: no component {component:?}", i.name)),
+        })
+        .collect::<Result<Vec<_>>>()?;
     if !quiet {
         eprintln!(
             "  {:<34} {:>6.2} s",
@@ -208,10 +234,112 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         kernel,
         bootloader,
         components,
+        images,
         pinned,
         artifact_cache: (!rebuild).then(|| fetcher.cache().root().join("artifacts")),
     };
     pipeline::build(&profile, &inputs, out_dir, quiet, keep_work)
+}
+
+/// What `ingot kernel check` reads the configuration from.
+#[derive(Debug, Clone)]
+pub enum KernelConfigInput {
+    /// A configuration file (`/boot/config-*`, `.config`) or a kernel `.deb` holding `/boot/config-*`.
+    Path(PathBuf),
+    /// The kernel a profile's lock file pins (fetched into the cache if it is not there yet).
+    Profile(String),
+}
+
+/// Longest configuration file read (Debian's generic one is 280 KB).
+const MAX_KERNEL_CONFIG: u64 = 16 << 20;
+
+fn is_kernel_config(p: &Path) -> bool {
+    p.parent() == Some(Path::new("boot"))
+        && p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("config-"))
+}
+
+/// Reads a kernel configuration; returns a description of where it came from and its text.
+pub fn read_kernel_config(input: &KernelConfigInput, offline: bool) -> Result<(String, String)> {
+    match input {
+        KernelConfigInput::Path(path) => {
+            let mut head = [0u8; 8];
+            let n = std::fs::File::open(path)
+                .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+                .with_context(|| format!("reading {}", path.display()))?;
+            if head[..n] == *b"!<arch>\n" {
+                let (inner, bytes) = crate::fetch::find_data_file(path, is_kernel_config, MAX_KERNEL_CONFIG)?
+                    .with_context(|| {
+                        format!(
+                            "{} holds no /boot/config-* (is it a linux-image package?)",
+                            path.display()
+                        )
+                    })?;
+                return Ok((
+                    format!("{} (/{})", path.display(), inner.display()),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+            }
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Ok((
+                path.display().to_string(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ))
+        }
+        KernelConfigInput::Profile(arg) => {
+            let profile = load_profile(arg)?;
+            let path = lock_path(&profile);
+            let lock = Lock::load(&path).with_context(|| {
+                format!("the profile's kernel is pinned by its lock file (run `ingot lock --profile {arg}`)")
+            })?;
+            let pinned = lock
+                .pinned("kernel")
+                .with_context(|| format!("{} pins no kernel", path.display()))?;
+            let dir = Fetcher::from_env(offline)?.unpacked(&pinned)?;
+            let boot = dir.join("boot");
+            let mut configs: Vec<PathBuf> = std::fs::read_dir(&boot)
+                .with_context(|| format!("the kernel package has no /boot ({})", boot.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.strip_prefix(&dir).is_ok_and(is_kernel_config))
+                .collect();
+            configs.sort();
+            let config = configs
+                .pop()
+                .context("the profile's kernel package has no /boot/config-*")?;
+            let text =
+                std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+            let name = config
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let package = lock
+                .component("kernel")
+                .and_then(|c| c.package.clone())
+                .unwrap_or_else(|| pinned.url.clone());
+            Ok((
+                format!("profile {} kernel {package} (/boot/{name})", profile.name),
+                text,
+            ))
+        }
+    }
+}
+
+/// `ingot kernel check`: which of `features` (all when empty) the configuration has.
+pub fn kernel_check(
+    input: &KernelConfigInput,
+    features: &[String],
+    offline: bool,
+) -> Result<kconfig::Report> {
+    let all = kconfig::features()?;
+    // An unknown feature is reported before anything is read or downloaded.
+    kconfig::check("", &kconfig::KernelConfig::default(), &all, features)?;
+    let (source, text) = read_kernel_config(input, offline)?;
+    let config = kconfig::parse(&text);
+    if config.options.is_empty() {
+        bail!("{source} is not a kernel configuration: it has no CONFIG_ lines");
+    }
+    Ok(kconfig::check(&source, &config, &all, features)?)
 }
 
 /// Options of `ingot run`.

@@ -7,12 +7,15 @@ pub mod esp;
 pub mod fetch;
 #[cfg(test)]
 mod golden;
+pub mod images;
 pub mod init_binary;
 pub mod initramfs;
 pub mod inspect;
+pub mod kconfig;
 pub mod kmod;
 pub mod lock;
 pub mod manifest;
+pub mod oci;
 pub mod pipeline;
 pub mod profile;
 pub mod rootfs;

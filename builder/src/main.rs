@@ -20,7 +20,8 @@ use clap::{Parser, Subcommand, ValueEnum};
     after_help = "Typical use:\n  ingot lock --profile minimal      # pin inputs (writes profiles/minimal.lock)\n  \
         ingot build --profile minimal     # → out/minimal.raw + out/minimal.manifest.json\n  \
         ingot run out/minimal.raw         # boot it under QEMU, console on stdout\n  \
-        ingot inspect out/minimal.raw     # partitions, hashes, kernel command line, components"
+        ingot inspect out/minimal.raw     # partitions, hashes, kernel command line, components\n  \
+        ingot kernel check /boot/config-$(uname -r)   # can this kernel run containerd, kubelet, a CNI?"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -114,6 +115,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Kernel tools: `ingot kernel check` tells whether a kernel configuration can run a Kubernetes node.
+    Kernel {
+        #[command(subcommand)]
+        command: KernelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KernelCommand {
+    /// Check a kernel configuration for what containerd, kubelet, CNI plugins and storage drivers need.
+    ///
+    /// Reads a kernel configuration (`/boot/config-<release>`, a build tree's `.config`), a kernel package
+    /// (`linux-image-*.deb`: its `/boot/config-*` is read without unpacking the rest), or with --profile the
+    /// kernel a profile's lock file pins. For each feature it lists the options that are present (`y`, or `m`:
+    /// a module is fine) and the ones that are missing with what they are for. An option "absent" from the
+    /// configuration is one whose dependencies are off; enable those first.
+    ///
+    /// The features and their options are in kernel-configs/features.toml (compiled in). Exits 0 when every
+    /// requested feature is complete, 1 when one is not or on an error.
+    #[command(after_help = "Examples:\n  \
+        ingot kernel check /boot/config-$(uname -r)\n  \
+        ingot kernel check linux-image-6.1.0-50-cloud-amd64_6.1.176-1_amd64.deb --feature cilium\n  \
+        ingot kernel check --profile minimal --feature containers --feature kubelet\n  \
+        ingot kernel check .config --json | jq '.features[] | select(.complete | not) | .missing'\n\n\
+        Features: containers, kubelet, kube-proxy, bridge-cni, vxlan, cilium, calico, longhorn, rook, topolvm, ipvs")]
+    #[command(group = clap::ArgGroup::new("input").required(true).args(["config", "profile"]))]
+    Check {
+        /// Kernel configuration file or kernel .deb.
+        config: Option<PathBuf>,
+        /// Check the kernel this profile's lock file pins (a name in profiles/ or a path).
+        #[arg(long, short)]
+        profile: Option<String>,
+        /// Check only this feature (repeatable); all features by default.
+        #[arg(long = "feature", short = 'f', value_name = "NAME")]
+        features: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// With --profile: do not download the kernel, use only the cache.
+        #[arg(long)]
+        offline: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -142,6 +185,7 @@ fn parse_disk_size(s: &str) -> anyhow::Result<u64> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut incomplete = false;
     let result = match cli.command {
         Command::Lock { profile, offline } => ingot::commands::lock(&profile, offline).map(|_| ()),
         Command::Build {
@@ -195,6 +239,33 @@ fn main() -> ExitCode {
                 allow_reboot,
             })
         }),
+        Command::Kernel {
+            command:
+                KernelCommand::Check {
+                    config,
+                    profile,
+                    features,
+                    json,
+                    offline,
+                },
+        } => {
+            let input = match (config, profile) {
+                (_, Some(p)) => ingot::commands::KernelConfigInput::Profile(p),
+                (Some(c), None) => ingot::commands::KernelConfigInput::Path(c),
+                // clap requires one of the two.
+                (None, None) => ingot::commands::KernelConfigInput::Path(PathBuf::new()),
+            };
+            ingot::commands::kernel_check(&input, &features, offline).and_then(|r| {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{}", ingot::kconfig::render(&r));
+                }
+                // The report says what is missing; only the exit status is left to set.
+                incomplete = !r.complete;
+                Ok(())
+            })
+        }
         Command::Inspect { image, json } => ingot::inspect::inspect(&image).and_then(|r| {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -205,6 +276,7 @@ fn main() -> ExitCode {
         }),
     };
     match result {
+        Ok(()) if incomplete => ExitCode::FAILURE,
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line per cause, outermost first, so the user sees what failed and why.

@@ -1,5 +1,6 @@
 //! `<image>.manifest.json`: what an image holds, with hashes — partitions, the UKI, every pinned component,
-//! and which byte ranges of the sparse image hold data (so `flash` can write only those).
+//! the container images preloaded into the root, and which byte ranges of the sparse image hold data (so
+//! `flash` can write only those).
 //!
 //! The format is versioned (`schema`); fields are only ever added within a version.
 
@@ -18,6 +19,9 @@ pub struct Manifest {
     pub partitions: Vec<PartitionEntry>,
     pub uki: UkiInfo,
     pub components: Vec<ComponentEntry>,
+    /// Container image archives in the root, imported into containerd at boot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageEntry>,
     /// `[offset, length]` pairs of the image that hold data; everything else is zero (a hole).
     pub data_ranges: Vec<[u64; 2]>,
 }
@@ -72,6 +76,20 @@ pub struct ComponentEntry {
     pub version: Option<String>,
     pub url: String,
     pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEntry {
+    /// The reference containerd knows it by.
+    pub name: String,
+    pub namespace: String,
+    /// Path of the archive in the root.
+    pub archive: String,
+    /// sha256 of the archive.
+    pub sha256: String,
+    /// `sha256:<hex>` of the image's manifest, as `ctr images ls` shows it.
+    pub digest: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +198,13 @@ mod tests {
                 version: Some("6.1.192-2".into()),
                 url: "https://deb.debian.org/debian/pool/x.deb".into(),
                 sha256: "ef".repeat(32),
+            }],
+            images: vec![ImageEntry {
+                name: "registry.k8s.io/pause:3.6".into(),
+                namespace: "k8s.io".into(),
+                archive: "/usr/share/ingot/images/registry.k8s.io_pause_3.6.tar".into(),
+                sha256: "12".repeat(32),
+                digest: format!("sha256:{}", "34".repeat(32)),
             }],
             data_ranges: vec![[0, 4096], [1 << 20, 8192]],
         }

@@ -3,7 +3,8 @@
 //! Steps, each a function of its inputs only (so two builds are byte-identical):
 //! 1. stage 1 modules: resolve the profile's `initrd_modules` closure from the kernel package (no depmod);
 //! 2. initramfs: `/init` (ingot-init), `/etc/initrd-release`, `/dev/console`, the modules and their load order;
-//! 3. root: ingot-init as `/sbin/init`, mount points, components, files; ELF check; EROFS;
+//! 3. root: ingot-init as `/sbin/init`, mount points, components, container image archives, files; ELF
+//!    check; EROFS;
 //! 4. UKI: systemd-stub + kernel + initramfs + command line + os-release;
 //! 5. ESP: systemd-boot as the removable-media loader, `loader.conf`, the UKI with boot counting;
 //! 6. disk: GPT with derived GUIDs, contents copied in sparsely, hashed on the way;
@@ -47,6 +48,9 @@ pub struct Inputs {
     pub bootloader: PathBuf,
     /// Unpacked directories in the order of `profile.components`.
     pub components: Vec<PathBuf>,
+    /// One per `profile.images`, in order: the verified archive (`url`/`path` images) or the unpacked
+    /// component (`from` images).
+    pub images: Vec<PathBuf>,
     pub pinned: Vec<ComponentEntry>,
     /// Where finished boot artifacts (ESP image + UKI hash) are kept by the hash of their inputs, so a
     /// build that changes only the root reuses them. `None` disables reuse.
@@ -145,6 +149,7 @@ pub fn build(
     })?;
 
     let root_img = work.path().join("root.erofs");
+    let mut staged_images = Vec::new();
     steps.run("staging and writing the root", || {
         let stage_dir = work.path().join("root");
         fs::create_dir(&stage_dir)?;
@@ -168,18 +173,13 @@ pub fn build(
             }
         }
         for (c, dir) in profile.components.iter().zip(&inputs.components) {
-            match &c.files {
-                None => stage.copy_tree(dir, Path::new("/")).map_err(anyhow::Error::from),
-                Some(maps) => maps.iter().try_for_each(|m| {
-                    let src = dir.join(&m.src);
-                    if fs::symlink_metadata(&src).is_err() {
-                        bail!("component {:?} has no file {:?}", c.name, m.src);
-                    }
-                    Ok(stage.copy_entry(&src, &m.dst)?)
-                }),
+            if c.install {
+                stage_component(&stage, c, dir)?;
             }
-            .with_context(|| format!("staging component {:?}", c.name))?;
         }
+        let image_work = work.path().join("images");
+        fs::create_dir(&image_work)?;
+        staged_images = crate::images::stage(&stage, profile, &inputs.images, &image_work)?;
         for f in &profile.files {
             match &f.content {
                 FileContent::Inline(text) => stage.file(&f.path, text.as_bytes(), f.mode)?,
@@ -258,6 +258,7 @@ pub fn build(
             initrd_modules: modules.iter().map(|m| m.name.clone()).collect(),
         },
         components: inputs.pinned.clone(),
+        images: crate::images::manifest_entries(&staged_images),
         data_ranges: disk.data_ranges,
     };
     let manifest_path = manifest::path_for_image(&image);
@@ -281,6 +282,21 @@ pub fn build(
         manifest_path,
         manifest,
     })
+}
+
+/// Stages a component's files (all of them, or those its `files` mapping selects) into `stage`.
+pub fn stage_component(stage: &Stage, c: &crate::profile::Component, dir: &Path) -> Result<()> {
+    match &c.files {
+        None => stage.copy_tree(dir, Path::new("/")).map_err(anyhow::Error::from),
+        Some(maps) => maps.iter().try_for_each(|m| {
+            let src = dir.join(&m.src);
+            if fs::symlink_metadata(&src).is_err() {
+                bail!("component {:?} has no file {:?}", c.name, m.src);
+            }
+            Ok(stage.copy_entry(&src, &m.dst)?)
+        }),
+    }
+    .with_context(|| format!("staging component {:?}", c.name))
 }
 
 /// What assembling the disk determined, for the manifest.

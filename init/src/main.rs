@@ -18,9 +18,12 @@ mod clock;
 mod efi;
 mod event;
 mod failure;
+mod images;
 mod modules;
 mod mounts;
 mod node;
+#[allow(dead_code)] // stage 2 starts the network once it is wired in
+mod net;
 mod options;
 mod power_button;
 mod stage1;
@@ -52,6 +55,9 @@ fn main() {
     sys::install_panic_hook();
     let sys = sys::Linux::new();
     if !sys::Linux::is_pid1() {
+        if std::env::args().nth(1).as_deref() == Some(images::APPLET) {
+            std::process::exit(images::applet());
+        }
         eprintln!("ingot-init is the init process of an ingot node and only runs as PID 1");
         std::process::exit(2);
     }

@@ -16,16 +16,64 @@ use super::archive::{Compression, UnpackError, extract_tar, read_up_to};
 
 /// Unpacks the files of a `.deb` (its `data.tar`) into `dir`, which must exist.
 pub fn unpack_deb(deb: &Path, dir: &Path) -> Result<(), UnpackError> {
-    with_member(deb, "data.tar", |member, reader| {
+    with_member(deb, "data.tar", Extent::All, |member, reader| {
         extract_tar(reader, dir, deb, member)
     })
+}
+
+/// The first regular file of a `.deb`'s `data.tar` whose path (without a leading `./`) `wanted` accepts,
+/// with its contents; at most `limit` bytes are read (a larger file is an error). Stops reading the package
+/// there: a kernel's `/boot/config-*` comes out of a 70 MB package without decompressing its modules.
+pub fn find_data_file(
+    deb: &Path,
+    mut wanted: impl FnMut(&Path) -> bool,
+    limit: u64,
+) -> Result<Option<(std::path::PathBuf, Vec<u8>)>, UnpackError> {
+    with_member(deb, "data.tar", Extent::UntilDone, |member, reader| {
+        let corrupt = |source| UnpackError::Corrupt {
+            file: deb.to_owned(),
+            member: member.to_owned(),
+            source,
+        };
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries().map_err(corrupt)? {
+            let mut entry = entry.map_err(corrupt)?;
+            if entry.header().entry_type() != tar::EntryType::Regular {
+                continue;
+            }
+            let path = entry.path().map_err(corrupt)?.into_owned();
+            let path = path.strip_prefix("./").map(Path::to_path_buf).unwrap_or(path);
+            if !wanted(&path) {
+                continue;
+            }
+            if entry.size() > limit {
+                return Err(UnpackError::Format {
+                    file: deb.to_owned(),
+                    reason: format!("{} is larger than {limit} bytes", path.display()),
+                });
+            }
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).map_err(corrupt)?;
+            return Ok(Some((path, bytes)));
+        }
+        Ok(None)
+    })
+}
+
+/// How much of a member [`with_member`] reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Extent {
+    /// All of it, checking that it is complete.
+    All,
+    /// Only what the caller consumed.
+    UntilDone,
 }
 
 /// The fields of a `.deb`'s `control` file (`Package`, `Version`, `Depends` …), in file order.
 ///
 /// Continuation lines of multi-line fields are joined with `\n`, as in the file.
 pub fn control_fields(deb: &Path) -> Result<Vec<(String, String)>, UnpackError> {
-    with_member(deb, "control.tar", |member, reader| {
+    with_member(deb, "control.tar", Extent::All, |member, reader| {
         let corrupt = |source| UnpackError::Corrupt {
             file: deb.to_owned(),
             member: member.to_owned(),
@@ -66,6 +114,7 @@ pub fn control_fields(deb: &Path) -> Result<Vec<(String, String)>, UnpackError> 
 fn with_member<T>(
     deb: &Path,
     prefix: &str,
+    extent: Extent,
     use_member: impl FnOnce(&str, &mut dyn Read) -> Result<T, UnpackError>,
 ) -> Result<T, UnpackError> {
     let format = |reason: String| UnpackError::Format {
@@ -127,6 +176,9 @@ fn with_member<T>(
                 };
                 let mut decoder = expected.decoder(&mut buffered).map_err(corrupt)?;
                 let value = use_member(&name, &mut decoder)?;
+                if extent == Extent::UntilDone {
+                    return Ok(value);
+                }
                 // Drain what the tar reader left (end-of-archive blocks, padding) so that the
                 // length check below sees the whole member, and the decoder validates its trailer.
                 io::copy(&mut decoder, &mut io::sink()).map_err(corrupt)?;

@@ -60,7 +60,7 @@ use std::time::Duration;
 pub(crate) use archive::Compression;
 pub use archive::{UnpackError, unpack_tarball};
 pub use cache::Cache;
-pub use deb::{control_fields, unpack_deb};
+pub use deb::{control_fields, find_data_file, unpack_deb};
 
 /// The sha256 of some bytes: 32 bytes, written as 64 lower-case hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -684,3 +684,23 @@ fn cache_insert_rejects_wrong_bytes() {
     let path = cache.insert("idx", "x", &sha, &b"abc"[..]).unwrap();
     assert_eq!(cache.blob(&sha), Some(path));
 }
+
+#[test]
+fn finds_one_file_in_a_deb_without_unpacking_it() {
+    let tree = tar_bytes(&[
+        dir("./", 0o755),
+        dir("./boot/", 0o755),
+        file("./boot/config-6.1.0-1-amd64", 0o644, b"CONFIG_A=y\n"),
+        file("./boot/vmlinuz-6.1.0-1-amd64", 0o644, b"kernel"),
+    ]);
+    let d = tempfile::tempdir().unwrap();
+    let deb = d.path().join("k.deb");
+    std::fs::write(&deb, deb_bytes("data.tar.xz", &xz(&tree))).unwrap();
+    let is_config = |p: &Path| p.starts_with("boot") && p.to_string_lossy().contains("config-");
+    let (path, bytes) = find_data_file(&deb, is_config, 1024).unwrap().unwrap();
+    assert_eq!(path, Path::new("boot/config-6.1.0-1-amd64"));
+    assert_eq!(bytes, b"CONFIG_A=y\n");
+    assert_eq!(find_data_file(&deb, |p| p.ends_with("nope"), 1024).unwrap(), None);
+    let err = find_data_file(&deb, is_config, 4).unwrap_err().to_string();
+    assert!(err.contains("larger than 4 bytes"), "{err}");
+}

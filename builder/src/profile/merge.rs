@@ -105,6 +105,7 @@ pub fn merge(base: RawProfile, child: RawProfile) -> RawProfile {
             var: pick(b.var, c.var),
         }),
         components: merge_keyed(base.components, child.components, |c| c.name.as_str()),
+        images: merge_keyed(base.images, child.images, |i| i.name.as_str()),
         files: merge_keyed(base.files, child.files, |f| f.path.as_str()),
     }
 }
@@ -130,6 +131,9 @@ pub fn rebase_paths(p: &mut RawProfile, dir: &Path) {
     }
     for c in p.components.iter_mut().flatten() {
         rebase(&mut c.path);
+    }
+    for i in p.images.iter_mut().flatten() {
+        rebase(&mut i.path);
     }
     for f in p.files.iter_mut().flatten() {
         rebase(&mut f.source);

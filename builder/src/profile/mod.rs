@@ -9,11 +9,13 @@
 //! - scalars (`image.version`, `partitions.root`, a component's `package` …): the child's value wins;
 //! - string lists (`kernel.cmdline`, `kernel.initrd_modules`, `kernel.root_modules`): the child's entries are
 //!   appended to the base's; an explicit empty list (`cmdline = []`) resets the list to empty first;
-//! - `[[components]]` are keyed by `name` and `[[files]]` by `path`: an entry with a name/path the base has
-//!   replaces it in place, others are appended; `components = []` / `files = []` drop the base's entries;
+//! - `[[components]]` and `[[images]]` are keyed by `name` and `[[files]]` by `path`: an entry with a
+//!   name/path the base has replaces it in place, others are appended; `components = []` / `images = []` /
+//!   `files = []` drop the base's entries;
 //! - the `[archive]` table merges field by field (its `components` list replaces rather than appends,
 //!   since it names one archive's sections).
 
+mod images;
 mod merge;
 pub mod raw;
 mod validate;
@@ -21,6 +23,7 @@ mod validate;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use images::{ContainerImage, ImageSource, archive_file_name};
 pub use validate::{
     Archive, Bootloader, Component, FileContent, FileMap, ImageFile, Kernel, PartitionSizes, Profile, Source,
     parse_size,

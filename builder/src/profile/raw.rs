@@ -14,6 +14,8 @@ pub struct RawProfile {
     pub bootloader: Option<RawBootloader>,
     pub partitions: Option<RawPartitions>,
     pub components: Option<Vec<RawComponent>>,
+    /// Container images preloaded into the root (`[[images]]`).
+    pub images: Option<Vec<RawContainerImage>>,
     pub files: Option<Vec<RawFile>>,
 }
 
@@ -90,6 +92,9 @@ pub struct RawComponent {
     pub path: Option<String>,
     /// Which files to take; all of them when absent.
     pub files: Option<Vec<RawFileMap>>,
+    /// Whether the files land in the root (`true` by default); `false` for a component that only feeds an
+    /// `[[images]]` entry.
+    pub install: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,4 +117,23 @@ pub struct RawFile {
     pub source: Option<String>,
     /// Octal permission bits, e.g. `"0644"`.
     pub mode: Option<String>,
+}
+
+/// A container image archive preloaded into the root, imported into containerd at boot.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContainerImage {
+    /// The reference it is imported as, e.g. `registry.k8s.io/pause:3.6`.
+    pub name: String,
+    /// containerd namespace (`k8s.io` by default).
+    pub namespace: Option<String>,
+    /// Exactly one of `url` + `sha256` or `path` (an OCI image archive), or `from` (a component name).
+    pub url: Option<String>,
+    pub sha256: Option<String>,
+    pub path: Option<String>,
+    pub from: Option<String>,
+    /// Only with `from`: the image's entrypoint, default arguments and environment.
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: Option<std::collections::BTreeMap<String, String>>,
 }

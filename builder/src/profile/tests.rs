@@ -181,3 +181,124 @@ fn sizes_parse() {
     assert!(parse_size("12X").is_err());
     assert!(parse_size("99999999999999T").is_err());
 }
+
+const IMAGES: &str = r#"
+[[components]]
+name = "busybox-image"
+package = "busybox-static"
+install = false
+files = [{ src = "bin/busybox" }]
+
+[[images]]
+name = "ingot.local/busybox:latest"
+from = "busybox-image"
+entrypoint = ["/bin/busybox"]
+cmd = ["sh"]
+env = { PATH = "/bin" }
+
+[[images]]
+name = "registry.k8s.io/pause:3.6"
+namespace = "default"
+path = "images/pause.tar"
+"#;
+
+#[test]
+fn images_load_and_merge_by_name() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "base.toml", &(BASE.to_string() + IMAGES));
+    let p = load(&d.path().join("base.toml")).unwrap();
+    assert!(p.components[0].install, "install defaults to true");
+    assert!(!p.components[1].install);
+    assert_eq!(p.images.len(), 2);
+    assert_eq!(p.images[0].namespace, "k8s.io", "default namespace");
+    assert_eq!(
+        p.images[0].source,
+        ImageSource::Component {
+            component: "busybox-image".into(),
+            entrypoint: vec!["/bin/busybox".into()],
+            cmd: vec!["sh".into()],
+            env: [("PATH".to_string(), "/bin".to_string())].into(),
+        }
+    );
+    assert_eq!(
+        p.images[1].source,
+        ImageSource::Archive(Source::Path(d.path().join("images/pause.tar"))),
+        "paths are relative to the profile"
+    );
+
+    std::fs::create_dir(d.path().join("site")).unwrap();
+    let child = write(
+        &d.path().join("site"),
+        "child.toml",
+        r#"
+extends = "../base.toml"
+[[images]]
+name = "registry.k8s.io/pause:3.6"
+url = "https://example.org/pause.tar"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+[[images]]
+name = "ingot.local/extra:1"
+path = "extra.tar"
+"#,
+    );
+    let p = load(&child).unwrap();
+    let names: Vec<&str> = p.images.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ingot.local/busybox:latest",
+            "registry.k8s.io/pause:3.6",
+            "ingot.local/extra:1"
+        ]
+    );
+    assert_eq!(
+        p.images[1].namespace, "k8s.io",
+        "a replaced image does not keep the base's fields"
+    );
+    assert!(matches!(
+        &p.images[1].source,
+        ImageSource::Archive(Source::Url { .. })
+    ));
+    assert_eq!(
+        p.images[2].source,
+        ImageSource::Archive(Source::Path(d.path().join("site/extra.tar")))
+    );
+}
+
+#[test]
+fn bad_images_name_the_field() {
+    let d = tempfile::tempdir().unwrap();
+    let base = BASE.to_string() + IMAGES;
+    let cases = [
+        (base.replace("ingot.local/busybox:latest", "busybox"), "images[0].name", "no tag"),
+        (base.replace("ingot.local/busybox:latest", "busybox:latest"), "images[0].name", "names no registry"),
+        (base.replace("from = \"busybox-image\"", "from = \"nope\""), "images[0].from", "busybox-image"),
+        (base.replace("namespace = \"default\"", "namespace = \"a/b\""), "images[1].namespace", "letters"),
+        (base.replace("path = \"images/pause.tar\"", "path = \"x\"\nfrom = \"busybox-image\""), "images[1]", "more than one source"),
+        (base.replace("path = \"images/pause.tar\"", "path = \"x\"\ncmd = [\"x\"]"), "images[1]", "only apply to images built `from`"),
+        (base.replace("path = \"images/pause.tar\"", ""), "images[1]", "needs a source"),
+        (base.replace("path = \"images/pause.tar\"", "url = \"https://x/y.tar\""), "images[1].sha256", "is required"),
+        (base.replace("registry.k8s.io/pause:3.6", "ingot.local/busybox:latest"), "images[1].name", "declared twice"),
+        (
+            base.replace("ingot.local/busybox:latest", "ingot.local/a_b:c").replace("registry.k8s.io/pause:3.6", "ingot.local/a:b_c"),
+            "images[1].name",
+            "would both be stored as ingot.local_a_b_c.tar",
+        ),
+        (base.replace("env = { PATH = \"/bin\" }", "env = { \"A=B\" = \"x\" }"), "images[0].env", "not a variable name"),
+        (
+            base.replace(
+                "from = \"busybox-image\"\nentrypoint = [\"/bin/busybox\"]\ncmd = [\"sh\"]\nenv = { PATH = \"/bin\" }",
+                "path = \"x.tar\"",
+            ),
+            "components[1].install",
+            "not installed",
+        ),
+    ];
+    for (text, field, why) in cases {
+        let msg = load(&write(d.path(), "p.toml", &text)).unwrap_err().to_string();
+        assert!(
+            msg.contains(field) && msg.contains(why),
+            "expected {field} / {why} in: {msg}"
+        );
+    }
+}

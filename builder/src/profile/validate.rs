@@ -3,6 +3,7 @@
 use std::path::{Component as PathComponent, Path, PathBuf};
 
 use super::ProfileError;
+use super::images::ContainerImage;
 use super::raw::*;
 
 const MIB: u64 = 1024 * 1024;
@@ -23,6 +24,8 @@ pub struct Profile {
     pub bootloader: Bootloader,
     pub partitions: PartitionSizes,
     pub components: Vec<Component>,
+    /// Container images preloaded into the root (`[[images]]`).
+    pub images: Vec<ContainerImage>,
     pub files: Vec<ImageFile>,
 }
 
@@ -70,6 +73,8 @@ pub struct Component {
     pub source: Source,
     /// Files to take; `None` takes the whole package/archive.
     pub files: Option<Vec<FileMap>>,
+    /// Whether the files land in the root; `false` for a component that only feeds an image.
+    pub install: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,12 +118,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     path: &'a Path,
 }
 
 impl Ctx<'_> {
-    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ProfileError {
+    pub(super) fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ProfileError {
         ProfileError::Invalid {
             path: self.path.to_path_buf(),
             field: field.into(),
@@ -130,7 +135,7 @@ impl Ctx<'_> {
         v.ok_or_else(|| self.err(field, format!("is required ({hint})")))
     }
 
-    fn source(
+    pub(super) fn source(
         &self,
         field: &str,
         package: Option<String>,
@@ -358,8 +363,11 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
             name: c.name,
             source,
             files,
+            install: c.install.unwrap_or(true),
         });
     }
+
+    let images = super::images::validate(&cx, raw.images.unwrap_or_default(), &components)?;
 
     let mut files = Vec::new();
     for (i, f) in raw.files.unwrap_or_default().into_iter().enumerate() {
@@ -407,6 +415,7 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         bootloader,
         partitions,
         components,
+        images,
         files,
     })
 }

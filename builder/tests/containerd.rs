@@ -1,0 +1,369 @@
+//! `[[images]]` end to end: a profile with an image built from Debian's `busybox-static` (a component that
+//! is not installed in the root) and a ready archive from a `path`. `ingot build` writes both archives into
+//! the root, the manifest and lock record them, and containerd 1.6 (Debian bookworm) imports them under the
+//! profile's names and runs the busybox image.
+//!
+//! The containerd test needs root, `containerd`, `ctr` and `runc` (`apt-get install containerd runc`) and
+//! skips with a printed reason otherwise. containerd runs with a private root, state and socket in a
+//! temporary directory and the native snapshotter, so it touches nothing of a containerd the host may run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ingot::lock::Lock;
+use ingot::manifest::Manifest;
+
+/// Debian bookworm's `busybox-static` (from the bookworm `Packages` index).
+const BUSYBOX_URL: &str =
+    "https://deb.debian.org/debian/pool/main/b/busybox/busybox-static_1.35.0-4+deb12u1+b1_amd64.deb";
+const BUSYBOX_SHA256: &str = "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744";
+const IMAGE: &str = "ingot.local/busybox:latest";
+
+fn skip_reason() -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Some("not root (containerd and runc need it)".into());
+    }
+    for tool in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
+        if !have(tool) {
+            return Some(format!("{tool} is missing (apt-get install containerd runc)"));
+        }
+    }
+    None
+}
+
+/// A containerd of our own; killed and waited for on drop.
+struct Containerd {
+    child: Child,
+    address: PathBuf,
+    log: PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path) -> Containerd {
+        std::fs::create_dir_all(dir).unwrap();
+        let address = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        let d = dir.display();
+        std::fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+
+[grpc]
+  address = "{d}/containerd.sock"
+
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+"#
+            ),
+        )
+        .unwrap();
+        let log = dir.join("containerd.log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.join("containerd.err")).unwrap())
+            .spawn()
+            .expect("starting containerd");
+        let c = Containerd {
+            child,
+            address,
+            log: dir.join("containerd.err"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if c.address.exists() && c.ctr(&["version"]).status.success() {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("containerd did not answer within 20 s:\n{}", c.logs());
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.address)
+            .args(args)
+            .output()
+            .expect("running ctr")
+    }
+
+    /// Runs ctr and returns its stdout; panics with both outputs and containerd's log on failure.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.ctr(args);
+        assert!(
+            o.status.success(),
+            "ctr {args:?} failed:\n{}{}\ncontainerd:\n{}",
+            stdout(&o),
+            stderr_of(&o),
+            self.logs()
+        );
+        stdout(&o)
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn stderr_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The second image: a ready archive from a `path`, tagged differently in its own index (as an
+/// `oci-archive` made elsewhere would be), which the build must name `PAUSE` for containerd.
+const PAUSE: &str = "registry.k8s.io/pause:3.6";
+
+/// A profile with the minimal profile's pinned kernel and bootloader, busybox only as an image, and a
+/// `path` image archive.
+fn write_profile(dir: &Path) -> PathBuf {
+    let lock = Lock::load(&repo_root().join("profiles/minimal.lock")).unwrap();
+    let pin = |name: &str| {
+        let c = lock.component(name).unwrap();
+        format!("url = \"{}\"\nsha256 = \"{}\"", c.url, c.sha256)
+    };
+    let tree = dir.join("pause-tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("pause"), b"not really pause\n").unwrap();
+    ingot::oci::write_archive(
+        &tree,
+        "ingot.local/elsewhere:1",
+        &ingot::oci::ImageConfig::default(),
+        0,
+        dir,
+        &dir.join("pause.tar"),
+    )
+    .unwrap();
+    let profile = dir.join("oci.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            r#"[image]
+name = "oci"
+version = "0.1.0"
+
+[kernel]
+{kernel}
+cmdline = ["console=ttyS0"]
+initrd_modules = ["virtio_pci", "virtio_blk", "erofs", "efivarfs"]
+
+[bootloader]
+{bootloader}
+
+[partitions]
+esp = "512M"
+root = "256M"
+
+[[components]]
+name = "busybox"
+url = "{BUSYBOX_URL}"
+sha256 = "{BUSYBOX_SHA256}"
+install = false
+files = [{{ src = "bin/busybox" }}]
+
+[[images]]
+name = "{IMAGE}"
+from = "busybox"
+entrypoint = ["/bin/busybox"]
+cmd = ["echo", "hello from the image's command"]
+env = {{ PATH = "/bin" }}
+
+[[images]]
+name = "{PAUSE}"
+path = "pause.tar"
+"#,
+            kernel = pin("kernel"),
+            bootloader = pin("bootloader"),
+        ),
+    )
+    .unwrap();
+    profile
+}
+
+/// What a build of the test profile left: the staged root and the manifest.
+struct Built {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    profile: PathBuf,
+    root: PathBuf,
+    manifest: Manifest,
+}
+
+fn lock_and_build() -> Built {
+    let d = tempfile::Builder::new()
+        .prefix("ingot-ctr-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = d.path().to_path_buf();
+    let profile = write_profile(&dir);
+    let o = run(ingot().args(["lock", "--profile"]).arg(&profile));
+    assert!(o.status.success(), "ingot lock failed:\n{}", stderr(&o));
+    let o = run(ingot()
+        .args(["build", "--quiet", "--profile"])
+        .arg(&profile)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .arg("--keep-work")
+        .arg(dir.join("work")));
+    assert!(o.status.success(), "ingot build failed:\n{}", stderr(&o));
+    let manifest = Manifest::load(&dir.join("out/oci.manifest.json")).unwrap();
+    Built {
+        _dir: d,
+        root: dir.join("work/root"),
+        profile,
+        dir,
+        manifest,
+    }
+}
+
+#[test]
+fn images_land_in_the_root_manifest_and_lock() {
+    let b = lock_and_build();
+    assert!(
+        !b.root.join("bin/busybox").exists(),
+        "a component with install = false stays out of the root"
+    );
+    let names: Vec<(&str, &str, &str)> = b
+        .manifest
+        .images
+        .iter()
+        .map(|i| (i.name.as_str(), i.namespace.as_str(), i.archive.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (
+                IMAGE,
+                "k8s.io",
+                "/usr/share/ingot/images/ingot.local_busybox_latest.tar"
+            ),
+            (
+                PAUSE,
+                "k8s.io",
+                "/usr/share/ingot/images/registry.k8s.io_pause_3.6.tar"
+            ),
+        ]
+    );
+    for i in &b.manifest.images {
+        let file = b.root.join(i.archive.trim_start_matches('/'));
+        assert_eq!(i.sha256, ingot::fetch::Sha256::of_file(&file).unwrap().to_hex());
+        let index = ingot::oci::read_index(&file).unwrap();
+        assert_eq!(
+            index.manifests[0].annotations[ingot::oci::ANNOTATION_CONTAINERD_NAME],
+            i.name
+        );
+        assert_eq!(index.manifests[0].digest, i.digest);
+    }
+    // The lock records the path archive by content, like every path source; a changed archive makes
+    // the lock stale.
+    let lock = Lock::load(&b.profile.with_extension("lock")).unwrap();
+    let pinned = lock.component(&format!("image:{PAUSE}")).unwrap();
+    assert_eq!(
+        pinned.sha256,
+        ingot::fetch::Sha256::of_file(&b.dir.join("pause.tar")).unwrap()
+    );
+    std::fs::write(b.dir.join("pause.tar"), b"changed").unwrap();
+    let o = run(ingot()
+        .args(["build", "--quiet", "--profile"])
+        .arg(&b.profile)
+        .arg("--out")
+        .arg(b.dir.join("out2")));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is stale"), "{}", stderr(&o));
+}
+
+#[test]
+fn containerd_imports_and_runs_the_images() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED containerd_imports_and_runs_the_images: {why}");
+        return;
+    }
+    let started = Instant::now();
+    let b = lock_and_build();
+    let c = Containerd::start(&b.dir.join("containerd"));
+    let ns = ["-n", "k8s.io"];
+    for i in &b.manifest.images {
+        let file = b.root.join(i.archive.trim_start_matches('/'));
+        c.ok(&[
+            &ns[..],
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                "native",
+                file.to_str().unwrap(),
+            ],
+        ]
+        .concat());
+    }
+    let listed = c.ok(&[&ns[..], &["images", "ls"]].concat());
+    for i in &b.manifest.images {
+        let line = listed
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(i.name.as_str()))
+            .unwrap_or_else(|| panic!("{} not imported under its name:\n{listed}", i.name));
+        assert!(
+            line.contains(&i.digest),
+            "the manifest's digest {} is what containerd shows:\n{line}",
+            i.digest
+        );
+    }
+    let hello = c.ok(&[
+        &ns[..],
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "native",
+            IMAGE,
+            "t1",
+            "/bin/busybox",
+            "echo",
+            "hello",
+        ],
+    ]
+    .concat());
+    assert_eq!(hello.trim(), "hello");
+    // Without a command, the image's entrypoint and command run, with its environment.
+    let default = c.ok(&[&ns[..], &["run", "--rm", "--snapshotter", "native", IMAGE, "t2"]].concat());
+    assert_eq!(default.trim(), "hello from the image's command");
+    let env = c.ok(&[
+        &ns[..],
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "native",
+            IMAGE,
+            "t3",
+            "/bin/busybox",
+            "env",
+        ],
+    ]
+    .concat());
+    assert!(env.lines().any(|l| l == "PATH=/bin"), "{env}");
+    println!("containerd test took {:.1} s", started.elapsed().as_secs_f64());
+}
