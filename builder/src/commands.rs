@@ -351,10 +351,18 @@ pub struct RunOptions {
     pub expect: Option<String>,
     pub timeout: Option<Duration>,
     pub serial_log: Option<PathBuf>,
+    /// Size of the guest's disk in bytes; `None` gives exactly the image.
+    pub disk_size: Option<u64>,
+    /// Let the guest reboot within the run instead of ending it.
+    pub allow_reboot: bool,
 }
 
+/// What the kernel prints when the guest reboots.
+const KERNEL_REBOOT_LINE: &str = "reboot: Restarting system";
+
 /// `ingot run`: boots the image under QEMU with the console on stdout. With `expect`, returns once the line
-/// appears (error if it does not within the timeout); otherwise runs until the guest powers off.
+/// appears (error if it does not within the timeout); otherwise runs until the guest powers off (or reboots,
+/// without `allow_reboot`).
 pub fn run(opts: RunOptions) -> Result<()> {
     if !opts.image.is_file() {
         bail!(
@@ -368,6 +376,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
     cfg.cpus = opts.cpus;
     cfg.echo = true;
     cfg.serial_log = opts.serial_log.clone();
+    cfg.disk_size = opts.disk_size;
+    cfg.exit_on_reboot = !opts.allow_reboot;
     let mut vm = ingot_qemu::Vm::start(cfg).context("starting QEMU")?;
     let forever = Duration::from_secs(u64::MAX / 4);
     match opts.expect {
@@ -386,6 +396,17 @@ pub fn run(opts: RunOptions) -> Result<()> {
             let status = vm.wait_exit(opts.timeout.unwrap_or(forever))?;
             if !status.success() {
                 bail!("QEMU exited with {status}");
+            }
+            let rebooted = vm
+                .console_lines()
+                .iter()
+                .rev()
+                .take(20)
+                .any(|l| l.contains(KERNEL_REBOOT_LINE));
+            if rebooted && !opts.allow_reboot {
+                eprintln!(
+                    "ingot run: the guest rebooted, which ends the run (--allow-reboot lets it boot again)"
+                );
             }
             Ok(())
         }

@@ -71,8 +71,9 @@ enum Command {
     },
     /// Boot an image under QEMU (UEFI via OVMF) with the serial console on stdout.
     ///
-    /// The image is never modified: the guest's writes go to a temporary overlay. Networking is QEMU's user
-    /// mode with restrict=on (the guest reaches nothing).
+    /// The image is never modified: the guest's writes go to a temporary overlay, discarded when QEMU exits.
+    /// Networking is QEMU's user mode with restrict=on (the guest reaches nothing). QEMU exits when the guest
+    /// reboots, unless --allow-reboot is given.
     Run {
         /// The raw disk image.
         image: PathBuf,
@@ -95,6 +96,17 @@ enum Command {
         /// Also write the console to this file.
         #[arg(long)]
         serial_log: Option<PathBuf>,
+        /// Give the guest a disk of this size, e.g. 4G or 512M (at least the image's size): the image
+        /// followed by empty space. The node's var partition grows into the extra space on first boot.
+        /// The image stays untouched: a qcow2 overlay backed by it (made with qemu-img, from qemu-utils)
+        /// holds the writes. Without this option the disk is exactly the image.
+        #[arg(long, value_name = "SIZE")]
+        disk_size: Option<String>,
+        /// Let the guest reboot: QEMU resets the machine and the image boots again in the same run instead of
+        /// QEMU exiting. The disk overlay, and so everything the guest wrote, persists across guest reboots
+        /// within one run.
+        #[arg(long)]
+        allow_reboot: bool,
     },
     /// Show an image's partitions with hashes, its kernel command line and its pinned components.
     Inspect {
@@ -163,6 +175,14 @@ fn parse_memory(s: &str) -> anyhow::Result<u32> {
     Ok(u32::try_from(mib)?)
 }
 
+fn parse_disk_size(s: &str) -> anyhow::Result<u64> {
+    let bytes = ingot::profile::parse_size(s).map_err(anyhow::Error::msg)?;
+    if bytes == 0 || !bytes.is_multiple_of(512) {
+        anyhow::bail!("--disk-size {s}: expected a size in whole 512-byte sectors, e.g. 4G or 512M");
+    }
+    Ok(bytes)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut incomplete = false;
@@ -199,7 +219,10 @@ fn main() -> ExitCode {
             expect,
             timeout,
             serial_log,
+            disk_size,
+            allow_reboot,
         } => parse_memory(&memory).and_then(|memory_mib| {
+            let disk_size = disk_size.as_deref().map(parse_disk_size).transpose()?;
             ingot::commands::run(ingot::commands::RunOptions {
                 image,
                 accel: match accel {
@@ -212,6 +235,8 @@ fn main() -> ExitCode {
                 expect,
                 timeout: timeout.map(Duration::from_secs),
                 serial_log,
+                disk_size,
+                allow_reboot,
             })
         }),
         Command::Kernel {

@@ -194,3 +194,30 @@ fn unreachable_url_names_component_and_url() {
     let err = build_fails(&p, &d.path().join("out"));
     assert!(err.contains("bootloader") && err.contains(url), "{err}");
 }
+
+#[test]
+fn run_disk_size_must_be_a_size_that_holds_the_image() {
+    let d = tempfile::tempdir().unwrap();
+    let image = d.path().join("small.raw");
+    std::fs::write(&image, vec![1u8; 2 << 20]).unwrap();
+    let o = run(ingot().args(["run", "--disk-size", "4X"]).arg(&image));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("\"4X\" is not a size"), "{}", stderr(&o));
+    let o = run(ingot().args(["run", "--disk-size", "1000"]).arg(&image));
+    assert!(stderr(&o).contains("512-byte sectors"), "{}", stderr(&o));
+
+    if !have("qemu-system-x86_64") {
+        eprintln!("skipping the size check: qemu-system-x86_64 not installed");
+        return;
+    }
+    let o = run(ingot()
+        .env("INGOT_QEMU_ACCEL", "tcg")
+        .args(["run", "--disk-size", "1M"])
+        .arg(&image));
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("1048576 bytes is smaller than the image") && err.contains("2097152 bytes"),
+        "{err}"
+    );
+}

@@ -65,3 +65,40 @@ fn vm_run_fails_with_the_console_tail_when_the_marker_never_comes() {
         "error shows what the console said last:\n{err}"
     );
 }
+
+#[test]
+fn vm_run_with_a_disk_size_gives_the_guest_a_bigger_disk() {
+    if !have("qemu-system-x86_64") || !have("qemu-img") {
+        eprintln!(
+            "skipping: qemu-system-x86_64 or qemu-img not installed (apt-get install qemu-system-x86 qemu-utils)"
+        );
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let image = build_minimal(out.path());
+    let before = sha256_file(&image);
+    let log = out.path().join("serial.log");
+    let o = run(ingot()
+        .env("INGOT_QEMU_ACCEL", "tcg")
+        .args([
+            "run",
+            "--disk-size",
+            "2G",
+            "--allow-reboot",
+            "--expect",
+            "ingot: phase=ready",
+            "--timeout",
+            "180",
+            "--serial-log",
+        ])
+        .arg(&log)
+        .arg(&image));
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(o.status.success(), "no ready marker:\n{}\n{console}", stderr(&o));
+    // The kernel reports the disk's size in 512-byte sectors.
+    assert!(
+        console.contains("[vda] 4194304 512-byte logical blocks"),
+        "the guest's disk is not 2 GiB:\n{console}"
+    );
+    assert_eq!(sha256_file(&image), before, "ingot run modified the image");
+}

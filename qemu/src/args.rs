@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
-use crate::config::{AccelUsed, DirectKernel, NetConfig, Proto, VmConfig};
+use crate::config::{AccelUsed, DirectKernel, NetConfig, NetMode, Proto, VmConfig};
 use crate::error::QemuError;
 
 /// Firmware after resolution: OVMF code plus the private vars copy, or legacy BIOS.
@@ -14,13 +14,22 @@ pub(crate) enum ResolvedFirmware<'a> {
     LegacyBios,
 }
 
+/// How the guest's disk is attached.
+pub(crate) enum Disk<'a> {
+    /// The image itself (absolute path) with `snapshot=on`: the guest sees exactly the image.
+    Snapshot(&'a Path),
+    /// A qcow2 overlay made by [`overlay_args`] whose backing file is the image.
+    Overlay(&'a Path),
+}
+
 /// Everything the command line depends on.
 pub(crate) struct Launch<'a> {
     pub cfg: &'a VmConfig,
-    /// Absolute path of the image.
-    pub image: &'a Path,
+    pub disk: Disk<'a>,
     pub firmware: ResolvedFirmware<'a>,
     pub accel: AccelUsed,
+    /// Where QEMU listens for QMP.
+    pub qmp_socket: &'a Path,
 }
 
 /// Builds QEMU's arguments (without the program name).
@@ -40,10 +49,13 @@ pub(crate) fn qemu_args(l: &Launch<'_>) -> Result<Vec<OsString>, QemuError> {
     };
     a.opt("-m", format!("{}M", cfg.memory_mib))
         .opt("-smp", cfg.cpus.to_string());
-    // The serial port is the only console: no window, no monitor (which could commit the disk overlay).
+    // The serial port is the only console: no window, no human monitor (which could commit the disk
+    // overlay). QMP is there for power-button presses and status queries; `wait=off` lets QEMU start without
+    // a client.
     a.opt("-display", "none")
         .opt("-monitor", "none")
         .opt("-serial", "stdio");
+    a.opt_os("-qmp", kv("unix:", l.qmp_socket, ",server=on,wait=off"));
     if let ResolvedFirmware::Ovmf { code, vars_copy } = l.firmware {
         a.opt_os(
             "-drive",
@@ -51,12 +63,16 @@ pub(crate) fn qemu_args(l: &Launch<'_>) -> Result<Vec<OsString>, QemuError> {
         );
         a.opt_os("-drive", kv("if=pflash,format=raw,unit=1,file=", vars_copy, ""));
     }
-    // snapshot=on: QEMU opens the image read-only and sends writes to a temporary qcow2 overlay in $TMPDIR
-    // (our scratch directory), deleted when QEMU exits.
-    a.opt_os(
-        "-drive",
-        kv("if=none,id=disk0,format=raw,snapshot=on,file=", l.image, ""),
-    );
+    match l.disk {
+        // snapshot=on: QEMU opens the image read-only and sends writes to a temporary qcow2 overlay in $TMPDIR
+        // (our scratch directory), deleted when QEMU exits.
+        Disk::Snapshot(image) => a.opt_os(
+            "-drive",
+            kv("if=none,id=disk0,format=raw,snapshot=on,file=", image, ""),
+        ),
+        // QEMU opens an overlay's backing file read-only.
+        Disk::Overlay(overlay) => a.opt_os("-drive", kv("if=none,id=disk0,format=qcow2,file=", overlay, "")),
+    };
     a.opt("-device", "virtio-blk-pci,drive=disk0");
     if cfg.net.enabled {
         a.opt("-netdev", netdev(&cfg.net)?);
@@ -97,6 +113,15 @@ pub(crate) fn qemu_args(l: &Launch<'_>) -> Result<Vec<OsString>, QemuError> {
 }
 
 fn netdev(net: &NetConfig) -> Result<String, QemuError> {
+    if let NetMode::Tap { ifname } = &net.mode {
+        if !net.hostfwd.is_empty() || !net.guestfwd.is_empty() {
+            return Err(QemuError::InvalidConfig(
+                "hostfwd and guestfwd need the user network, not a tap device".into(),
+            ));
+        }
+        check_ifname(ifname)?;
+        return Ok(format!("tap,id=net0,ifname={ifname},script=no,downscript=no"));
+    }
     let mut s = String::from("user,id=net0,restrict=on");
     for f in &net.hostfwd {
         if f.host_port == 0 || f.guest_port == 0 {
@@ -124,6 +149,66 @@ fn netdev(net: &NetConfig) -> Result<String, QemuError> {
         ));
     }
     Ok(s)
+}
+
+/// A Linux interface name: 1 to 15 bytes, no `/`, `:`, `,`, whitespace or control characters.
+fn check_ifname(name: &str) -> Result<(), QemuError> {
+    let ok = (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_graphic() && !b"/:,".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(QemuError::InvalidConfig(format!(
+            "tap interface name {name:?} must be 1 to 15 printable characters without / : or ,"
+        )))
+    }
+}
+
+/// A network namespace name `ip netns` accepts: not empty, no `/`, not `.` or `..`, no whitespace.
+pub(crate) fn check_netns_name(name: &str) -> Result<(), QemuError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+    if ok {
+        Ok(())
+    } else {
+        Err(QemuError::InvalidConfig(format!(
+            "network namespace name {name:?} must be printable, without / or spaces, and not . or .."
+        )))
+    }
+}
+
+/// `qemu-img`'s arguments for a qcow2 overlay of virtual size `size` bytes on the raw `image` (absolute).
+pub(crate) fn overlay_args(image: &Path, overlay: &Path, size: u64) -> Vec<OsString> {
+    let mut v: Vec<OsString> = ["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]
+        .map(OsString::from)
+        .to_vec();
+    v.push(image.into());
+    v.push(overlay.into());
+    v.push(size.to_string().into());
+    v
+}
+
+/// The program and arguments that run `program args` inside the network namespace `netns` through
+/// `ip netns exec` (which execs it: the process id stays the same). Without a namespace, `program args`.
+pub(crate) fn wrap_netns(
+    ip: Option<&Path>,
+    netns: Option<&str>,
+    program: &Path,
+    args: Vec<OsString>,
+) -> (std::path::PathBuf, Vec<OsString>) {
+    match (ip, netns) {
+        (Some(ip), Some(ns)) => {
+            let mut v: Vec<OsString> = vec!["netns".into(), "exec".into(), ns.into(), program.into()];
+            v.extend(args);
+            (ip.to_path_buf(), v)
+        }
+        _ => (program.to_path_buf(), args),
+    }
 }
 
 fn in_user_net(a: Ipv4Addr) -> bool {
@@ -199,14 +284,27 @@ mod tests {
     fn launch_args(cfg: &VmConfig, accel: AccelUsed) -> Vec<String> {
         let l = Launch {
             cfg,
-            image: Path::new("/img/worker.raw"),
+            disk: Disk::Snapshot(Path::new("/img/worker.raw")),
             firmware: ResolvedFirmware::Ovmf {
                 code: Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd"),
                 vars_copy: Path::new("/tmp/s/OVMF_VARS.fd"),
             },
             accel,
+            qmp_socket: Path::new("/tmp/s/qmp.sock"),
         };
         strings(&qemu_args(&l).unwrap())
+    }
+
+    /// Arguments for `cfg` under TCG with legacy BIOS, or the error.
+    fn bios_args(cfg: &VmConfig, disk: Disk<'_>) -> Result<Vec<String>, QemuError> {
+        qemu_args(&Launch {
+            cfg,
+            disk,
+            firmware: ResolvedFirmware::LegacyBios,
+            accel: AccelUsed::Tcg,
+            qmp_socket: Path::new("/s/qmp.sock"),
+        })
+        .map(|a| strings(&a))
     }
 
     #[test]
@@ -217,6 +315,7 @@ mod tests {
             line,
             "-nodefaults -no-user-config -machine q35 -accel tcg -cpu max -m 1024M -smp 2 \
              -display none -monitor none -serial stdio \
+             -qmp unix:/tmp/s/qmp.sock,server=on,wait=off \
              -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
              -drive if=pflash,format=raw,unit=1,file=/tmp/s/OVMF_VARS.fd \
              -drive if=none,id=disk0,format=raw,snapshot=on,file=/img/worker.raw \
@@ -287,12 +386,14 @@ mod tests {
         let cfg = VmConfig::new("x");
         let l = Launch {
             cfg: &cfg,
-            image: Path::new("/a,b/img.raw"),
+            disk: Disk::Snapshot(Path::new("/a,b/img.raw")),
             firmware: ResolvedFirmware::LegacyBios,
             accel: AccelUsed::Tcg,
+            qmp_socket: Path::new("/t,mp/qmp.sock"),
         };
         let a = strings(&qemu_args(&l).unwrap());
         assert!(a.contains(&"if=none,id=disk0,format=raw,snapshot=on,file=/a,,b/img.raw".to_string()));
+        assert!(a.contains(&"unix:/t,,mp/qmp.sock,server=on,wait=off".to_string()));
         assert!(
             !a.iter().any(|x| x.contains("pflash")),
             "legacy BIOS has no pflash: {a:?}"
@@ -315,15 +416,7 @@ mod tests {
             guest_port: 1,
             target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
         });
-        let l = |cfg: &VmConfig| {
-            qemu_args(&Launch {
-                cfg,
-                image: Path::new("/x"),
-                firmware: ResolvedFirmware::LegacyBios,
-                accel: AccelUsed::Tcg,
-            })
-            .map(drop)
-        };
+        let l = |cfg: &VmConfig| bios_args(cfg, Disk::Snapshot(Path::new("/x"))).map(drop);
         assert!(l(&cfg).unwrap_err().to_string().contains("10.0.2.0/24"));
         let mut cfg = VmConfig::new("x");
         cfg.fw_cfg.push(FwCfgFile {
@@ -334,6 +427,64 @@ mod tests {
         let mut cfg = VmConfig::new("x");
         cfg.memory_mib = 0;
         assert!(l(&cfg).is_err());
+    }
+
+    #[test]
+    fn disk_size_attaches_the_overlay_instead_of_the_image() {
+        let cfg = VmConfig::new("x");
+        let a = bios_args(&cfg, Disk::Overlay(Path::new("/s/disk.qcow2"))).unwrap();
+        let drives: Vec<&String> = a.iter().filter(|x| x.contains("id=disk0")).collect();
+        assert_eq!(drives, ["if=none,id=disk0,format=qcow2,file=/s/disk.qcow2"]);
+        assert!(!a.iter().any(|x| x.contains("snapshot")), "{a:?}");
+
+        let o = strings(&overlay_args(
+            Path::new("/img/worker.raw"),
+            Path::new("/s/disk.qcow2"),
+            4 << 30,
+        ));
+        assert_eq!(
+            o.join(" "),
+            "create -q -f qcow2 -F raw -b /img/worker.raw /s/disk.qcow2 4294967296"
+        );
+    }
+
+    #[test]
+    fn tap_network() {
+        let mut cfg = VmConfig::new("x");
+        cfg.net = NetConfig::tap("tap0");
+        let a = bios_args(&cfg, Disk::Snapshot(Path::new("/x"))).unwrap();
+        let i = a.iter().position(|x| x == "-netdev").unwrap();
+        assert_eq!(a[i + 1], "tap,id=net0,ifname=tap0,script=no,downscript=no");
+        assert_eq!(a[i + 3], "virtio-net-pci,netdev=net0,romfile=");
+
+        cfg.net.hostfwd.push(HostFwd::tcp(2222, 22));
+        let err = bios_args(&cfg, Disk::Snapshot(Path::new("/x"))).unwrap_err();
+        assert!(err.to_string().contains("user network"), "{err}");
+
+        for bad in ["", "a,b", "a/b", "tap 0", "sixteen-chars-xx", ".."] {
+            let mut cfg = VmConfig::new("x");
+            cfg.net = NetConfig::tap(bad);
+            let err = bios_args(&cfg, Disk::Snapshot(Path::new("/x"))).unwrap_err();
+            assert!(err.to_string().contains("tap interface name"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn netns_wraps_qemu_in_ip_netns_exec() {
+        let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+        let args: Vec<OsString> = vec!["-m".into(), "512M".into()];
+        let (p, a) = wrap_netns(Some(Path::new("/usr/sbin/ip")), Some("t-1"), qemu, args.clone());
+        assert_eq!(
+            shell_line(&p, &a),
+            "/usr/sbin/ip netns exec t-1 /usr/bin/qemu-system-x86_64 -m 512M"
+        );
+        let (p, a) = wrap_netns(None, None, qemu, args.clone());
+        assert_eq!((p.as_path(), a), (qemu, args));
+
+        assert!(check_netns_name("ingot-test-12-0").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b"] {
+            assert!(check_netns_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,11 @@ pub struct VmConfig {
     /// Raw disk image attached as the first virtio disk. It is opened read-only by QEMU: the guest's writes go
     /// to a throw-away overlay and are lost when QEMU exits.
     pub image: PathBuf,
+    /// Size of the guest's disk in bytes (a multiple of 512, at least the image's size). `None` gives the guest
+    /// exactly the image, with a `snapshot=on` overlay. `Some` creates a qcow2 overlay of this virtual size in
+    /// the scratch directory with the image as its read-only backing file (needs `qemu-img`); the guest sees
+    /// the image followed by zeros up to this size.
+    pub disk_size: Option<u64>,
     /// Guest memory in MiB.
     pub memory_mib: u32,
     /// Virtual CPUs.
@@ -26,14 +31,24 @@ pub struct VmConfig {
     /// Kernel, initrd and command line handed to the firmware directly instead of booting from the disk.
     /// Meant for tests and benchmarks of the launcher itself.
     pub kernel: Option<DirectKernel>,
-    /// User-mode network.
+    /// The guest's network.
     pub net: NetConfig,
+    /// Run QEMU inside this existing network namespace (`ip netns exec NAME qemu-system-x86_64 …`; `ip`
+    /// execs QEMU, so [`Vm::pid`](crate::Vm::pid) is QEMU's). Needs root. Combine with [`NetMode::Tap`] to
+    /// give the guest a tap device in that namespace; see [`TestNetns`](crate::TestNetns).
+    pub netns: Option<String>,
     /// Files exposed through QEMU's fw_cfg device, e.g. `opt/io.ingot/node.toml`.
     pub fw_cfg: Vec<FwCfgFile>,
     /// SMBIOS type 11 OEM strings, e.g. `io.ingot.node=<base64>`.
     pub smbios_oem_strings: Vec<String>,
     /// Make QEMU exit instead of resetting when the guest reboots (`-no-reboot`). Tests want this so a kernel
     /// panic with `panic=-1` ends the run instead of looping.
+    ///
+    /// When `false`, a guest reboot resets the machine inside the same QEMU process: the disk keeps the
+    /// guest's writes (the same overlay, `snapshot=on` or [`VmConfig::disk_size`]), the firmware keeps its
+    /// variables, the console keeps flowing into the same line buffer, and [`Vm::wait_for`](crate::Vm::wait_for)
+    /// matches lines of the next boot as it matches any later line. [`Vm::pid`](crate::Vm::pid) stays the
+    /// same; [`Vm::first_os_line_at`](crate::Vm::first_os_line_at) stays the first boot's.
     pub exit_on_reboot: bool,
     /// Arguments appended verbatim after the ones this crate builds.
     pub extra_args: Vec<String>,
@@ -49,6 +64,7 @@ impl VmConfig {
     pub fn new(image: impl Into<PathBuf>) -> Self {
         VmConfig {
             image: image.into(),
+            disk_size: None,
             memory_mib: 1024,
             cpus: 2,
             accel: Accel::Auto,
@@ -56,6 +72,7 @@ impl VmConfig {
             firmware: Firmware::Ovmf(None),
             kernel: None,
             net: NetConfig::default(),
+            netns: None,
             fw_cfg: Vec::new(),
             smbios_oem_strings: Vec::new(),
             exit_on_reboot: false,
@@ -135,15 +152,18 @@ pub struct DirectKernel {
     pub cmdline: String,
 }
 
-/// QEMU user-mode networking with `restrict=on`: the guest reaches no address at all except through the
-/// forwards listed here. The guest sees a virtio NIC on 10.0.2.0/24 with DHCP.
+/// The guest's virtio NIC and what it is connected to. By default QEMU's user-mode network with
+/// `restrict=on`: the guest reaches no address at all except through the forwards listed here, on
+/// 10.0.2.0/24 with DHCP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
     /// Attach a NIC at all.
     pub enabled: bool,
-    /// Host ports forwarded into the guest.
+    /// What the NIC is connected to.
+    pub mode: NetMode,
+    /// Host ports forwarded into the guest ([`NetMode::User`] only).
     pub hostfwd: Vec<HostFwd>,
-    /// Guest addresses forwarded to host TCP endpoints.
+    /// Guest addresses forwarded to host TCP endpoints ([`NetMode::User`] only).
     pub guestfwd: Vec<GuestFwd>,
 }
 
@@ -151,10 +171,36 @@ impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
             enabled: true,
+            mode: NetMode::User,
             hostfwd: Vec::new(),
             guestfwd: Vec::new(),
         }
     }
+}
+
+impl NetConfig {
+    /// A NIC on the existing tap device `ifname`, without forwards.
+    pub fn tap(ifname: impl Into<String>) -> Self {
+        NetConfig {
+            mode: NetMode::Tap {
+                ifname: ifname.into(),
+            },
+            ..NetConfig::default()
+        }
+    }
+}
+
+/// The back end of the guest's NIC.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NetMode {
+    /// QEMU's user-mode network with `restrict=on` (`-netdev user`). It forwards TCP only: a `guestfwd` carries
+    /// no UDP, so a guest that needs a host's UDP service (DHCP, NTP, DNS) needs [`NetMode::Tap`].
+    #[default]
+    User,
+    /// An existing tap device (`-netdev tap,ifname=IFNAME,script=no,downscript=no`), usually created in a
+    /// network namespace together with [`VmConfig::netns`]: the guest then reaches exactly the addresses
+    /// inside that namespace, and nothing configures its address for it (no DHCP unless one runs there).
+    Tap { ifname: String },
 }
 
 /// Transport of a host forward.

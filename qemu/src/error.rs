@@ -55,6 +55,106 @@ pub enum QemuError {
         program: PathBuf,
         source: std::io::Error,
     },
+
+    /// [`VmConfig::disk_size`](crate::VmConfig::disk_size) is set but `qemu-img` is not on `PATH`.
+    #[error(
+        "qemu-img not found on PATH (needed for a disk size); install it with `apt-get install qemu-utils`"
+    )]
+    QemuImgNotFound,
+
+    /// [`VmConfig::disk_size`](crate::VmConfig::disk_size) is smaller than the image.
+    #[error(
+        "disk size of {size} bytes is smaller than the image {image} ({image_size} bytes); the disk must hold the whole image"
+    )]
+    DiskSmallerThanImage {
+        size: u64,
+        image: PathBuf,
+        image_size: u64,
+    },
+
+    /// `qemu-img create` failed.
+    #[error("qemu-img could not create the disk overlay {overlay} ({status}): {stderr}")]
+    Overlay {
+        overlay: PathBuf,
+        status: ExitStatus,
+        stderr: String,
+    },
+
+    /// [`VmConfig::netns`](crate::VmConfig::netns) is set but `ip` is not on `PATH`.
+    #[error(
+        "ip not found on PATH (needed to run QEMU in a network namespace); install it with `apt-get install iproute2`"
+    )]
+    IpNotFound,
+
+    /// [`VmConfig::netns`](crate::VmConfig::netns) names a namespace that does not exist.
+    #[error(
+        "network namespace {name:?} does not exist (expected /run/netns/{name}; create it with `ip netns add`)"
+    )]
+    NetnsNotFound { name: String },
+
+    /// A QMP command is not a JSON object with an `execute` member.
+    #[error("QMP command {command:?} is not a JSON object with an \"execute\" member")]
+    QmpBadCommand { command: String },
+
+    /// QEMU is no longer running, so its QMP socket cannot answer.
+    #[error("QMP {command}: QEMU is not running")]
+    QmpQemuGone { command: String },
+
+    /// Talking to QEMU's QMP socket failed (connect, read, write, or a timeout).
+    #[error("QMP {command}: cannot {what}")]
+    QmpIo {
+        command: String,
+        what: String,
+        source: std::io::Error,
+    },
+
+    /// QEMU sent something other than the QMP reply expected.
+    #[error("QMP {command}: expected {expected}, QEMU sent {got:?}")]
+    QmpProtocol {
+        command: String,
+        expected: &'static str,
+        got: String,
+    },
+
+    /// QEMU answered a QMP command with an error.
+    #[error("QMP {command}: QEMU refused it: {desc} ({class})")]
+    QmpRefused {
+        command: String,
+        class: String,
+        desc: String,
+    },
+}
+
+/// Setting up or tearing down a [`TestNetns`](crate::TestNetns) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// Network namespaces and tap devices need root.
+    #[error("network namespaces need root (running as uid {uid}); run as root or skip this test")]
+    NotRoot { uid: u32 },
+
+    /// `ip` (iproute2) is missing.
+    #[error("ip not found on PATH; install it with `apt-get install iproute2`")]
+    IpNotFound,
+
+    /// A name given to [`TestNetns`](crate::TestNetns) is not usable.
+    #[error("{what} {value:?} is invalid: expected {expected}")]
+    BadName {
+        what: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+
+    /// An `ip` command could not be run.
+    #[error("cannot run `{command}`")]
+    Spawn { command: String, source: std::io::Error },
+
+    /// An `ip` command failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: ExitStatus,
+        stderr: String,
+    },
 }
 
 /// Why a wait ended without success.

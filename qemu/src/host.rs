@@ -24,10 +24,19 @@ pub const DEBIAN_OVMF: [(&str, &str); 2] = [
     ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
 ];
 
+/// Name of the disk image tool (Debian package `qemu-utils`).
+pub const QEMU_IMG_BINARY: &str = "qemu-img";
+
 /// Finds `qemu-system-x86_64` on `PATH`. Tests call this to decide whether to skip.
 pub fn find_qemu() -> Result<PathBuf, QemuError> {
+    find_tool(QEMU_BINARY).ok_or(QemuError::QemuNotFound)
+}
+
+/// Finds an executable on `PATH`, then in `/usr/sbin` and `/sbin` (where `ip` lives, and which are not on
+/// every user's `PATH`).
+pub fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    find_in_path(&path, QEMU_BINARY).ok_or(QemuError::QemuNotFound)
+    find_in_path(&path, name).or_else(|| find_in_path(OsStr::new("/usr/sbin:/sbin"), name))
 }
 
 fn find_in_path(path: &OsStr, name: &str) -> Option<PathBuf> {

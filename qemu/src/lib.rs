@@ -14,17 +14,30 @@
 //!
 //! # Design
 //!
-//! - **Machine**: `q35`, `-nodefaults`, no display, no monitor; the first serial port on QEMU's stdout is the
-//!   only console. OVMF comes in as two pflash drives: the code read-only, the vars as a private copy in a
+//! - **Machine**: `q35`, `-nodefaults`, no display, no human monitor; the first serial port on QEMU's stdout
+//!   is the only console. OVMF comes in as two pflash drives: the code read-only, the vars as a private copy in a
 //!   scratch directory, so the system template is never written. OVMF is found through `INGOT_OVMF_CODE` +
 //!   `INGOT_OVMF_VARS`, else Debian's 4M pair, else the 2M pair.
 //! - **The image is never modified**: it is attached with `snapshot=on`, so QEMU opens it read-only and sends
 //!   the guest's writes (the firmware and systemd-boot write to the ESP on every boot) to a temporary qcow2
 //!   overlay created in the scratch directory (`TMPDIR` of the QEMU process). This needs no `qemu-img`.
-//!   The monitor, which could commit the overlay, is disabled.
-//! - **Network**: user-mode networking with `restrict=on`: the guest reaches no address, host or outside,
-//!   except through the `hostfwd`/`guestfwd` entries listed in [`NetConfig`]. The NIC has no option ROM, so
-//!   the firmware never tries a network boot.
+//!   With [`VmConfig::disk_size`] the disk is instead `disk.qcow2` in the scratch directory, made by
+//!   `qemu-img create -f qcow2 -F raw -b IMAGE` with that virtual size: the guest sees the image followed by
+//!   zeros (room for the var partition to grow), QEMU opens the backing image read-only, and the overlay is
+//!   made afresh for each QEMU process. The human monitor, which could commit an overlay, is disabled.
+//! - **QMP**: QEMU listens on `qmp.sock` in the scratch directory (`-qmp unix:…,server=on,wait=off`).
+//!   [`Vm::qmp`] runs one command per connection (greeting, `qmp_capabilities`, command; events skipped;
+//!   [`QMP_TIMEOUT`] for the whole exchange) and [`Vm::powerdown`] presses the ACPI power button
+//!   (`system_powerdown`).
+//! - **Reboots**: with [`VmConfig::exit_on_reboot`] QEMU exits when the guest reboots (`-no-reboot`).
+//!   Without it the machine resets inside the same QEMU process: same disk and overlay, same firmware
+//!   variables, same console stream, so [`Vm::wait_for`] simply continues with the next boot's lines.
+//! - **Network**: user-mode networking with `restrict=on` by default: the guest reaches no address, host or
+//!   outside, except through the `hostfwd`/`guestfwd` entries listed in [`NetConfig`] (TCP only). For UDP
+//!   services (DHCP, NTP, DNS), [`NetMode::Tap`] attaches the NIC to a tap device and [`VmConfig::netns`]
+//!   starts QEMU inside a network namespace (`ip netns exec`, root only); [`TestNetns`] makes such a
+//!   namespace for tests, in which the guest reaches only what runs there. The NIC has no option ROM, so the
+//!   firmware never tries a network boot.
 //! - **Console**: a reader thread splits QEMU's stdout into lines (`\r\n`, partial lines, escape sequences,
 //!   backspaces, invalid UTF-8 handled), timestamps each from QEMU's start, keeps the last 10 000, copies them
 //!   to stdout and the serial log when asked, and wakes waiters. [`Vm::wait_for`] matches a substring in
@@ -49,11 +62,16 @@
 //!   (`quiet`) and no `ingot-init` output is restarted under TCG after the probe window.
 //! - A `guestfwd` target is connected once when QEMU starts and carries one connection; the guest does not
 //!   see the target close it.
-//! - [`Vm::kill`] is a hard stop; there is no ACPI shutdown request (no monitor or QMP).
+//! - [`Vm::kill`] is a hard stop; [`Vm::powerdown`] asks the guest, which may ignore it.
+//! - The QMP socket path must fit a unix socket address (107 bytes): a long `TMPDIR` is refused.
+//! - A tap device gets the virtio NIC's default MAC address (52:54:00:12:34:56); guests that share one
+//!   namespace's network would need distinct ones (not supported yet).
 //!
-//! Rejected: a qcow2 overlay made with `qemu-img` (needs `qemu-utils`, same effect as `snapshot=on`); a PTY
-//! or socket chardev for the console (a pipe needs no cleanup and cannot block QEMU when nobody reads, as
-//! the reader thread always drains it).
+//! Rejected: a qcow2 overlay made with `qemu-img` when the disk keeps the image's size (needs `qemu-utils`,
+//! same effect as `snapshot=on`); a PTY or socket chardev for the console (a pipe needs no cleanup and
+//! cannot block QEMU when nobody reads, as the reader thread always drains it); QEMU's user network for UDP
+//! services (its `guestfwd` is TCP only); a long-lived QMP connection (events would need a reader thread,
+//! and one connection per command cannot get out of step).
 
 mod args;
 pub mod bench;
@@ -61,14 +79,18 @@ mod config;
 mod console;
 mod error;
 mod host;
+pub mod netns;
+mod qmp;
 mod vm;
 
 pub use args::shell_line;
 pub use config::{
     Accel, AccelUsed, DEFAULT_KVM_PROBE, DirectKernel, Firmware, FwCfgFile, GuestFwd, HostFwd, NetConfig,
-    OvmfPaths, Proto, VmConfig,
+    NetMode, OvmfPaths, Proto, VmConfig,
 };
 pub use console::{ConsoleLine, LineSplitter, is_os_line};
-pub use error::{QemuError, WaitError, WaitFailure};
-pub use host::{ACCEL_ENV, OVMF_CODE_ENV, OVMF_VARS_ENV, find_ovmf, find_qemu, kvm_usable};
+pub use error::{NetnsError, QemuError, WaitError, WaitFailure};
+pub use host::{ACCEL_ENV, OVMF_CODE_ENV, OVMF_VARS_ENV, find_ovmf, find_qemu, find_tool, kvm_usable};
+pub use netns::{NetnsOptions, TestNetns};
+pub use qmp::QMP_TIMEOUT;
 pub use vm::{Match, Vm};

@@ -8,16 +8,25 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::args::{Launch, ResolvedFirmware, qemu_args, shell_line};
+use crate::args::{
+    Disk, Launch, ResolvedFirmware, check_netns_name, overlay_args, qemu_args, shell_line, wrap_netns,
+};
 use crate::config::{AccelUsed, Firmware, VmConfig};
 use crate::console::{Console, Sinks, collect_tail, pump};
 use crate::error::{QemuError, WaitError, WaitFailure};
 use crate::host::{self, AccelPlan};
+use crate::qmp::{self, QMP_TIMEOUT};
 
 /// How much of QEMU's stderr is kept for error messages.
 const STDERR_KEEP: usize = 8 * 1024;
 /// How long to wait for QEMU to be reaped after its console closed.
 const REAP_GRACE: Duration = Duration::from_secs(5);
+/// Name of the QMP socket in the scratch directory.
+const QMP_SOCKET: &str = "qmp.sock";
+/// Name of the qcow2 overlay in the scratch directory when a disk size is set.
+const OVERLAY: &str = "disk.qcow2";
+/// Longest path a unix socket address holds (`sun_path` without its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// A console line that matched a [`Vm::wait_for`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,11 +38,11 @@ pub struct Match {
 }
 
 /// A running QEMU. Dropping it kills QEMU, reaps it and removes its scratch directory (vars copy, disk
-/// overlay), also while a test unwinds from a panic.
+/// overlay, QMP socket), also while a test unwinds from a panic.
 pub struct Vm {
     run: Run,
     scratch: tempfile::TempDir,
-    program: PathBuf,
+    qmp_socket: PathBuf,
     accel: AccelUsed,
     accel_notice: Option<String>,
     /// Sequence number of the first line the next `wait_for` looks at.
@@ -43,6 +52,8 @@ pub struct Vm {
 /// One QEMU process with its reader threads.
 struct Run {
     child: Child,
+    /// What was executed: QEMU, or `ip` when QEMU runs in a network namespace.
+    program: PathBuf,
     args: Vec<OsString>,
     console: Arc<Console>,
     stderr: Arc<Mutex<Vec<u8>>>,
@@ -54,6 +65,10 @@ struct Run {
 struct Prepared {
     program: PathBuf,
     image: PathBuf,
+    /// `qemu-img`, when the disk is an overlay of `VmConfig::disk_size`.
+    qemu_img: Option<PathBuf>,
+    /// `ip`, when QEMU runs in `VmConfig::netns`.
+    ip: Option<PathBuf>,
     ovmf_code: Option<PathBuf>,
     ovmf_vars: Option<PathBuf>,
     log: Option<std::fs::File>,
@@ -81,6 +96,23 @@ impl Vm {
                 source: None,
             });
         }
+        let qemu_img = match cfg.disk_size {
+            Some(size) => {
+                check_disk_size(&image, size)?;
+                Some(host::find_tool(host::QEMU_IMG_BINARY).ok_or(QemuError::QemuImgNotFound)?)
+            }
+            None => None,
+        };
+        let ip = match &cfg.netns {
+            Some(ns) => {
+                check_netns_name(ns)?;
+                if !Path::new("/run/netns").join(ns).exists() {
+                    return Err(QemuError::NetnsNotFound { name: ns.clone() });
+                }
+                Some(host::find_tool("ip").ok_or(QemuError::IpNotFound)?)
+            }
+            None => None,
+        };
         if let Some(k) = &cfg.kernel {
             require_file("kernel", &k.kernel)?;
             if let Some(i) = &k.initrd {
@@ -122,9 +154,18 @@ impl Vm {
                 what: "create a scratch directory".into(),
                 source,
             })?;
+        let qmp_socket = scratch.path().join(QMP_SOCKET);
+        if qmp_socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(QemuError::InvalidConfig(format!(
+                "the QMP socket path {} is longer than {MAX_SOCKET_PATH} bytes; set TMPDIR to a shorter directory",
+                qmp_socket.display()
+            )));
+        }
         let mut prep = Prepared {
-            program: program.clone(),
+            program,
             image,
+            qemu_img,
+            ip,
             ovmf_code,
             ovmf_vars,
             log,
@@ -146,7 +187,7 @@ impl Vm {
                         return Ok(Vm {
                             run,
                             scratch,
-                            program,
+                            qmp_socket,
                             accel: AccelUsed::Kvm,
                             accel_notice: None,
                             cursor: 0,
@@ -166,7 +207,7 @@ impl Vm {
         Ok(Vm {
             run,
             scratch,
-            program,
+            qmp_socket,
             accel,
             accel_notice: notice,
             cursor: 0,
@@ -175,7 +216,8 @@ impl Vm {
 
     /// Waits for a console line containing `pattern` after the line the last successful `wait_for` returned.
     /// Lines that arrived before the call count too, so nothing printed between two waits is missed; a
-    /// failed wait consumes nothing.
+    /// failed wait consumes nothing. Guest reboots do not interrupt the console (unless
+    /// [`VmConfig::exit_on_reboot`] ends QEMU): lines of the next boot follow those of the last one.
     pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<Match, WaitError> {
         let begin = Instant::now();
         let deadline = begin + timeout;
@@ -231,6 +273,31 @@ impl Vm {
         }
     }
 
+    /// Runs one QMP command and returns the JSON text of its `return` value (`{}` for most commands that
+    /// only act). `command` is a JSON object, e.g. `{"execute": "query-status"}` or
+    /// `{"execute": "human-monitor-command", "arguments": {"command-line": "info block"}}`.
+    ///
+    /// Each call opens its own connection to the QMP socket, reads QEMU's greeting and negotiates
+    /// capabilities; events are skipped. Right after [`Vm::start`] it waits for QEMU to create the socket.
+    /// The whole exchange takes at most [`QMP_TIMEOUT`]; errors carry QEMU's own message.
+    pub fn qmp(&self, command: &str) -> Result<String, QemuError> {
+        let console = &self.run.console;
+        let exited = self.run.exit.is_some();
+        let alive = || !exited && !console.lock().eof;
+        qmp::execute(&self.qmp_socket, command, QMP_TIMEOUT, &alive)
+    }
+
+    /// Presses the ACPI power button (`system_powerdown`). Returns once QEMU accepted the request; whether
+    /// and when the guest powers off is up to the guest: follow with [`Vm::wait_exit`].
+    pub fn powerdown(&self) -> Result<(), QemuError> {
+        self.qmp(r#"{"execute":"system_powerdown"}"#).map(drop)
+    }
+
+    /// QEMU's QMP socket (in the scratch directory), for clients of its own.
+    pub fn qmp_socket(&self) -> &Path {
+        &self.qmp_socket
+    }
+
     /// Kills QEMU (SIGKILL: the disk overlay is thrown away anyway) and reaps it. Idempotent.
     pub fn kill(&mut self) {
         self.run.kill();
@@ -282,12 +349,13 @@ impl Vm {
         self.accel_notice.as_deref()
     }
 
-    /// The command line QEMU was started with, shell-quoted.
+    /// The command line QEMU was started with (behind `ip netns exec NAME` with a network namespace),
+    /// shell-quoted.
     pub fn command_line(&self) -> String {
-        shell_line(&self.program, &self.run.args)
+        shell_line(&self.run.program, &self.run.args)
     }
 
-    /// The private directory holding the vars copy and the disk overlay; removed on drop.
+    /// The private directory holding the vars copy, the disk overlay and the QMP socket; removed on drop.
     pub fn scratch_dir(&self) -> &Path {
         self.scratch.path()
     }
@@ -426,12 +494,26 @@ fn spawn(cfg: &VmConfig, prep: &Prepared, scratch: &Path, accel: AccelUsed) -> R
         }
         _ => ResolvedFirmware::LegacyBios,
     };
+    let overlay = scratch.join(OVERLAY);
+    let disk = match (cfg.disk_size, &prep.qemu_img) {
+        (Some(size), Some(qemu_img)) => {
+            // A fresh overlay per QEMU process: a KVM attempt's writes do not reach the TCG restart.
+            create_overlay(qemu_img, &prep.image, &overlay, size)?;
+            Disk::Overlay(&overlay)
+        }
+        _ => Disk::Snapshot(&prep.image),
+    };
+    let qmp_socket = scratch.join(QMP_SOCKET);
+    // QEMU replaces a stale socket itself; removing it first keeps `Vm::qmp` from seeing the old one.
+    let _ = std::fs::remove_file(&qmp_socket);
     let args = qemu_args(&Launch {
         cfg,
-        image: &prep.image,
+        disk,
         firmware,
         accel,
+        qmp_socket: &qmp_socket,
     })?;
+    let (program, args) = wrap_netns(prep.ip.as_deref(), cfg.netns.as_deref(), &prep.program, args);
     let log = match &prep.log {
         Some(f) => Some(f.try_clone().map_err(|source| QemuError::Io {
             what: "duplicate the serial log handle".into(),
@@ -440,7 +522,7 @@ fn spawn(cfg: &VmConfig, prep: &Prepared, scratch: &Path, accel: AccelUsed) -> R
         None => None,
     };
     let started = Instant::now();
-    let mut child = Command::new(&prep.program)
+    let mut child = Command::new(&program)
         .args(&args)
         .env("TMPDIR", scratch)
         .stdin(Stdio::null())
@@ -448,7 +530,7 @@ fn spawn(cfg: &VmConfig, prep: &Prepared, scratch: &Path, accel: AccelUsed) -> R
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| QemuError::Spawn {
-            program: prep.program.clone(),
+            program: program.clone(),
             source,
         })?;
     let console = Arc::new(Console::default());
@@ -465,12 +547,57 @@ fn spawn(cfg: &VmConfig, prep: &Prepared, scratch: &Path, accel: AccelUsed) -> R
     }
     Ok(Run {
         child,
+        program,
         args,
         console,
         stderr,
         readers,
         exit: None,
     })
+}
+
+/// A disk size must be whole sectors and hold the whole image.
+fn check_disk_size(image: &Path, size: u64) -> Result<(), QemuError> {
+    if size == 0 || !size.is_multiple_of(512) {
+        return Err(QemuError::InvalidConfig(format!(
+            "disk size {size} is not a positive multiple of 512 bytes"
+        )));
+    }
+    let image_size = std::fs::metadata(image)
+        .map_err(|source| QemuError::Io {
+            what: format!("read the size of {}", image.display()),
+            source,
+        })?
+        .len();
+    if size < image_size {
+        return Err(QemuError::DiskSmallerThanImage {
+            size,
+            image: image.to_path_buf(),
+            image_size,
+        });
+    }
+    Ok(())
+}
+
+/// Creates a qcow2 overlay of `size` bytes backed by the raw `image`, replacing an older one.
+fn create_overlay(qemu_img: &Path, image: &Path, overlay: &Path, size: u64) -> Result<(), QemuError> {
+    let _ = std::fs::remove_file(overlay);
+    let out = Command::new(qemu_img)
+        .args(overlay_args(image, overlay, size))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| QemuError::Spawn {
+            program: qemu_img.to_path_buf(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(QemuError::Overlay {
+            overlay: overlay.to_path_buf(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
 }
 
 fn require_file(what: &'static str, path: &Path) -> Result<(), QemuError> {

@@ -289,3 +289,231 @@ fn vm_network_reaches_only_forwarded_addresses() {
         "the guest connected to the host's loopback"
     );
 }
+
+#[test]
+fn vm_powerdown_presses_the_guest_power_button() {
+    let Some(kit) = kit("vm_powerdown_presses_the_guest_power_button") else {
+        return;
+    };
+    // The guest waits on the ACPI power button's input device and powers off when it is pressed.
+    let script = "for d in /sys/class/input/event*; do\n\
+           if grep -q 'Power Button' \"$d/device/name\"; then\n\
+             (dd if=/dev/input/${d##*/} of=/dev/null bs=24 count=1 2>/dev/null; echo pressed > /pressed) &\n\
+           fi\n\
+         done\n\
+         echo 'ingot-test: waiting for the power button'\n\
+         while [ ! -e /pressed ]; do sleep 0.1; done\n\
+         echo 'ingot-test: power button pressed'\n";
+    let initrd = kit.initramfs_with(
+        "button.cpio",
+        &["drivers/acpi/button.ko", "drivers/input/evdev.ko"],
+        script,
+    );
+    let image = kit.image("disk.raw", 1);
+    let mut cfg = kit.direct_config(&image, &initrd);
+    cfg.firmware = Firmware::LegacyBios;
+    cfg.net.enabled = false;
+    let mut vm = Vm::start(cfg).unwrap();
+    vm.wait_for("ingot-test: waiting for the power button", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        vm.wait_for("power button pressed", Duration::from_secs(2))
+            .is_err(),
+        "the guest saw a press before there was one"
+    );
+    vm.powerdown().unwrap();
+    vm.wait_for("ingot-test: power button pressed", Duration::from_secs(60))
+        .unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+}
+
+/// Waits for the virtio disk, then either records a first boot on it and reboots, or reports what the first
+/// boot wrote. `image_bytes` is where the image ends and the grown part of the disk begins.
+fn reboot_script(image_bytes: u64) -> String {
+    let sector = image_bytes / 512;
+    format!(
+        "i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
+         if [ \"$(head -c 5 /dev/vda)\" = BOOT1 ]; then\n\
+           echo \"second boot: start=$(head -c 5 /dev/vda) grown=$(dd if=/dev/vda bs=512 skip={sector} count=1 2>/dev/null | head -c 8)\"\n\
+           echo 'ingot-test: marker'\n\
+         else\n\
+           echo \"first boot: sectors=$(cat /sys/block/vda/size)\"\n\
+           printf BOOT1 | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null\n\
+           printf GROWN-OK | dd of=/dev/vda bs=512 seek={sector} conv=notrunc,fsync 2>/dev/null\n\
+           sync\n\
+           echo 'ingot-test: rebooting'\n\
+           reboot -f\n\
+         fi\n"
+    )
+}
+
+#[test]
+fn vm_reboot_keeps_the_grown_disk_and_the_console() {
+    let Some(kit) = kit("vm_reboot_keeps_the_grown_disk_and_the_console") else {
+        return;
+    };
+    if ingot_qemu::find_tool("qemu-img").is_none() {
+        eprintln!(
+            "skipping vm_reboot_keeps_the_grown_disk_and_the_console: qemu-img not installed (apt-get install qemu-utils)"
+        );
+        return;
+    }
+    let image = kit.image("disk.raw", 4);
+    let before = sha256_file(&image);
+    let initrd = kit.initramfs("reboot.cpio", &reboot_script(4 << 20));
+    let mut cfg = kit.direct_config(&image, &initrd);
+    cfg.firmware = Firmware::LegacyBios;
+    cfg.net.enabled = false;
+    cfg.exit_on_reboot = false;
+    cfg.disk_size = Some(16 << 20);
+    let mut vm = Vm::start(cfg).unwrap();
+    let pid = vm.pid();
+
+    let first = vm.wait_for("first boot:", BOOT_TIMEOUT).unwrap();
+    assert_eq!(
+        first.line,
+        format!("first boot: sectors={}", (16 << 20) / 512),
+        "the guest does not see the grown disk"
+    );
+    vm.wait_for("ingot-test: rebooting", BOOT_TIMEOUT).unwrap();
+    // The same QEMU boots the guest again; its console continues in the same stream.
+    let second = vm.wait_for("second boot:", BOOT_TIMEOUT).unwrap();
+    assert_eq!(second.line, "second boot: start=BOOT1 grown=GROWN-OK");
+    assert!(second.elapsed > first.elapsed);
+    assert_eq!(vm.pid(), pid);
+    let banners = vm
+        .console_lines()
+        .iter()
+        .filter(|l| l.contains("Linux version"))
+        .count();
+    assert_eq!(banners, 2, "expected two kernel boots in one console");
+    vm.wait_for(MARKER, BOOT_TIMEOUT).unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+    drop(vm);
+    assert_eq!(sha256_file(&image), before, "the image was modified");
+}
+
+#[test]
+fn vm_reboot_keeps_snapshot_writes() {
+    let Some(kit) = kit("vm_reboot_keeps_snapshot_writes") else {
+        return;
+    };
+    let image = kit.image("disk.raw", 4);
+    let before = sha256_file(&image);
+    // Without a disk size the disk ends with the image: the "grown" write fails and reads back empty.
+    let initrd = kit.initramfs("reboot.cpio", &reboot_script(4 << 20));
+    let mut cfg = kit.direct_config(&image, &initrd);
+    cfg.firmware = Firmware::LegacyBios;
+    cfg.net.enabled = false;
+    cfg.exit_on_reboot = false;
+    let mut vm = Vm::start(cfg).unwrap();
+    let first = vm.wait_for("first boot:", BOOT_TIMEOUT).unwrap();
+    assert_eq!(first.line, format!("first boot: sectors={}", (4 << 20) / 512));
+    let second = vm.wait_for("second boot:", BOOT_TIMEOUT).unwrap();
+    assert_eq!(second.line, "second boot: start=BOOT1 grown=");
+    vm.wait_for(MARKER, BOOT_TIMEOUT).unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+    drop(vm);
+    assert_eq!(sha256_file(&image), before, "the image was modified");
+}
+
+#[test]
+fn vm_exit_on_reboot_ends_qemu_at_the_first_reboot() {
+    let Some(kit) = kit("vm_exit_on_reboot_ends_qemu_at_the_first_reboot") else {
+        return;
+    };
+    let image = kit.image("disk.raw", 4);
+    let initrd = kit.initramfs("reboot.cpio", &reboot_script(4 << 20));
+    let mut cfg = kit.direct_config(&image, &initrd);
+    cfg.firmware = Firmware::LegacyBios;
+    cfg.net.enabled = false;
+    assert!(cfg.exit_on_reboot);
+    let mut vm = Vm::start(cfg).unwrap();
+    vm.wait_for("ingot-test: rebooting", BOOT_TIMEOUT).unwrap();
+    let err = vm.wait_for("second boot:", BOOT_TIMEOUT).unwrap_err();
+    assert_eq!(err.failure, WaitFailure::Exited, "{err}");
+    assert!(vm.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn vm_tap_in_a_netns_carries_dhcp_from_a_host_service() {
+    let test = "vm_tap_in_a_netns_carries_dhcp_from_a_host_service";
+    let Some(kit) = kit(test) else { return };
+    let Some(dnsmasq) = ingot_qemu::find_tool("dnsmasq") else {
+        eprintln!("skipping {test}: dnsmasq not installed (apt-get install dnsmasq-base)");
+        return;
+    };
+    // Declared before the VM and the service, so both are gone before the namespace is deleted.
+    let ns = match ingot_qemu::TestNetns::create("ingot-qemu-vm") {
+        Ok(ns) => ns,
+        Err(e @ ingot_qemu::NetnsError::NotRoot { .. }) => {
+            eprintln!("skipping {test}: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let d = kit.dir.path();
+    let log = std::fs::File::create(d.join("dnsmasq.log")).unwrap();
+    let mut server = ns
+        .exec(&dnsmasq)
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--user=root",
+            "--interface=tap0",
+            "--bind-interfaces",
+            "--dhcp-range=10.0.3.50,10.0.3.60,255.255.255.0,1h",
+            "--log-dhcp",
+            "--log-facility=-",
+        ])
+        .arg(format!("--dhcp-leasefile={}", d.join("leases").display()))
+        .arg(format!("--pid-file={}", d.join("dnsmasq.pid").display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    // udhcpc runs the script with "bound" once the server's offer is acknowledged.
+    let script = "cat > /dhcp.sh <<'EOS'\n\
+         #!/bin/sh\n\
+         [ \"$1\" = bound ] || exit 0\n\
+         ip addr add \"$ip/$mask\" dev \"$interface\"\n\
+         echo \"lease=$ip server=$serverid\"\n\
+         EOS\n\
+         chmod +x /dhcp.sh\n\
+         ip link set lo up\n\
+         ip link set eth0 up\n\
+         udhcpc -i eth0 -f -q -n -t 10 -T 1 -s /dhcp.sh 2>&1 | grep lease=\n\
+         if ping -c 1 -W 5 10.0.3.1 >/dev/null 2>&1; then echo ping=ok; else echo ping=failed; fi\n\
+         if ping -c 1 -W 2 10.0.2.2 >/dev/null 2>&1; then echo outside=reached; else echo outside=unreachable; fi\n\
+         echo 'ingot-test: marker'\n";
+    let initrd = kit.initramfs_with("dhcp.cpio", &common::VIRTIO_NET_MODULES, script);
+    let image = kit.image("disk.raw", 1);
+    let mut cfg = kit.direct_config(&image, &initrd);
+    cfg.firmware = Firmware::LegacyBios;
+    ns.attach(&mut cfg);
+    let mut vm = Vm::start(cfg).unwrap();
+
+    let lease = vm.wait_for("lease=", BOOT_TIMEOUT).unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(d.join("dnsmasq.log")).unwrap_or_default();
+        panic!("{e}\n--- dnsmasq ---\n{log}")
+    });
+    assert!(
+        lease.line.starts_with("lease=10.0.3.5") && lease.line.ends_with("server=10.0.3.1"),
+        "{}",
+        lease.line
+    );
+    assert_eq!(vm.wait_for("ping=", BOOT_TIMEOUT).unwrap().line, "ping=ok");
+    assert_eq!(
+        vm.wait_for("outside=", BOOT_TIMEOUT).unwrap().line,
+        "outside=unreachable"
+    );
+    vm.wait_for(MARKER, BOOT_TIMEOUT).unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+    let _ = server.kill();
+    let _ = server.wait();
+    let log = std::fs::read_to_string(d.join("dnsmasq.log")).unwrap();
+    assert!(log.contains("DHCPACK(tap0) 10.0.3.5"), "{log}");
+}
