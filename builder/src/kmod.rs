@@ -14,6 +14,14 @@
 //! modules are loaded before their dependent too; a soft dependency that names no module file (often an alias,
 //! which needs `modules.alias` to resolve) or closes a cycle is skipped.
 //!
+//! For the root file system, [`ModuleIndex::dependency_files`] writes `modules.dep` and `modules.softdep` in
+//! kmod's format for the modules copied there, so the node can load modules by name (ingot-init in stage 2,
+//! or `modprobe`). Each `modules.dep` line holds one module file and the files of its whole `depends=`
+//! closure, relative to `lib/modules/<kver>`, in **load order** (a loader can insert them left to right and
+//! then the module itself; depmod writes the reverse, but kmod's `modprobe` orders by walking each line's
+//! own entries recursively, so it accepts either). Lines are sorted by path. `modules.softdep` lists the
+//! `softdep=` entries that name modules present in the root, as `softdep NAME pre: … post: …`.
+//!
 //! Limits: when two files give the same module name, the first in path order wins (depmod prefers `updates/`
 //! directories, which we do not read). Aliases (`modules.alias`) are not resolved: ask for module names.
 //! Gzip-compressed modules are not supported.
@@ -246,6 +254,72 @@ impl ModuleIndex {
                 }
             })
             .collect())
+    }
+}
+
+/// The dependency files of a module tree, as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependencyFiles {
+    /// `modules.dep`.
+    pub modules_dep: String,
+    /// `modules.softdep`.
+    pub modules_softdep: String,
+}
+
+impl ModuleIndex {
+    /// `modules.dep` and `modules.softdep` for `modules` (a set closed under `depends=`, as
+    /// [`ModuleIndex::resolve`] returns).
+    pub fn dependency_files(&self, modules: &[Module]) -> Result<DependencyFiles, KmodError> {
+        let mut sorted: Vec<&Module> = modules.iter().collect();
+        sorted.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+        sorted.dedup_by(|a, b| a.name == b.name);
+        let present: BTreeSet<&str> = sorted.iter().map(|m| m.name.as_str()).collect();
+        let mut dep = String::new();
+        let mut softdep = String::from("# Soft dependencies extracted from modules themselves.\n");
+        for m in &sorted {
+            let closure = self.resolve(&[m.name.as_str()], SoftDeps::Ignore)?;
+            dep.push_str(&m.relative_path.to_string_lossy());
+            dep.push(':');
+            for d in closure.iter().filter(|d| d.name != m.name) {
+                dep.push(' ');
+                dep.push_str(&d.relative_path.to_string_lossy());
+            }
+            dep.push('\n');
+            let info = self.modinfo(&m.name)?;
+            let keep = |names: &[String]| -> Vec<String> {
+                let mut out: Vec<String> = Vec::new();
+                for n in names {
+                    if present.contains(n.as_str()) && !out.contains(n) {
+                        out.push(n.clone());
+                    }
+                }
+                out
+            };
+            let (pre, post) = (keep(&info.softdep_pre), keep(&info.softdep_post));
+            if !pre.is_empty() || !post.is_empty() {
+                softdep.push_str("softdep ");
+                softdep.push_str(&m.name);
+                if !pre.is_empty() {
+                    softdep.push_str(" pre: ");
+                    softdep.push_str(&pre.join(" "));
+                }
+                if !post.is_empty() {
+                    softdep.push_str(" post: ");
+                    softdep.push_str(&post.join(" "));
+                }
+                softdep.push('\n');
+            }
+        }
+        Ok(DependencyFiles {
+            modules_dep: dep,
+            modules_softdep: softdep,
+        })
+    }
+
+    /// The `modules.builtin` file of the kernel, if it has one.
+    pub fn builtin_list(&self) -> Option<PathBuf> {
+        let path = self.dir.join("modules.builtin");
+        path.is_file().then_some(path)
     }
 }
 

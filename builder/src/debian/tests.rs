@@ -131,11 +131,15 @@ fn requests() -> Vec<PackageRequest> {
             component: "kernel".to_owned(),
             package: "linux-image-cloud-amd64".to_owned(),
             follow_depends_prefix: Some("linux-image-".to_owned()),
+            depends: false,
+            exclude: vec![],
         },
         PackageRequest {
             component: "systemd-boot".to_owned(),
             package: "systemd-boot-efi".to_owned(),
             follow_depends_prefix: None,
+            depends: false,
+            exclude: vec![],
         },
     ]
 }
@@ -152,6 +156,7 @@ fn resolves_newest_follows_metapackage_and_caches_indices() {
                 component: "kernel".to_owned(),
                 package: "linux-image-6.1.0-41-cloud-amd64".to_owned(),
                 requested: Some("linux-image-cloud-amd64".to_owned()),
+                pulled_by: None,
                 version: "6.1.158-1".to_owned(),
                 url: format!(
                     "{base}/pool/main/l/linux-signed-amd64/linux-image-6.1.0-41-cloud-amd64_6.1.158-1_amd64.deb"
@@ -254,6 +259,8 @@ fn unknown_package_is_named() {
         component: "shell".to_owned(),
         package: "no-such-package".to_owned(),
         follow_depends_prefix: None,
+        depends: false,
+        exclude: vec![],
     }];
     let err = resolve(&archive.fetcher, &archive.spec, &req).unwrap_err();
     assert_eq!(

@@ -14,6 +14,8 @@
 //! - the `[archive]` table merges field by field (its `components` list replaces rather than appends,
 //!   since it names one archive's sections).
 
+mod init_config;
+mod locate;
 mod merge;
 pub mod raw;
 mod validate;
@@ -21,6 +23,8 @@ mod validate;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use init_config::{Executable, parse_cidr, parse_duration_ms, parse_mac};
+pub use raw::Origin;
 pub use validate::{
     Archive, Bootloader, Component, FileContent, FileMap, ImageFile, Kernel, PartitionSizes, Profile, Source,
     parse_size,
@@ -52,6 +56,14 @@ pub enum ProfileError {
     #[error("{path}: field `{field}`: {message}")]
     Invalid {
         path: PathBuf,
+        field: String,
+        message: String,
+    },
+    /// A value that knows where it was written: the file may be a base profile of the one loaded.
+    #[error("{path}:{line}: field `{field}`: {message}")]
+    InvalidAt {
+        path: PathBuf,
+        line: usize,
         field: String,
         message: String,
     },
@@ -113,9 +125,11 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<raw::RawProfile,
         path: path.to_path_buf(),
         source: Box::new(e),
     })?;
-    // Relative paths in a profile are relative to the file that wrote them, so rebase them before merging.
+    // Relative paths in a profile are relative to the file that wrote them, so rebase them before merging;
+    // likewise, values remember their file and line before merging mixes files.
     let dir = path.parent().unwrap_or(Path::new("."));
     merge::rebase_paths(&mut child, dir);
+    locate::locate(&mut child, path, &text);
     let Some(base_name) = child.extends.take() else {
         return Ok(child);
     };

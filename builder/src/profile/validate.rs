@@ -2,7 +2,10 @@
 
 use std::path::{Component as PathComponent, Path, PathBuf};
 
+use ingot_spec::config::{INIT_CONFIG_PATH, InitConfig};
+
 use super::ProfileError;
+use super::init_config::{self, Executable};
 use super::raw::*;
 
 const MIB: u64 = 1024 * 1024;
@@ -24,6 +27,10 @@ pub struct Profile {
     pub partitions: PartitionSizes,
     pub components: Vec<Component>,
     pub files: Vec<ImageFile>,
+    /// What the build writes to `/etc/ingot/init.json` for ingot-init.
+    pub init: InitConfig,
+    /// Programs the services run: the build checks they are in the staged root and executable.
+    pub executables: Vec<Executable>,
 }
 
 /// A Debian-style archive that `ingot lock` resolves `package` sources in.
@@ -70,6 +77,10 @@ pub struct Component {
     pub source: Source,
     /// Files to take; `None` takes the whole package/archive.
     pub files: Option<Vec<FileMap>>,
+    /// Also take the package's dependency closure (package sources only).
+    pub depends: bool,
+    /// Packages the closure must not pull (sorted, unique; empty without `depends`).
+    pub exclude: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,6 +340,30 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
             return Err(cx.err(format!("{field}.name"), format!("{:?} is declared twice", c.name)));
         }
         let source = cx.source(&field, c.package, c.url, c.sha256, c.path)?;
+        let depends = c.depends.unwrap_or(false);
+        if depends && !matches!(source, Source::Package(_)) {
+            return Err(cx.err(
+                format!("{field}.depends"),
+                "needs a `package` source (dependencies are read from the archive's index)",
+            ));
+        }
+        let mut exclude = c.exclude.unwrap_or_default();
+        if !exclude.is_empty() && !depends {
+            return Err(cx.err(format!("{field}.exclude"), "only applies with `depends = true`"));
+        }
+        for (j, e) in exclude.iter().enumerate() {
+            let ok = !e.is_empty()
+                && e.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+            if !ok {
+                return Err(cx.err(
+                    format!("{field}.exclude[{j}]"),
+                    format!("{e:?} is not a package name"),
+                ));
+            }
+        }
+        exclude.sort();
+        exclude.dedup();
         let files = match c.files {
             None => None,
             Some(list) => {
@@ -358,6 +393,8 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
             name: c.name,
             source,
             files,
+            depends,
+            exclude,
         });
     }
 
@@ -365,6 +402,12 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
     for (i, f) in raw.files.unwrap_or_default().into_iter().enumerate() {
         let field = format!("files[{i}]");
         let path = cx.image_path(&format!("{field}.path"), &f.path)?;
+        if path == Path::new(INIT_CONFIG_PATH) {
+            return Err(cx.err(
+                format!("{field}.path"),
+                format!("{INIT_CONFIG_PATH} is written by the build from [node], [network], [time] and [[services]]"),
+            ));
+        }
         let content = match (f.content, f.source) {
             (Some(c), None) => FileContent::Inline(c),
             (None, Some(s)) => FileContent::Host(PathBuf::from(s)),
@@ -396,6 +439,8 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         ));
     }
 
+    let (init, executables) = init_config::validate(path, raw.node, raw.network, raw.time, raw.services)?;
+
     Ok(Profile {
         name,
         path: path.to_path_buf(),
@@ -408,5 +453,7 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         partitions,
         components,
         files,
+        init,
+        executables,
     })
 }
