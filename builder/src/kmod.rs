@@ -656,6 +656,47 @@ mod tests {
     }
 
     #[test]
+    fn modules_dep_lists_each_closure_in_load_order() {
+        // Shaped like the bridge netfilter stack: br_netfilter needs bridge, which needs stp and llc.
+        let tree = fake_tree(
+            &[
+                ("kernel/net/bridge/br_netfilter.ko.xz", "depends=bridge\0"),
+                ("kernel/net/bridge/bridge.ko.xz", "depends=stp,llc\0"),
+                ("kernel/net/802/stp.ko.zst", "depends=llc\0"),
+                ("kernel/net/llc/llc.ko", "depends=\0"),
+                ("kernel/fs/overlayfs/overlay.ko.xz", "depends=\0"),
+                (
+                    "kernel/net/netfilter/nf_conntrack.ko",
+                    "depends=nf_defrag_ipv4,libcrc32c\0softdep=pre: nf-defrag-ipv6 post: absent\0",
+                ),
+                ("kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko", "depends=\0"),
+                ("kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko", "depends=\0"),
+                ("kernel/lib/libcrc32c.ko", "depends=\0"),
+                ("kernel/unused/unused.ko", "depends=\0"),
+            ],
+            "kernel/drivers/net/veth.ko\n",
+        );
+        let index = ModuleIndex::open(tree.path(), "6.9.0-test").unwrap();
+        let modules = index
+            .resolve(
+                &["br_netfilter", "overlay", "nf_conntrack", "veth"],
+                SoftDeps::Pre,
+            )
+            .unwrap();
+        let files = index.dependency_files(&modules).unwrap();
+        crate::golden::check(
+            "modules-dep.txt",
+            &format!(
+                "# modules.dep\n{}# modules.softdep\n{}",
+                files.modules_dep, files.modules_softdep
+            ),
+        );
+        // Same input, same bytes.
+        assert_eq!(index.dependency_files(&modules).unwrap(), files);
+        assert!(index.builtin_list().is_some());
+    }
+
+    #[test]
     fn missing_tree_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
         let err = ModuleIndex::open(tmp.path(), "1.2.3").unwrap_err();

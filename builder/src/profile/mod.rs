@@ -160,4 +160,6 @@ impl fmt::Display for Source {
 }
 
 #[cfg(test)]
+mod init_tests;
+#[cfg(test)]
 mod tests;
