@@ -207,6 +207,26 @@ fn lock_summary(lock: &Lock, resolved: &[debian::Resolved]) -> String {
     out
 }
 
+/// Loads the lock file of `profile` and checks that it is current: made for the profile as it is now, and
+/// pinning every input it needs. Reads no network. `profile_arg` is how the user named the profile (for
+/// the hint to re-lock).
+pub fn current_lock(profile: &Profile, profile_arg: &str) -> Result<Lock> {
+    let plan = plan(profile)?;
+    let path = lock_path(profile);
+    if !path.exists() {
+        bail!(
+            "{} has no lock file {} (run `ingot lock --profile {profile_arg}` and commit the result)",
+            profile.path.display(),
+            path.display()
+        );
+    }
+    let lock = Lock::load(&path)?;
+    let wanted: Vec<&str> = plan.wanted.iter().map(String::as_str).collect();
+    let pulling: Vec<&str> = plan.pulling.iter().map(String::as_str).collect();
+    lock.check(&request_digest(&plan), &wanted, &pulling)?;
+    Ok(lock)
+}
+
 /// Options of `ingot build`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BuildOptions<'a> {
@@ -228,19 +248,8 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         keep_work,
     } = opts;
     let profile = load_profile(profile_arg)?;
-    let plan = plan(&profile)?;
+    let lock = current_lock(&profile, profile_arg)?;
     let path = lock_path(&profile);
-    if !path.exists() {
-        bail!(
-            "{} has no lock file {} (run `ingot lock --profile {profile_arg}` and commit the result)",
-            profile.path.display(),
-            path.display()
-        );
-    }
-    let lock = Lock::load(&path)?;
-    let wanted: Vec<&str> = plan.wanted.iter().map(String::as_str).collect();
-    let pulling: Vec<&str> = plan.pulling.iter().map(String::as_str).collect();
-    lock.check(&request_digest(&plan), &wanted, &pulling)?;
     let fetcher = Fetcher::from_env(offline)?.progress(!quiet);
     if !quiet {
         eprintln!(

@@ -6,13 +6,21 @@
 //! sources are exactly one kind).
 //!
 //! Merge rules for `extends = "base"` (the child is applied on top of the base, recursively):
-//! - scalars (`image.version`, `partitions.root`, a component's `package` …): the child's value wins;
-//! - string lists (`kernel.cmdline`, `kernel.initrd_modules`, `kernel.root_modules`): the child's entries are
-//!   appended to the base's; an explicit empty list (`cmdline = []`) resets the list to empty first;
-//! - `[[components]]` are keyed by `name` and `[[files]]` by `path`: an entry with a name/path the base has
-//!   replaces it in place, others are appended; `components = []` / `files = []` drop the base's entries;
+//! - scalars (`image.version`, `partitions.root`, a component's `package`, `node.hostname` …): the child's
+//!   value wins;
+//! - string lists (`kernel.cmdline`, `kernel.initrd_modules`, `kernel.root_modules`, `node.modules`,
+//!   `time.servers`): the child's entries are appended to the base's; an explicit empty list (`cmdline = []`)
+//!   resets the list to empty first;
+//! - `node.sysctls` merges key by key, the child's value winning; `sysctls = {}` resets it;
+//! - `[[components]]` are keyed by `name`, `[[files]]` by `path`, `[[services]]` by `name` and
+//!   `[[network.interfaces]]` by `match`: an entry with a key the base has replaces it in place (whole),
+//!   others are appended; an explicit empty list (`components = []` …) drops the base's entries;
 //! - the `[archive]` table merges field by field (its `components` list replaces rather than appends,
 //!   since it names one archive's sections).
+//!
+//! The init configuration tables (`[node]`, `[network]`, `[time]`, `[[services]]`) validate into
+//! [`ingot_spec::config::InitConfig`], which the build writes to `/etc/ingot/init.json`; their values carry
+//! the file and line they were written on, so errors point there even after merging.
 
 mod init_config;
 mod locate;
