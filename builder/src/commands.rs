@@ -259,11 +259,13 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
             profile.path.display()
         );
     }
-    // Single programs (not a .deb or tarball) are laid out here as a one-file tree.
+    // Single programs (not a .deb or tarball) are laid out here as a one-file tree; next to the output,
+    // like the build's other work files, and removed when the build ends.
+    fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let programs = tempfile::Builder::new()
         .prefix(".ingot-programs-")
-        .tempdir()
-        .context("creating a temporary directory")?;
+        .tempdir_in(out_dir)
+        .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
     let unpack = |name: &str| -> Result<PathBuf> {
         let pinned = lock
             .pinned(name)
