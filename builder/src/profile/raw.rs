@@ -157,17 +157,6 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
     }
 }
 
-impl<T> Located<T> {
-    /// A value without a place (for tests and values made by the builder).
-    pub fn new(value: T) -> Self {
-        Located {
-            value,
-            span: 0..0,
-            origin: None,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNode {
