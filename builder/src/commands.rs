@@ -1,6 +1,8 @@
 //! What each `ingot` subcommand does, as library functions (main.rs only parses arguments and prints
 //! errors).
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,18 +24,50 @@ const KERNEL_PACKAGE_PREFIX: &str = "linux-image-";
 struct LockPlan {
     archives: Vec<(ArchiveSpec, Vec<PackageRequest>)>,
     pinned: Vec<Pinned>,
+    /// Every component of the profile (the lock pins each under its name).
     wanted: Vec<String>,
+    /// Components whose dependency closure is pinned too.
+    pulling: Vec<String>,
 }
 
-/// Every input the lock pins, by its lock name: kernel, bootloader, components, image archives.
-fn sources(profile: &Profile) -> Vec<(String, &Source)> {
+/// A profile input the lock pins: its lock name, source, and closure settings.
+struct Input<'a> {
+    /// `kernel`, `bootloader`, a component's name, or `image:<reference>` for an image archive.
+    name: String,
+    source: &'a Source,
+    depends: bool,
+    exclude: &'a [String],
+}
+
+/// Every input the lock pins: kernel, bootloader, components, image archives.
+fn sources(profile: &Profile) -> Vec<Input<'_>> {
     let mut v = vec![
-        ("kernel".to_string(), &profile.kernel.source),
-        ("bootloader".to_string(), &profile.bootloader.source),
+        Input {
+            name: "kernel".to_owned(),
+            source: &profile.kernel.source,
+            depends: false,
+            exclude: &[],
+        },
+        Input {
+            name: "bootloader".to_owned(),
+            source: &profile.bootloader.source,
+            depends: false,
+            exclude: &[],
+        },
     ];
-    v.extend(profile.components.iter().map(|c| (c.name.clone(), &c.source)));
+    v.extend(profile.components.iter().map(|c| Input {
+        name: c.name.clone(),
+        source: &c.source,
+        depends: c.depends,
+        exclude: &c.exclude,
+    }));
     v.extend(profile.images.iter().filter_map(|i| match &i.source {
-        ImageSource::Archive(s) => Some((crate::images::lock_name(&i.name), s)),
+        ImageSource::Archive(s) => Some(Input {
+            name: crate::images::lock_name(&i.name),
+            source: s,
+            depends: false,
+            exclude: &[],
+        }),
         ImageSource::Component { .. } => None,
     }));
     v
@@ -42,7 +76,13 @@ fn sources(profile: &Profile) -> Vec<(String, &Source)> {
 fn plan(profile: &Profile) -> Result<LockPlan> {
     let mut packages = Vec::new();
     let mut pinned = Vec::new();
-    for (name, source) in sources(profile) {
+    for Input {
+        name,
+        source,
+        depends,
+        exclude,
+    } in sources(profile)
+    {
         let name = name.as_str();
         match source {
             Source::Package(p) => packages.push(PackageRequest {
@@ -50,6 +90,8 @@ fn plan(profile: &Profile) -> Result<LockPlan> {
                 package: p.clone(),
                 follow_depends_prefix: (name == "kernel" && p.starts_with(KERNEL_PACKAGE_PREFIX))
                     .then(|| KERNEL_PACKAGE_PREFIX.to_string()),
+                depends,
+                exclude: exclude.to_vec(),
             }),
             Source::Url { url, sha256 } => pinned.push(Pinned {
                 component: name.to_string(),
@@ -78,11 +120,17 @@ fn plan(profile: &Profile) -> Result<LockPlan> {
             profile.path.display()
         ),
     };
-    let wanted = sources(profile).into_iter().map(|(n, _)| n).collect();
+    let wanted = sources(profile).into_iter().map(|i| i.name).collect();
+    let pulling = sources(profile)
+        .into_iter()
+        .filter(|i| i.depends)
+        .map(|i| i.name)
+        .collect();
     Ok(LockPlan {
         archives,
         pinned,
         wanted,
+        pulling,
     })
 }
 
@@ -119,16 +167,23 @@ pub fn lock(profile_arg: &str, offline: bool) -> Result<PathBuf> {
         );
         resolved.extend(debian::resolve(&fetcher, archive, requests)?);
     }
+    // A pulled package is pinned under its own name, so it must not shadow a component.
+    for r in resolved.iter().filter(|r| r.pulled_by.is_some()) {
+        if plan.wanted.contains(&r.package) {
+            bail!(
+                "{}: component {} pulls package {} as a dependency, and a component of that name already exists: \
+                 rename the component, or give it `package = {:?}`",
+                profile.path.display(),
+                r.pulled_by.as_deref().unwrap_or_default(),
+                r.package,
+                r.package
+            );
+        }
+    }
     let lock = Lock::new(request_digest(&plan), &resolved, &plan.pinned)?;
     let path = lock_path(&profile);
-    lock.write(&path)?;
-    for c in lock.components() {
-        let what = match (&c.package, &c.version) {
-            (Some(p), Some(v)) => format!("{p} {v}"),
-            _ => c.url.clone(),
-        };
-        eprintln!("  {:<12} {what}", c.name);
-    }
+    lock.write(&path, &crate::lock::profile_arg(&path))?;
+    eprint!("{}", lock_summary(&lock, &resolved));
     eprintln!(
         "wrote {} in {:.1} s",
         path.display(),
@@ -137,7 +192,61 @@ pub fn lock(profile_arg: &str, offline: bool) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `ingot build`: checks the lock, fetches (or takes from the cache) every input, and builds the image.
+/// What `ingot lock` prints: each component, and under it the packages its closure pulled.
+fn lock_summary(lock: &Lock, resolved: &[debian::Resolved]) -> String {
+    let mut out = String::new();
+    let what = |c: &crate::lock::LockedComponent| match (&c.package, &c.version) {
+        (Some(p), Some(v)) => format!("{p} {v}"),
+        _ => c.url.clone(),
+    };
+    let listed = || lock.components().iter().filter(|c| c.pulled_by.is_none());
+    // One column for the names, as wide as the longest (image archives are `image:<reference>`).
+    let width = listed()
+        .map(|c| c.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(12);
+    for c in listed() {
+        out.push_str(&format!("  {:<width$} {}\n", c.name, what(c)));
+        for p in lock
+            .pulled()
+            .filter(|p| p.pulled_by.as_deref() == Some(c.name.as_str()))
+        {
+            out.push_str(&format!("  {:<width$} + {}\n", "", what(p)));
+        }
+    }
+    let pulled: Vec<&debian::Resolved> = resolved.iter().filter(|r| r.pulled_by.is_some()).collect();
+    if !pulled.is_empty() {
+        let bytes: u64 = pulled.iter().map(|r| r.size).sum();
+        out.push_str(&format!(
+            "pulled {} package(s) as dependencies ({:.1} MiB of .deb files)\n",
+            pulled.len(),
+            bytes as f64 / (1024.0 * 1024.0)
+        ));
+    }
+    out
+}
+
+/// Loads the lock file of `profile` and checks that it is current: made for the profile as it is now, and
+/// pinning every input it needs. Reads no network. `profile_arg` is how the user named the profile (for
+/// the hint to re-lock).
+pub fn current_lock(profile: &Profile, profile_arg: &str) -> Result<Lock> {
+    let plan = plan(profile)?;
+    let path = lock_path(profile);
+    if !path.exists() {
+        bail!(
+            "{} has no lock file {} (run `ingot lock --profile {profile_arg}` and commit the result)",
+            profile.path.display(),
+            path.display()
+        );
+    }
+    let lock = Lock::load(&path)?;
+    let wanted: Vec<&str> = plan.wanted.iter().map(String::as_str).collect();
+    let pulling: Vec<&str> = plan.pulling.iter().map(String::as_str).collect();
+    lock.check(&request_digest(&plan), &wanted, &pulling)?;
+    Ok(lock)
+}
+
 /// Options of `ingot build`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BuildOptions<'a> {
@@ -150,6 +259,7 @@ pub struct BuildOptions<'a> {
     pub keep_work: Option<&'a Path>,
 }
 
+/// `ingot build`: checks the lock, fetches (or takes from the cache) every input, and builds the image.
 pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Result<pipeline::Report> {
     let BuildOptions {
         offline,
@@ -158,18 +268,8 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         keep_work,
     } = opts;
     let profile = load_profile(profile_arg)?;
-    let plan = plan(&profile)?;
+    let lock = current_lock(&profile, profile_arg)?;
     let path = lock_path(&profile);
-    if !path.exists() {
-        bail!(
-            "{} has no lock file {} (run `ingot lock --profile {profile_arg}` and commit the result)",
-            profile.path.display(),
-            path.display()
-        );
-    }
-    let lock = Lock::load(&path)?;
-    let wanted: Vec<&str> = plan.wanted.iter().map(String::as_str).collect();
-    lock.check(&request_digest(&plan), &wanted)?;
     let fetcher = Fetcher::from_env(offline)?.progress(!quiet);
     if !quiet {
         eprintln!(
@@ -179,10 +279,30 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
             profile.path.display()
         );
     }
+    // Single programs (not a .deb or tarball) are laid out here as a one-file tree; next to the output,
+    // like the build's other work files, and removed when the build ends.
+    fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let programs = tempfile::Builder::new()
+        .prefix(".ingot-programs-")
+        .tempdir_in(out_dir)
+        .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
     let unpack = |name: &str| -> Result<PathBuf> {
         let pinned = lock
             .pinned(name)
             .with_context(|| format!("{} pins no component {name:?}", path.display()))?;
+        if let Some(dir) = fetcher.cache().unpacked(&pinned.sha256) {
+            return Ok(dir);
+        }
+        let blob = fetcher.fetch(&pinned)?;
+        if is_program(&blob)? {
+            let dir = programs.path().join(name);
+            let file = dir.join(program_file_name(&pinned.url));
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            fs::copy(&blob, &file).with_context(|| format!("copying {}", blob.display()))?;
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("setting the mode of {}", file.display()))?;
+            return Ok(dir);
+        }
         Ok(fetcher.unpacked(&pinned)?)
     };
     let started = Instant::now();
@@ -212,6 +332,10 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
                 .with_context(|| format!("image {:?}: no component {component:?}", i.name)),
         })
         .collect::<Result<Vec<_>>>()?;
+    let pulled = lock
+        .pulled()
+        .map(|c| Ok((c.name.clone(), unpack(&c.name)?)))
+        .collect::<Result<Vec<_>>>()?;
     if !quiet {
         eprintln!(
             "  {:<34} {:>6.2} s",
@@ -226,6 +350,7 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
             name: c.name.clone(),
             package: c.package.clone(),
             version: c.version.clone(),
+            pulled_by: c.pulled_by.clone(),
             url: c.url.clone(),
             sha256: c.sha256.to_hex(),
         })
@@ -235,10 +360,30 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         bootloader,
         components,
         images,
+        pulled,
         pinned,
         artifact_cache: (!rebuild).then(|| fetcher.cache().root().join("artifacts")),
     };
     pipeline::build(&profile, &inputs, out_dir, quiet, keep_work)
+}
+
+/// Whether a blob is a single program (an ELF file) rather than a `.deb` or a tarball.
+fn is_program(blob: &Path) -> Result<bool> {
+    let mut head = [0u8; 4];
+    let mut file = fs::File::open(blob).with_context(|| format!("reading {}", blob.display()))?;
+    let n =
+        std::io::Read::read(&mut file, &mut head).with_context(|| format!("reading {}", blob.display()))?;
+    Ok(n == 4 && head == *b"\x7fELF")
+}
+
+/// The file name a single program gets inside its component: the last segment of its URL or path
+/// (`…/v1.4.3/runc.amd64` → `runc.amd64`), which is what `files = [{ src = … }]` names.
+pub fn program_file_name(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    match path.rsplit('/').next() {
+        Some(name) if !name.is_empty() && name != "." && name != ".." => name.to_owned(),
+        _ => "program".to_owned(),
+    }
 }
 
 /// What `ingot kernel check` reads the configuration from.

@@ -14,6 +14,14 @@
 //! modules are loaded before their dependent too; a soft dependency that names no module file (often an alias,
 //! which needs `modules.alias` to resolve) or closes a cycle is skipped.
 //!
+//! For the root file system, [`ModuleIndex::dependency_files`] writes `modules.dep` and `modules.softdep` in
+//! kmod's format for the modules copied there, so the node can load modules by name (ingot-init in stage 2,
+//! or `modprobe`). Each `modules.dep` line holds one module file and the files of its whole `depends=`
+//! closure, relative to `lib/modules/<kver>`, in **load order** (a loader can insert them left to right and
+//! then the module itself; depmod writes the reverse, but kmod's `modprobe` orders by walking each line's
+//! own entries recursively, so it accepts either). Lines are sorted by path. `modules.softdep` lists the
+//! `softdep=` entries that name modules present in the root, as `softdep NAME pre: … post: …`.
+//!
 //! Limits: when two files give the same module name, the first in path order wins (depmod prefers `updates/`
 //! directories, which we do not read). Aliases (`modules.alias`) are not resolved: ask for module names.
 //! Gzip-compressed modules are not supported.
@@ -246,6 +254,72 @@ impl ModuleIndex {
                 }
             })
             .collect())
+    }
+}
+
+/// The dependency files of a module tree, as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependencyFiles {
+    /// `modules.dep`.
+    pub modules_dep: String,
+    /// `modules.softdep`.
+    pub modules_softdep: String,
+}
+
+impl ModuleIndex {
+    /// `modules.dep` and `modules.softdep` for `modules` (a set closed under `depends=`, as
+    /// [`ModuleIndex::resolve`] returns).
+    pub fn dependency_files(&self, modules: &[Module]) -> Result<DependencyFiles, KmodError> {
+        let mut sorted: Vec<&Module> = modules.iter().collect();
+        sorted.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+        sorted.dedup_by(|a, b| a.name == b.name);
+        let present: BTreeSet<&str> = sorted.iter().map(|m| m.name.as_str()).collect();
+        let mut dep = String::new();
+        let mut softdep = String::from("# Soft dependencies extracted from modules themselves.\n");
+        for m in &sorted {
+            let closure = self.resolve(&[m.name.as_str()], SoftDeps::Ignore)?;
+            dep.push_str(&m.relative_path.to_string_lossy());
+            dep.push(':');
+            for d in closure.iter().filter(|d| d.name != m.name) {
+                dep.push(' ');
+                dep.push_str(&d.relative_path.to_string_lossy());
+            }
+            dep.push('\n');
+            let info = self.modinfo(&m.name)?;
+            let keep = |names: &[String]| -> Vec<String> {
+                let mut out: Vec<String> = Vec::new();
+                for n in names {
+                    if present.contains(n.as_str()) && !out.contains(n) {
+                        out.push(n.clone());
+                    }
+                }
+                out
+            };
+            let (pre, post) = (keep(&info.softdep_pre), keep(&info.softdep_post));
+            if !pre.is_empty() || !post.is_empty() {
+                softdep.push_str("softdep ");
+                softdep.push_str(&m.name);
+                if !pre.is_empty() {
+                    softdep.push_str(" pre: ");
+                    softdep.push_str(&pre.join(" "));
+                }
+                if !post.is_empty() {
+                    softdep.push_str(" post: ");
+                    softdep.push_str(&post.join(" "));
+                }
+                softdep.push('\n');
+            }
+        }
+        Ok(DependencyFiles {
+            modules_dep: dep,
+            modules_softdep: softdep,
+        })
+    }
+
+    /// The `modules.builtin` file of the kernel, if it has one.
+    pub fn builtin_list(&self) -> Option<PathBuf> {
+        let path = self.dir.join("modules.builtin");
+        path.is_file().then_some(path)
     }
 }
 
@@ -579,6 +653,47 @@ mod tests {
             matches!(err, KmodError::MissingDependency { ref name, .. } if name == "gone"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn modules_dep_lists_each_closure_in_load_order() {
+        // Shaped like the bridge netfilter stack: br_netfilter needs bridge, which needs stp and llc.
+        let tree = fake_tree(
+            &[
+                ("kernel/net/bridge/br_netfilter.ko.xz", "depends=bridge\0"),
+                ("kernel/net/bridge/bridge.ko.xz", "depends=stp,llc\0"),
+                ("kernel/net/802/stp.ko.zst", "depends=llc\0"),
+                ("kernel/net/llc/llc.ko", "depends=\0"),
+                ("kernel/fs/overlayfs/overlay.ko.xz", "depends=\0"),
+                (
+                    "kernel/net/netfilter/nf_conntrack.ko",
+                    "depends=nf_defrag_ipv4,libcrc32c\0softdep=pre: nf-defrag-ipv6 post: absent\0",
+                ),
+                ("kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko", "depends=\0"),
+                ("kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko", "depends=\0"),
+                ("kernel/lib/libcrc32c.ko", "depends=\0"),
+                ("kernel/unused/unused.ko", "depends=\0"),
+            ],
+            "kernel/drivers/net/veth.ko\n",
+        );
+        let index = ModuleIndex::open(tree.path(), "6.9.0-test").unwrap();
+        let modules = index
+            .resolve(
+                &["br_netfilter", "overlay", "nf_conntrack", "veth"],
+                SoftDeps::Pre,
+            )
+            .unwrap();
+        let files = index.dependency_files(&modules).unwrap();
+        crate::golden::check(
+            "modules-dep.txt",
+            &format!(
+                "# modules.dep\n{}# modules.softdep\n{}",
+                files.modules_dep, files.modules_softdep
+            ),
+        );
+        // Same input, same bytes.
+        assert_eq!(index.dependency_files(&modules).unwrap(), files);
+        assert!(index.builtin_list().is_some());
     }
 
     #[test]

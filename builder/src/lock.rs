@@ -61,6 +61,9 @@ pub struct LockedComponent {
     pub requested: Option<String>,
     /// The package version (Debian components only).
     pub version: Option<String>,
+    /// For a package pulled in as a dependency: the component whose closure pulled it (`name` is
+    /// then the package name).
+    pub pulled_by: Option<String>,
     /// Canonical URL.
     pub url: String,
     /// sha256 of the file at `url`.
@@ -144,6 +147,7 @@ impl Lock {
                 name: r.component.clone(),
                 package: Some(r.package.clone()),
                 requested: r.requested.clone().filter(|req| *req != r.package),
+                pulled_by: r.pulled_by.clone(),
                 version: Some(r.version.clone()),
                 url: r.url.clone(),
                 sha256: r.sha256,
@@ -152,6 +156,7 @@ impl Lock {
                 name: p.component.clone(),
                 package: None,
                 requested: None,
+                pulled_by: None,
                 version: None,
                 url: p.url.clone(),
                 sha256: p.sha256,
@@ -185,7 +190,7 @@ impl Lock {
             return Err(LockError::Version {
                 path: path.to_owned(),
                 found: raw.version,
-                profile: profile_name(path),
+                profile: profile_arg(path),
             });
         }
         let request = raw
@@ -233,16 +238,17 @@ impl Lock {
         Sha256::digest(canonical_request(request).as_bytes())
     }
 
-    /// Checks that this lock was made for the profile as it is now and pins every component it uses.
-    pub fn check(&self, expected: &Sha256, wanted: &[&str]) -> Result<(), LockError> {
+    /// Checks that this lock was made for the profile as it is now: it pins every component in `wanted`
+    /// and nothing else, except packages pulled by the components in `pulling` (those with `depends`).
+    pub fn check(&self, expected: &Sha256, wanted: &[&str], pulling: &[&str]) -> Result<(), LockError> {
         let path = self.path.clone().unwrap_or_else(|| PathBuf::from("lock"));
-        let profile = profile_name(&path);
+        let profile = profile_arg(&path);
         if self.request != *expected {
             return Err(LockError::Stale { path, profile });
         }
         let mut missing: Vec<String> = wanted
             .iter()
-            .filter(|name| self.component(name).is_none())
+            .filter(|name| self.component(name).is_none_or(|c| c.pulled_by.is_some()))
             .map(|name| (*name).to_owned())
             .collect();
         if !missing.is_empty() {
@@ -257,7 +263,10 @@ impl Lock {
         let extra: Vec<String> = self
             .components
             .iter()
-            .filter(|c| !wanted.contains(&c.name.as_str()))
+            .filter(|c| match &c.pulled_by {
+                None => !wanted.contains(&c.name.as_str()),
+                Some(by) => !pulling.contains(&by.as_str()),
+            })
             .map(|c| c.name.clone())
             .collect();
         if !extra.is_empty() {
@@ -268,6 +277,11 @@ impl Lock {
             });
         }
         Ok(())
+    }
+
+    /// The packages pulled in as dependencies, sorted by name.
+    pub fn pulled(&self) -> impl Iterator<Item = &LockedComponent> {
+        self.components.iter().filter(|c| c.pulled_by.is_some())
     }
 
     /// The file's bytes; the header names the profile (the file name without `.lock`).
@@ -295,19 +309,21 @@ impl Lock {
             field("package", c.package.as_deref());
             field("requested", c.requested.as_deref());
             field("version", c.version.as_deref());
+            field("pulled_by", c.pulled_by.as_deref());
             field("url", Some(&c.url));
             field("sha256", Some(&c.sha256.to_hex()));
         }
         out
     }
 
-    /// Writes the lock atomically to `path` (`profiles/<name>.lock`).
-    pub fn write(&self, path: &Path) -> Result<(), LockError> {
+    /// Writes the lock atomically to `path` (`profiles/<name>.lock`); the header names the profile as
+    /// `profile_arg` (see [`profile_arg`]).
+    pub fn write(&self, path: &Path, profile_arg: &str) -> Result<(), LockError> {
         let write_err = |source| LockError::Write {
             path: path.to_owned(),
             source,
         };
-        let text = self.render(&profile_name(path));
+        let text = self.render(profile_arg);
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -340,10 +356,28 @@ fn check_unique(components: &[LockedComponent], path: &Path) -> Result<(), LockE
     }
 }
 
-/// `profiles/minimal.lock` → `minimal`.
-fn profile_name(path: &Path) -> String {
-    path.file_stem()
-        .map_or_else(|| "<profile>".to_owned(), |s| s.to_string_lossy().into_owned())
+/// What to pass to `--profile` for the profile of a lock file: `profiles/minimal.lock` → `minimal`,
+/// anything else → the profile's path (`tests/profiles/x.lock` → `tests/profiles/x.toml`), relative to
+/// the working directory when it is below it, without `./`, so the lock file's header does not depend
+/// on how the path was spelled.
+pub fn profile_arg(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "<profile>".to_owned(), |s| s.to_string_lossy().into_owned());
+    let cwd = std::env::current_dir().ok();
+    let relative = match (path.is_absolute(), &cwd) {
+        (true, Some(cwd)) => path.strip_prefix(cwd).unwrap_or(path),
+        _ => path,
+    };
+    let clean: PathBuf = relative
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    if clean.parent() == Some(Path::new("profiles")) {
+        stem
+    } else {
+        clean.with_extension("toml").display().to_string()
+    }
 }
 
 /// One line per item, fields JSON-quoted (unambiguous for any string), every list sorted.
@@ -365,14 +399,26 @@ fn canonical_request(request: &LockRequest<'_>) -> String {
             let mut packages: Vec<String> = packages
                 .iter()
                 .map(|p| {
-                    format!(
+                    let mut line = format!(
                         "  package component={} name={} follow={}",
                         q(&p.component),
                         q(&p.package),
                         p.follow_depends_prefix
                             .as_deref()
                             .map_or_else(|| "-".to_owned(), q)
-                    )
+                    );
+                    // Only written when set, so locks of profiles without closures keep their digest.
+                    if p.depends {
+                        let mut exclude: Vec<&str> = p.exclude.iter().map(String::as_str).collect();
+                        exclude.sort_unstable();
+                        exclude.dedup();
+                        let _ = write!(
+                            line,
+                            " depends exclude=[{}]",
+                            exclude.iter().map(|e| q(e)).collect::<Vec<_>>().join(",")
+                        );
+                    }
+                    line
                 })
                 .collect();
             packages.sort();
@@ -445,11 +491,15 @@ mod tests {
                     component: "kernel".to_owned(),
                     package: "linux-image-cloud-amd64".to_owned(),
                     follow_depends_prefix: Some("linux-image-".to_owned()),
+                    depends: false,
+                    exclude: vec![],
                 },
                 PackageRequest {
                     component: "systemd-boot".to_owned(),
                     package: "systemd-boot-efi".to_owned(),
                     follow_depends_prefix: None,
+                    depends: false,
+                    exclude: vec![],
                 },
             ],
         )
@@ -469,6 +519,7 @@ mod tests {
                 component: "systemd-boot".to_owned(),
                 package: "systemd-boot-efi".to_owned(),
                 requested: None,
+                pulled_by: None,
                 version: "252.39-1~deb12u2".to_owned(),
                 url: "https://deb.debian.org/debian/pool/main/s/systemd/systemd-boot-efi_252.39-1~deb12u2_amd64.deb"
                     .to_owned(),
@@ -479,6 +530,7 @@ mod tests {
                 component: "kernel".to_owned(),
                 package: "linux-image-6.1.0-50-cloud-amd64".to_owned(),
                 requested: Some("linux-image-cloud-amd64".to_owned()),
+                pulled_by: None,
                 version: "6.1.176-1".to_owned(),
                 url: "https://deb.debian.org/debian/pool/main/l/linux-signed-amd64/linux-image-6.1.0-50-cloud-amd64_6.1.176-1_amd64.deb"
                     .to_owned(),
@@ -520,7 +572,7 @@ sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
         assert_eq!(lock.render("minimal"), GOLDEN);
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("minimal.lock");
-        lock.write(&path).unwrap();
+        lock.write(&path, "minimal").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), GOLDEN);
         let names: Vec<_> = std::fs::read_dir(tmp.path())
             .unwrap()
@@ -535,7 +587,7 @@ sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
         assert!(kernel.url.ends_with("_amd64.deb"));
         assert_eq!(loaded.pinned("nope"), None);
         // Writing what was loaded gives the same bytes.
-        loaded.write(&path).unwrap();
+        loaded.write(&path, "minimal").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), GOLDEN);
     }
 
@@ -581,18 +633,20 @@ sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
         let path = Path::new("profiles/minimal.lock");
         let lock = Lock::parse(path, GOLDEN).unwrap();
         let all = ["kernel", "systemd-boot", "busybox"];
-        assert!(lock.check(&sha(0xaa), &all).is_ok());
+        assert!(lock.check(&sha(0xaa), &all, &[]).is_ok());
         assert_eq!(
-            lock.check(&sha(0xab), &all).unwrap_err().to_string(),
+            lock.check(&sha(0xab), &all, &[]).unwrap_err().to_string(),
             "profiles/minimal.lock is stale: the profile changed since it was written (run `ingot lock --profile minimal`)"
         );
         assert_eq!(
-            lock.check(&sha(0xaa), &["kernel", "systemd-boot", "busybox", "runc"])
+            lock.check(&sha(0xaa), &["kernel", "systemd-boot", "busybox", "runc"], &[])
                 .unwrap_err()
                 .to_string(),
             "profiles/minimal.lock has no entry for component runc (run `ingot lock --profile minimal`)"
         );
-        let err = lock.check(&sha(0xaa), &["kernel", "systemd-boot"]).unwrap_err();
+        let err = lock
+            .check(&sha(0xaa), &["kernel", "systemd-boot"], &[])
+            .unwrap_err();
         assert!(
             matches!(&err, LockError::Extra { names, .. } if names == &["busybox"]),
             "{err:?}"
@@ -664,6 +718,138 @@ sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
              pinned component=\"busybox\" url=\"https://example.org/busybox \\\"static\\\"\" \
              sha256=bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\n"
         );
+    }
+
+    fn pulled(package: &str, by: &str, byte: u8) -> Resolved {
+        Resolved {
+            component: package.to_owned(),
+            package: package.to_owned(),
+            requested: None,
+            pulled_by: Some(by.to_owned()),
+            version: "1.0-1".to_owned(),
+            url: format!("https://deb.debian.org/debian/pool/main/{package}_1.0-1_amd64.deb"),
+            sha256: sha(byte),
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn pulled_packages_are_pinned_under_their_own_names() {
+        let resolved = [
+            Resolved {
+                component: "runc".to_owned(),
+                package: "runc".to_owned(),
+                requested: None,
+                pulled_by: None,
+                version: "1.1.5+ds1-1+deb12u1".to_owned(),
+                url: "https://deb.debian.org/debian/pool/main/r/runc/runc_1.1.5+ds1-1+deb12u1_amd64.deb"
+                    .to_owned(),
+                sha256: sha(0x33),
+                size: 1,
+            },
+            pulled("libseccomp2", "runc", 0x44),
+            pulled("libc6", "runc", 0x55),
+        ];
+        let lock = Lock::new(sha(0xaa), &resolved, &[]).unwrap();
+        let text = lock.render("tests/profiles/containerd-smoke.toml");
+        assert_eq!(
+            text,
+            r#"# Generated by `ingot lock --profile tests/profiles/containerd-smoke.toml`. Do not edit by hand.
+version = 1
+request = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+
+[[component]]
+name = "libc6"
+package = "libc6"
+version = "1.0-1"
+pulled_by = "runc"
+url = "https://deb.debian.org/debian/pool/main/libc6_1.0-1_amd64.deb"
+sha256 = "5555555555555555555555555555555555555555555555555555555555555555"
+
+[[component]]
+name = "libseccomp2"
+package = "libseccomp2"
+version = "1.0-1"
+pulled_by = "runc"
+url = "https://deb.debian.org/debian/pool/main/libseccomp2_1.0-1_amd64.deb"
+sha256 = "4444444444444444444444444444444444444444444444444444444444444444"
+
+[[component]]
+name = "runc"
+package = "runc"
+version = "1.1.5+ds1-1+deb12u1"
+url = "https://deb.debian.org/debian/pool/main/r/runc/runc_1.1.5+ds1-1+deb12u1_amd64.deb"
+sha256 = "3333333333333333333333333333333333333333333333333333333333333333"
+"#
+        );
+        let path = Path::new("tests/profiles/containerd-smoke.lock");
+        let loaded = Lock::parse(path, &text).unwrap();
+        assert_eq!(loaded.components(), lock.components());
+        let pulled: Vec<&str> = loaded.pulled().map(|c| c.name.as_str()).collect();
+        assert_eq!(pulled, ["libc6", "libseccomp2"]);
+        // Pulled entries are expected only while their component asks for its closure.
+        assert!(loaded.check(&sha(0xaa), &["runc"], &["runc"]).is_ok());
+        let err = loaded.check(&sha(0xaa), &["runc"], &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "tests/profiles/containerd-smoke.lock has entries for components the profile does not have: \
+             libc6, libseccomp2 (run `ingot lock --profile tests/profiles/containerd-smoke.toml`)"
+        );
+        // A pulled entry does not stand in for a component of the same name.
+        let err = loaded
+            .check(&sha(0xaa), &["runc", "libc6"], &["runc"])
+            .unwrap_err();
+        assert!(
+            matches!(&err, LockError::Missing { names, .. } if names == &["libc6"]),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn closure_requests_change_the_digest() {
+        let (spec, packages) = archive();
+        let digest = |packages: Vec<PackageRequest>| {
+            Lock::request_digest(&LockRequest {
+                archives: &[(spec.clone(), packages)],
+                pinned: &[],
+            })
+        };
+        let base = digest(packages.clone());
+        let mut depends = packages.clone();
+        depends[1].depends = true;
+        let mut exclude = depends.clone();
+        exclude[1].exclude = vec!["logsave".to_owned(), "iptables".to_owned()];
+        let mut reordered = exclude.clone();
+        reordered[1].exclude.reverse();
+        assert_ne!(digest(depends.clone()), base);
+        assert_ne!(digest(exclude.clone()), digest(depends.clone()));
+        assert_eq!(
+            digest(reordered),
+            digest(exclude.clone()),
+            "exclude order does not matter"
+        );
+        assert!(
+            canonical_request(&LockRequest {
+                archives: &[(spec.clone(), exclude)],
+                pinned: &[],
+            })
+            .contains(
+                "package component=\"systemd-boot\" name=\"systemd-boot-efi\" follow=- depends exclude=[\"iptables\",\"logsave\"]"
+            )
+        );
+    }
+
+    #[test]
+    fn profile_arg_names_profiles_as_the_command_line_does() {
+        assert_eq!(profile_arg(Path::new("profiles/minimal.lock")), "minimal");
+        assert_eq!(profile_arg(Path::new("./profiles/minimal.lock")), "minimal");
+        assert_eq!(
+            profile_arg(Path::new("./tests/profiles/containerd-smoke.lock")),
+            "tests/profiles/containerd-smoke.toml"
+        );
+        assert_eq!(profile_arg(Path::new("/srv/site/w.lock")), "/srv/site/w.toml");
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(profile_arg(&cwd.join("profiles/worker.lock")), "worker");
     }
 
     #[test]

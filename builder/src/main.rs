@@ -34,7 +34,10 @@ enum Command {
     ///
     /// Reads the archive's InRelease, checks its OpenPGP signature against the keyring the profile names,
     /// takes the Packages index (checked against InRelease) and picks the newest version of each package.
-    /// Kernel metapackages are followed to the versioned kernel package.
+    /// Kernel metapackages are followed to the versioned kernel package; components with `depends = true`
+    /// also pin their dependency closure (listed under the component). Inputs given by `url` or `path`
+    /// (components and `[[images]]` archives) are pinned by their sha256. The lock is the profile's path
+    /// with `.lock`.
     Lock {
         /// Profile name (profiles/NAME.toml) or path to a profile file.
         #[arg(long, short)]

@@ -74,6 +74,9 @@ pub struct ComponentEntry {
     pub package: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// For a package pulled in as a dependency: the component that pulled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulled_by: Option<String>,
     pub url: String,
     pub sha256: String,
 }
@@ -196,6 +199,7 @@ mod tests {
                 name: "kernel".into(),
                 package: Some("linux-image-6.1.0-56-cloud-amd64".into()),
                 version: Some("6.1.192-2".into()),
+                pulled_by: None,
                 url: "https://deb.debian.org/debian/pool/x.deb".into(),
                 sha256: "ef".repeat(32),
             }],

@@ -3,8 +3,9 @@
 //! Steps, each a function of its inputs only (so two builds are byte-identical):
 //! 1. stage 1 modules: resolve the profile's `initrd_modules` closure from the kernel package (no depmod);
 //! 2. initramfs: `/init` (ingot-init), `/etc/initrd-release`, `/dev/console`, the modules and their load order;
-//! 3. root: ingot-init as `/sbin/init`, mount points, components, container image archives, files; ELF
-//!    check; EROFS;
+//! 3. root: merged-/usr links, ingot-init as `/sbin/init`, mount points, root modules, pulled packages,
+//!    components, container image archives, files, `/etc/ingot/init.json` (with the archives' hashes); ELF
+//!    check; service programs check; EROFS;
 //! 4. UKI: systemd-stub + kernel + initramfs + command line + os-release;
 //! 5. ESP: systemd-boot as the removable-media loader, `loader.conf`, the UKI with boot counting;
 //! 6. disk: GPT with derived GUIDs, contents copied in sparsely, hashed on the way;
@@ -16,11 +17,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use ingot_spec::config::{INIT_CONFIG_PATH, InitConfig};
 use ingot_spec::partition::Role;
 use sha2::{Digest, Sha256};
 
 use crate::disk::{self, Layout};
 use crate::esp::{self, EspFile};
+use crate::images::StagedImage;
 use crate::init_binary::{INGOT_INIT, INITRD_PATH, ROOT_PATH};
 use crate::initramfs::{Initramfs, InitramfsOptions};
 use crate::kmod::{ModuleIndex, SoftDeps};
@@ -41,6 +44,17 @@ pub const INITRD_RELEASE: &str = "/etc/initrd-release";
 const ROOT_MOUNT_POINTS: [&str; 9] = [
     "/dev", "/proc", "/sys", "/run", "/tmp", "/var", "/etc", "/usr", "/sysroot",
 ];
+/// The root is merged-/usr, as Debian systems are (and trixie's packages require): these top-level names
+/// are symlinks into `/usr`, made before anything is staged, so a package's `/lib/x86_64-linux-gnu/…` and
+/// `/usr/lib/x86_64-linux-gnu/…` land in one directory and `/lib64/ld-linux-x86-64.so.2` resolves.
+const MERGED_USR: [(&str, &str); 4] = [
+    ("/bin", "usr/bin"),
+    ("/sbin", "usr/sbin"),
+    ("/lib", "usr/lib"),
+    ("/lib64", "usr/lib64"),
+];
+/// Where the root's kernel modules live (`/lib/modules` through the merged-/usr symlink).
+pub const ROOT_MODULES_DIR: &str = "/usr/lib/modules";
 
 /// The unpacked inputs of a build, one directory per component, plus what the manifest records of them.
 pub struct Inputs {
@@ -51,6 +65,9 @@ pub struct Inputs {
     /// One per `profile.images`, in order: the verified archive (`url`/`path` images) or the unpacked
     /// component (`from` images).
     pub images: Vec<PathBuf>,
+    /// Packages pulled in as dependencies (name, unpacked directory), sorted by name. They are staged
+    /// whole, before the components, so a component's files win where both have a path.
+    pub pulled: Vec<(String, PathBuf)>,
     pub pinned: Vec<ComponentEntry>,
     /// Where finished boot artifacts (ESP image + UKI hash) are kept by the hash of their inputs, so a
     /// build that changes only the root reuses them. `None` disables reuse.
@@ -106,6 +123,45 @@ fn find_kernel(kernel_dir: &Path) -> Result<(String, PathBuf, PathBuf)> {
     Ok((kver.clone(), boot.join(format!("vmlinuz-{kver}")), modules))
 }
 
+/// The modules of the root: `kernel.root_modules` and `node.modules` with their dependencies (and
+/// `softdep=pre:` modules), under `/usr/lib/modules/<kver>/` with `modules.dep`, `modules.softdep` and
+/// the kernel's `modules.builtin`.
+fn stage_root_modules(stage: &Stage, index: &ModuleIndex, profile: &Profile, kver: &str) -> Result<()> {
+    let mut wanted: Vec<&str> = profile.kernel.root_modules.iter().map(String::as_str).collect();
+    wanted.extend(profile.init.modules.iter().map(String::as_str));
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let modules = index
+        .resolve(&wanted, SoftDeps::Pre)
+        .context("resolving the root's kernel modules (kernel.root_modules and node.modules)")?;
+    let dir = Path::new(ROOT_MODULES_DIR).join(kver);
+    for m in &modules {
+        stage.copy_file(&m.path, &dir.join(&m.relative_path), Some(0o644))?;
+    }
+    let files = index.dependency_files(&modules)?;
+    stage.file(&dir.join("modules.dep"), files.modules_dep.as_bytes(), 0o644)?;
+    stage.file(
+        &dir.join("modules.softdep"),
+        files.modules_softdep.as_bytes(),
+        0o644,
+    )?;
+    if let Some(builtin) = index.builtin_list() {
+        stage.copy_file(&builtin, &dir.join("modules.builtin"), Some(0o644))?;
+    }
+    Ok(())
+}
+
+/// The profile's init configuration as the node gets it: modules compiled into this kernel are dropped
+/// from the list to load (there is nothing to load; the root's `modules.builtin` lists them), and the
+/// container images are the archives staged into the root (name, path in the root, namespace, sha256).
+pub fn init_config(profile: &Profile, index: &ModuleIndex, images: &[StagedImage]) -> InitConfig {
+    let mut init = profile.init.clone();
+    init.modules.retain(|m| !index.is_builtin(m));
+    init.images = crate::images::images_for_init(images);
+    init
+}
+
 pub fn os_release(profile: &Profile) -> String {
     format!(
         "NAME=\"ingot\"\nID=ingot\nPRETTY_NAME=\"ingot {name} {version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\nVERSION_ID={version}\nHOME_URL=\"https://example.invalid/ingot\"\n",
@@ -154,6 +210,10 @@ pub fn build(
         let stage_dir = work.path().join("root");
         fs::create_dir(&stage_dir)?;
         let stage = Stage::new(stage_dir.clone());
+        for (link, target) in MERGED_USR {
+            stage.dir(&Path::new("/").join(target))?;
+            stage.symlink(Path::new(target), Path::new(link))?;
+        }
         for d in ROOT_MOUNT_POINTS {
             stage.dir(Path::new(d))?;
         }
@@ -163,14 +223,11 @@ pub fn build(
             os_release(profile).as_bytes(),
             0o644,
         )?;
-        if !profile.kernel.root_modules.is_empty() {
-            for m in index.resolve(&profile.kernel.root_modules, SoftDeps::Pre)? {
-                stage.copy_file(
-                    &m.path,
-                    &Path::new("/lib/modules").join(&kver).join(&m.relative_path),
-                    Some(0o644),
-                )?;
-            }
+        stage_root_modules(&stage, &index, profile, &kver)?;
+        for (name, dir) in &inputs.pulled {
+            stage
+                .copy_tree(dir, Path::new("/"))
+                .with_context(|| format!("staging package {name:?}"))?;
         }
         for (c, dir) in profile.components.iter().zip(&inputs.components) {
             if c.install {
@@ -186,7 +243,14 @@ pub fn build(
                 FileContent::Host(p) => stage.copy_file(p, &f.path, Some(f.mode))?,
             }
         }
+        let init = init_config(profile, &index, &staged_images);
+        stage.file(
+            Path::new(INIT_CONFIG_PATH),
+            ingot_spec::config::to_json(&init).as_bytes(),
+            0o644,
+        )?;
         crate::rootfs::elf::require_resolved(&stage_dir)?;
+        crate::rootfs::programs::require_executables(&stage_dir, &profile.executables)?;
         erofs::mkfs(
             &stage_dir,
             &root_img,

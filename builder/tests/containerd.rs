@@ -1,14 +1,23 @@
-//! `[[images]]` end to end: a profile with an image built from Debian's `busybox-static` (a component that
-//! is not installed in the root) and a ready archive from a `path`. `ingot build` writes both archives into
-//! the root, the manifest and lock record them, and containerd 1.6 (Debian bookworm) imports them under the
-//! profile's names and runs the busybox image.
+//! containerd end to end, in two parts.
 //!
-//! The containerd test needs root, `containerd`, `ctr` and `runc` (`apt-get install containerd runc`) and
-//! skips with a printed reason otherwise. containerd runs with a private root, state and socket in a
+//! `[[images]]`: a profile with an image built from Debian's `busybox-static` (a component that is not
+//! installed in the root) and a ready archive from a `path`. `ingot build` writes both archives into the
+//! root, the init configuration, the manifest and the lock record them, and containerd 1.6 (Debian bookworm)
+//! imports them under the profile's names and runs the busybox image.
+//!
+//! `ingot build --profile tests/profiles/containerd-smoke.toml`: Debian's containerd, runc, CNI plugins,
+//! e2fsprogs and busybox with the libraries their dependency closures pull, the init configuration (with
+//! the busybox image and the service that runs it), and the root's kernel modules with `modules.dep`. The
+//! build itself proves the ELF check passes; containerd then runs the `hello` service's command against
+//! the image archive the build wrote.
+//!
+//! The containerd parts need root, `containerd`, `ctr` and `runc` (`apt-get install containerd runc`) and
+//! skip with a printed reason otherwise. containerd runs with a private root, state and socket in a
 //! temporary directory and the native snapshotter, so it touches nothing of a containerd the host may run.
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -267,6 +276,35 @@ fn images_land_in_the_root_manifest_and_lock() {
             ),
         ]
     );
+    // The init configuration lists the same archives, so the node imports them and checks their hashes.
+    let init =
+        ingot_spec::config::parse(&std::fs::read(b.root.join("etc/ingot/init.json")).unwrap()).unwrap();
+    let listed: Vec<(&str, &str, &str, &str)> = init
+        .images
+        .iter()
+        .map(|i| {
+            (
+                i.name.as_str(),
+                i.namespace.as_str(),
+                i.archive.as_str(),
+                i.sha256.as_str(),
+            )
+        })
+        .collect();
+    let in_manifest: Vec<(&str, &str, &str, &str)> = b
+        .manifest
+        .images
+        .iter()
+        .map(|i| {
+            (
+                i.name.as_str(),
+                i.namespace.as_str(),
+                i.archive.as_str(),
+                i.sha256.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, in_manifest);
     for i in &b.manifest.images {
         let file = b.root.join(i.archive.trim_start_matches('/'));
         assert_eq!(i.sha256, ingot::fetch::Sha256::of_file(&file).unwrap().to_hex());
@@ -366,4 +404,170 @@ fn containerd_imports_and_runs_the_images() {
     .concat());
     assert!(env.lines().any(|l| l == "PATH=/bin"), "{env}");
     println!("containerd test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+const SMOKE_PROFILE: &str = "tests/profiles/containerd-smoke.toml";
+
+#[test]
+fn containerd_smoke_builds_with_its_closure_init_config_and_modules() {
+    let out = tempfile::tempdir().unwrap();
+    let work = out.path().join("work");
+    let o = run(ingot()
+        .args(["build", "--quiet", "--profile", SMOKE_PROFILE, "--out"])
+        .arg(out.path().join("out"))
+        .arg("--keep-work")
+        .arg(&work));
+    assert!(o.status.success(), "ingot build failed:\n{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim(),
+        out.path().join("out/containerd-smoke.raw").display().to_string()
+    );
+    let root = work.join("root");
+
+    // Merged /usr: the loader every Debian program names resolves through /lib64.
+    assert_eq!(
+        std::fs::read_link(root.join("lib64")).unwrap(),
+        Path::new("usr/lib64")
+    );
+    assert!(root.join("lib64/ld-linux-x86-64.so.2").exists());
+    for program in [
+        "usr/bin/containerd",
+        "usr/bin/containerd-shim-runc-v2",
+        "usr/bin/ctr",
+        "usr/sbin/runc",
+        "usr/sbin/mke2fs",
+        "usr/bin/busybox",
+        "usr/lib/cni/bridge",
+        "usr/lib/cni/host-local",
+        "usr/lib/cni/loopback",
+        "usr/lib/cni/portmap",
+    ] {
+        let mode = std::fs::metadata(root.join(program))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert!(mode & 0o111 != 0, "{program} is not executable");
+    }
+    // Only the CNI plugins asked for; the excluded packages are absent.
+    assert_eq!(
+        dir_entries(&root.join("usr/lib/cni")),
+        ["bridge", "host-local", "loopback", "portmap"]
+    );
+    assert!(!root.join("usr/sbin/logsave").exists() && !root.join("usr/sbin/iptables").exists());
+    assert!(root.join("usr/lib/x86_64-linux-gnu/libseccomp.so.2").exists());
+
+    let json = std::fs::read(root.join("etc/ingot/init.json")).unwrap();
+    let mode = std::fs::metadata(root.join("etc/ingot/init.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+    let init = ingot_spec::config::parse(&json).unwrap();
+    let names: Vec<&str> = init.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["containerd", "hello"]);
+    // The busybox image: its archive in the root, with the hash the node checks before importing it.
+    assert_eq!(init.images.len(), 1, "{:?}", init.images);
+    let image = &init.images[0];
+    assert_eq!(
+        (
+            image.name.as_str(),
+            image.namespace.as_str(),
+            image.archive.as_str()
+        ),
+        (
+            IMAGE,
+            "k8s.io",
+            "/usr/share/ingot/images/ingot.local_busybox_latest.tar"
+        )
+    );
+    let archive = root.join(image.archive.trim_start_matches('/'));
+    assert_eq!(
+        image.sha256,
+        ingot::fetch::Sha256::of_file(&archive).unwrap().to_hex()
+    );
+    let hello = &init.services[1];
+    assert_eq!(hello.after, ["images"]);
+    assert_eq!(init.sysctls["net.bridge.bridge-nf-call-iptables"], "1");
+    assert!(init.modules.iter().any(|m| m == "br_netfilter"));
+
+    // modules.dep: each module with its dependencies in load order, paths relative to the module directory.
+    let manifest = Manifest::load(&out.path().join("out/containerd-smoke.manifest.json")).unwrap();
+    let kver = &manifest.uki.kernel_release;
+    let modules = root.join("usr/lib/modules").join(kver);
+    let dep = std::fs::read_to_string(modules.join("modules.dep")).unwrap();
+    let line = dep
+        .lines()
+        .find(|l| l.starts_with("kernel/net/bridge/br_netfilter.ko"))
+        .unwrap_or_else(|| panic!("no br_netfilter line in:\n{dep}"));
+    let deps: Vec<&str> = line.split_once(": ").unwrap().1.split(' ').collect();
+    let at = |name: &str| {
+        deps.iter()
+            .position(|d| d.contains(name))
+            .unwrap_or_else(|| panic!("{name}: {line}"))
+    };
+    assert!(
+        at("/llc.ko") < at("/stp.ko") && at("/stp.ko") < at("/bridge.ko"),
+        "{line}"
+    );
+    for l in dep.lines() {
+        let (module, deps) = l.split_once(':').unwrap();
+        for file in std::iter::once(module).chain(deps.split_whitespace()) {
+            assert!(
+                modules.join(file).is_file(),
+                "{file} of modules.dep is not in the root"
+            );
+        }
+    }
+    assert!(modules.join("modules.softdep").is_file() && modules.join("modules.builtin").is_file());
+
+    // Every pulled package is recorded with the component that pulled it.
+    let pulled: Vec<(&str, &str)> = manifest
+        .components
+        .iter()
+        .filter_map(|c| Some((c.name.as_str(), c.pulled_by.as_deref()?)))
+        .collect();
+    for expected in [
+        ("libc6", "containerd"),
+        ("libseccomp2", "runc"),
+        ("libext2fs2", "e2fsprogs"),
+    ] {
+        assert!(pulled.contains(&expected), "{expected:?} not in {pulled:?}");
+    }
+    let root_part = &manifest.partitions[1];
+    run_hello_service(&hello.exec, &archive, &work.join("containerd"));
+    eprintln!(
+        "containerd-smoke: {} components ({} pulled), root {} MiB of {} MiB",
+        manifest.components.len(),
+        pulled.len(),
+        root_part.hashed_bytes >> 20,
+        root_part.size >> 20
+    );
+}
+
+/// Imports the image archive into a private containerd and runs the `hello` service's command against it
+/// (with the test containerd's address and snapshotter added), as the node would after its `images`
+/// service.
+fn run_hello_service(exec: &[String], archive: &Path, dir: &Path) {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED running the hello service's command: {why}");
+        return;
+    }
+    assert_eq!(exec[0], "/usr/bin/ctr", "{exec:?}");
+    let c = Containerd::start(dir);
+    c.ok(&[
+        "-n",
+        "k8s.io",
+        "images",
+        "import",
+        "--snapshotter",
+        "native",
+        archive.to_str().unwrap(),
+    ]);
+    let mut args: Vec<&str> = exec[1..].iter().map(String::as_str).collect();
+    let run = args
+        .iter()
+        .position(|a| *a == "run")
+        .unwrap_or_else(|| panic!("the hello service does not `ctr run`: {exec:?}"));
+    args.splice(run + 1..run + 1, ["--snapshotter", "native"]);
+    assert_eq!(c.ok(&args).trim(), "hello from a container");
 }

@@ -221,3 +221,90 @@ fn run_disk_size_must_be_a_size_that_holds_the_image() {
         "{err}"
     );
 }
+
+#[test]
+fn a_missing_profile_names_the_path_tried() {
+    for (cmd, arg, tried) in [
+        ("build", "tests/profiles/nope.toml", "tests/profiles/nope.toml"),
+        ("lock", "nope", "profiles/nope.toml"),
+        ("lock", "nope.toml", "nope.toml"),
+    ] {
+        let o = run(ingot().args([cmd, "--profile", arg]));
+        assert!(!o.status.success());
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("profile {arg:?} not found (looked for {tried})")),
+            "{err}"
+        );
+    }
+}
+
+/// The smallest ELF executable header: no program headers, so no interpreter and no libraries.
+fn tiny_static_elf() -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    b[0..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2; // 64-bit
+    b[5] = 1; // little endian
+    b[6] = 1;
+    b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    b[20..24].copy_from_slice(&1u32.to_le_bytes());
+    b[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    b
+}
+
+#[test]
+fn a_single_program_component_and_service_programs_are_checked_in_the_root() {
+    let debs = cached_debs();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("tool-v1"), tiny_static_elf()).unwrap();
+    let p = local_profile(
+        d.path(),
+        &debs.kernel,
+        &format!("path = \"{}\"", debs.bootloader.display()),
+    );
+    let base = std::fs::read_to_string(&p).unwrap();
+    let with_service = |exec: &str| {
+        format!(
+            "{base}[[components]]\nname = \"tool\"\npath = \"tool-v1\"\nfiles = [{{ src = \"tool-v1\", dst = \"/usr/bin/tool\" }}]\n\
+             [[services]]\nname = \"tool\"\nexec = [\"{exec}\", \"--serve\"]\n"
+        )
+    };
+    std::fs::write(&p, with_service("/usr/bin/tool")).unwrap();
+    lock_ok(&p);
+    let out = d.path().join("out");
+    let work = d.path().join("work");
+    let o = run(ingot()
+        .args(["build", "--quiet", "--profile"])
+        .arg(&p)
+        .arg("--out")
+        .arg(&out)
+        .arg("--keep-work")
+        .arg(&work));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tool = work.join("root/usr/bin/tool");
+    assert_eq!(std::fs::read(&tool).unwrap(), tiny_static_elf());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&tool).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    let init =
+        ingot_spec::config::parse(&std::fs::read(work.join("root/etc/ingot/init.json")).unwrap()).unwrap();
+    assert_eq!(init.services[0].exec, ["/usr/bin/tool", "--serve"]);
+
+    std::fs::write(&p, with_service("/usr/bin/toool")).unwrap();
+    let err = build_fails(&p, &d.path().join("out2"));
+    let line = with_service("")
+        .lines()
+        .position(|l| l.starts_with("exec = "))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "{}:{line}: service \"tool\": exec[0] /usr/bin/toool is not in the image",
+            p.display()
+        )),
+        "{err}"
+    );
+}

@@ -9,16 +9,23 @@
 //! Indices are cached in the content-addressed cache under the hashes `InRelease` gives them, so
 //! locking twice downloads only `InRelease`.
 //!
-//! Limits: one architecture per [`ArchiveSpec`]; no dependency solving (the profile lists what it
-//! needs; the only dependency followed is the one a kernel metapackage points at); `Provides:` is
-//! parsed but virtual packages are not resolved; source packages are not indexed.
+//! Dependencies are followed only where asked: a kernel metapackage is followed to the versioned
+//! kernel package, and a request with `depends` pulls its `Pre-Depends` + `Depends` closure
+//! ([`closure`]: first satisfiable alternative, virtual packages through `Provides:`, version
+//! constraints checked, stopping at packages the profile already has).
+//!
+//! Limits: one architecture per [`ArchiveSpec`]; no conflict resolution (`Conflicts:`/`Breaks:` are not
+//! read: the closure never holds two versions of a package, and the profile author picks
+//! alternatives); source packages are not indexed.
 //!
 //! Rejected alternative: asking `apt` on the host. Builds must not depend on the host's
 //! configuration or keyrings, and the machines we build on need not run Debian.
 
+pub mod closure;
 pub mod deb822;
 pub mod inrelease;
 pub mod packages;
+pub mod relation;
 pub mod resolve;
 pub mod version;
 

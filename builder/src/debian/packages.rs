@@ -4,6 +4,7 @@
 //! request touches are turned into typed [`PackageEntry`] values, so a 60 000-package index costs one
 //! pass over the text and no per-package allocation beyond the stanza's field list.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 
 use super::deb822::{self, Deb822Error, Stanza};
@@ -25,6 +26,8 @@ pub struct PackageEntry {
     pub size: u64,
     /// `Depends:` as written (may be empty).
     pub depends: String,
+    /// `Pre-Depends:` as written (may be empty).
+    pub pre_depends: String,
     /// `Provides:` as written (may be empty).
     pub provides: String,
 }
@@ -45,6 +48,8 @@ pub struct EntryError {
 #[derive(Debug, Default)]
 pub struct PackagesIndex<'a> {
     by_name: HashMap<&'a str, Vec<Stanza<'a>>>,
+    /// Virtual package name → names of the packages whose `Provides:` mention it; built on first use.
+    provided_by: OnceCell<HashMap<&'a str, Vec<&'a str>>>,
 }
 
 impl<'a> PackagesIndex<'a> {
@@ -55,6 +60,7 @@ impl<'a> PackagesIndex<'a> {
 
     /// Adds the stanzas of a `Packages` text (stanzas without `Package:` are skipped).
     pub fn add(&mut self, text: &'a str) -> Result<(), Deb822Error> {
+        self.provided_by = OnceCell::new();
         for stanza in deb822::parse(text)? {
             if let Some(name) = stanza.get("Package") {
                 self.by_name.entry(name).or_default().push(stanza);
@@ -79,6 +85,29 @@ impl<'a> PackagesIndex<'a> {
             .get(name)
             .map(|stanzas| stanzas.iter().map(entry).collect())
             .unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// Names of the packages whose `Provides:` mention `name` (each name once, sorted).
+    pub fn provider_names(&self, name: &str) -> &[&'a str] {
+        let map = self.provided_by.get_or_init(|| {
+            let mut map: HashMap<&'a str, Vec<&'a str>> = HashMap::new();
+            for (package, stanzas) in &self.by_name {
+                for stanza in stanzas {
+                    let Some(provides) = stanza.get("Provides") else {
+                        continue;
+                    };
+                    for virtual_name in depends_names(provides) {
+                        map.entry(virtual_name).or_default().push(package);
+                    }
+                }
+            }
+            for names in map.values_mut() {
+                names.sort_unstable();
+                names.dedup();
+            }
+            map
+        });
+        map.get(name).map_or(&[], Vec::as_slice)
     }
 
     /// The highest version of `name`, if any.
@@ -127,6 +156,7 @@ fn entry(stanza: &Stanza<'_>) -> Result<PackageEntry, EntryError> {
             .parse()
             .map_err(|_| err("Size", "is not a number".to_owned()))?,
         depends: stanza.get("Depends").unwrap_or_default().to_owned(),
+        pre_depends: stanza.get("Pre-Depends").unwrap_or_default().to_owned(),
         provides: stanza.get("Provides").unwrap_or_default().to_owned(),
         package,
     })

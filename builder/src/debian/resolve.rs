@@ -4,6 +4,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::closure::{self, ClosureError, ClosureRoot, Present, Pulled};
 use super::deb822::Deb822Error;
 use super::inrelease::{self, InReleaseError, IndexFile, Keyring, Release};
 use super::packages::{EntryError, PackageEntry, PackagesIndex, depends_names};
@@ -34,6 +35,10 @@ pub struct PackageRequest {
     /// Follow the first `Depends:` entry with this prefix and pin that package instead (a
     /// metapackage such as `linux-image-cloud-amd64` → `linux-image-6.1.0-NN-cloud-amd64`).
     pub follow_depends_prefix: Option<String>,
+    /// Also pin the package's `Pre-Depends` + `Depends` closure (see [`super::closure`]).
+    pub depends: bool,
+    /// Packages the closure must not pull (only with `depends`).
+    pub exclude: Vec<String>,
 }
 
 /// A request resolved to one `.deb`.
@@ -45,6 +50,9 @@ pub struct Resolved {
     pub package: String,
     /// The package that was asked for, when a dependency was followed.
     pub requested: Option<String>,
+    /// For a package pulled in as a dependency: the component whose closure pulled it (the
+    /// `component` field is then the package name).
+    pub pulled_by: Option<String>,
     /// The pinned package's version.
     pub version: String,
     /// `<archive url>/<Filename>` (the canonical URL; mirrors apply when fetching).
@@ -90,6 +98,9 @@ pub enum ResolveError {
     /// A package stanza lacks a field we need.
     #[error("in {suite}")]
     Entry { suite: String, source: EntryError },
+    /// A dependency closure cannot be computed.
+    #[error("in {suite}")]
+    Closure { suite: String, source: ClosureError },
     /// No such package.
     #[error("component {component}: package {package} is not in {suite} ({components}) for {arch}")]
     NotFound {
@@ -156,6 +167,7 @@ pub fn resolve(
         arch: archive.arch.clone(),
     };
     let mut out = Vec::with_capacity(requests.len());
+    let mut entries = Vec::with_capacity(requests.len());
     for request in requests {
         let asked = index
             .newest(&request.package)
@@ -182,14 +194,52 @@ pub fn resolve(
         };
         out.push(Resolved {
             component: request.component.clone(),
-            package: entry.package,
+            package: entry.package.clone(),
             requested,
+            pulled_by: None,
             version: entry.version.to_string(),
             url: format!("{base}/{}", entry.filename),
             sha256: entry.sha256,
             size: entry.size,
         });
+        entries.push(entry);
     }
+    let present: Vec<Present<'_>> = requests
+        .iter()
+        .zip(&entries)
+        .map(|(r, entry)| Present {
+            component: &r.component,
+            entry,
+        })
+        .collect();
+    let roots: Vec<ClosureRoot<'_>> = requests
+        .iter()
+        .zip(&entries)
+        .filter(|(r, _)| r.depends)
+        .map(|(r, entry)| ClosureRoot {
+            component: &r.component,
+            entry,
+            exclude: &r.exclude,
+        })
+        .collect();
+    let pulled = closure::closure(&index, &present, &roots).map_err(|source| ResolveError::Closure {
+        suite: archive.suite.clone(),
+        source,
+    })?;
+    out.extend(
+        pulled
+            .into_iter()
+            .map(|Pulled { entry, pulled_by, .. }| Resolved {
+                component: entry.package.clone(),
+                url: format!("{base}/{}", entry.filename),
+                package: entry.package,
+                requested: None,
+                pulled_by: Some(pulled_by),
+                version: entry.version.to_string(),
+                sha256: entry.sha256,
+                size: entry.size,
+            }),
+    );
     if fetcher.reports_progress() {
         eprintln!(
             "resolved {} package(s) in {} ({} names) in {:.1}s",

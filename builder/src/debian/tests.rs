@@ -28,7 +28,12 @@ fn packages() -> String {
          Package: linux-image-6.1.0-41-cloud-amd64\nVersion: 6.1.158-1\nDepends: kmod, linux-base (>= 4.3~)\n\
          Filename: pool/main/l/linux-signed-amd64/linux-image-6.1.0-41-cloud-amd64_6.1.158-1_amd64.deb\nSize: 3\nSHA256: {H3}\n\n\
          Package: systemd-boot-efi\nVersion: 252.39-1~deb12u1\nFilename: pool/main/s/systemd/systemd-boot-efi_252.39-1~deb12u1_amd64.deb\n\
-         Size: 4\nSHA256: {H4}\n"
+         Size: 4\nSHA256: {H4}\n\n\
+         Package: runc\nVersion: 1.1.5-1\nDepends: libc6 (>= 2.34), libseccomp2 (>= 2.5.0)\n\
+         Filename: pool/main/r/runc/runc_1.1.5-1_amd64.deb\nSize: 5\nSHA256: {H1}\n\n\
+         Package: libseccomp2\nVersion: 2.5.4-1\nDepends: libc6 (>= 2.4)\n\
+         Filename: pool/main/libs/libseccomp/libseccomp2_2.5.4-1_amd64.deb\nSize: 6\nSHA256: {H2}\n\n\
+         Package: libc6\nVersion: 2.36-9\nFilename: pool/main/g/glibc/libc6_2.36-9_amd64.deb\nSize: 7\nSHA256: {H3}\n"
     )
 }
 
@@ -131,11 +136,15 @@ fn requests() -> Vec<PackageRequest> {
             component: "kernel".to_owned(),
             package: "linux-image-cloud-amd64".to_owned(),
             follow_depends_prefix: Some("linux-image-".to_owned()),
+            depends: false,
+            exclude: vec![],
         },
         PackageRequest {
             component: "systemd-boot".to_owned(),
             package: "systemd-boot-efi".to_owned(),
             follow_depends_prefix: None,
+            depends: false,
+            exclude: vec![],
         },
     ]
 }
@@ -152,6 +161,7 @@ fn resolves_newest_follows_metapackage_and_caches_indices() {
                 component: "kernel".to_owned(),
                 package: "linux-image-6.1.0-41-cloud-amd64".to_owned(),
                 requested: Some("linux-image-cloud-amd64".to_owned()),
+                pulled_by: None,
                 version: "6.1.158-1".to_owned(),
                 url: format!(
                     "{base}/pool/main/l/linux-signed-amd64/linux-image-6.1.0-41-cloud-amd64_6.1.158-1_amd64.deb"
@@ -172,6 +182,60 @@ fn resolves_newest_follows_metapackage_and_caches_indices() {
             resolved
         );
     }
+}
+
+#[test]
+fn depends_pins_the_closure_as_pulled_packages() {
+    let archive = TestArchive::new(false, true, "test");
+    let mut reqs = requests();
+    reqs.push(PackageRequest {
+        component: "runtime".to_owned(),
+        package: "runc".to_owned(),
+        follow_depends_prefix: None,
+        depends: true,
+        exclude: vec![],
+    });
+    let resolved = resolve(&archive.fetcher, &archive.spec, &reqs).unwrap();
+    let base = format!("file://{}", archive.root.display());
+    let pulled: Vec<(&str, &str, Option<&str>, &str)> = resolved
+        .iter()
+        .map(|r| {
+            (
+                r.component.as_str(),
+                r.package.as_str(),
+                r.pulled_by.as_deref(),
+                r.url.as_str(),
+            )
+        })
+        .skip(3)
+        .collect();
+    assert_eq!(
+        pulled,
+        [
+            (
+                "libc6",
+                "libc6",
+                Some("runtime"),
+                format!("{base}/pool/main/g/glibc/libc6_2.36-9_amd64.deb").as_str()
+            ),
+            (
+                "libseccomp2",
+                "libseccomp2",
+                Some("runtime"),
+                format!("{base}/pool/main/libs/libseccomp/libseccomp2_2.5.4-1_amd64.deb").as_str()
+            ),
+        ]
+    );
+    assert_eq!(resolved[3].sha256, H3.parse().unwrap());
+    assert_eq!(resolved[2].pulled_by, None);
+
+    reqs[2].exclude = vec!["libseccomp3".to_owned()];
+    let err = resolve(&archive.fetcher, &archive.spec, &reqs).unwrap_err();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert_eq!(
+        chain,
+        "in test: component runtime: exclude \"libseccomp3\" is not a dependency in its closure (remove it from `exclude`)"
+    );
 }
 
 #[test]
@@ -254,6 +318,8 @@ fn unknown_package_is_named() {
         component: "shell".to_owned(),
         package: "no-such-package".to_owned(),
         follow_depends_prefix: None,
+        depends: false,
+        exclude: vec![],
     }];
     let err = resolve(&archive.fetcher, &archive.spec, &req).unwrap_err();
     assert_eq!(

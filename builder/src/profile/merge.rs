@@ -1,5 +1,6 @@
 //! The `extends` merge rules (documented in the parent module and tested in `tests.rs`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::raw::*;
@@ -10,7 +11,7 @@ fn pick<T>(base: Option<T>, child: Option<T>) -> Option<T> {
 }
 
 /// Appends the child's list to the base's; an explicit empty child list resets.
-fn append(base: Option<Vec<String>>, child: Option<Vec<String>>) -> Option<Vec<String>> {
+fn append<T>(base: Option<Vec<T>>, child: Option<Vec<T>>) -> Option<Vec<T>> {
     match (base, child) {
         (b, None) => b,
         (_, Some(c)) if c.is_empty() => Some(c),
@@ -23,7 +24,11 @@ fn append(base: Option<Vec<String>>, child: Option<Vec<String>>) -> Option<Vec<S
 }
 
 /// Merges keyed entries: same key replaces in place, new keys append, an explicit empty list resets.
-fn merge_keyed<T>(base: Option<Vec<T>>, child: Option<Vec<T>>, key: impl Fn(&T) -> &str) -> Option<Vec<T>> {
+fn merge_keyed<T, K: PartialEq>(
+    base: Option<Vec<T>>,
+    child: Option<Vec<T>>,
+    key: impl Fn(&T) -> K,
+) -> Option<Vec<T>> {
     match (base, child) {
         (b, None) => b,
         (_, Some(c)) if c.is_empty() => Some(c),
@@ -35,6 +40,22 @@ fn merge_keyed<T>(base: Option<Vec<T>>, child: Option<Vec<T>>, key: impl Fn(&T) 
                     None => b.push(entry),
                 }
             }
+            Some(b)
+        }
+    }
+}
+
+/// Merges maps key by key (the child's value wins); an explicit empty child map resets.
+fn merge_map<K: Ord, V>(
+    base: Option<BTreeMap<K, V>>,
+    child: Option<BTreeMap<K, V>>,
+) -> Option<BTreeMap<K, V>> {
+    match (base, child) {
+        (b, None) => b,
+        (_, Some(c)) if c.is_empty() => Some(c),
+        (None, Some(c)) => Some(c),
+        (Some(mut b), Some(c)) => {
+            b.extend(c);
             Some(b)
         }
     }
@@ -104,9 +125,23 @@ pub fn merge(base: RawProfile, child: RawProfile) -> RawProfile {
             root: pick(b.root, c.root),
             var: pick(b.var, c.var),
         }),
-        components: merge_keyed(base.components, child.components, |c| c.name.as_str()),
-        images: merge_keyed(base.images, child.images, |i| i.name.as_str()),
-        files: merge_keyed(base.files, child.files, |f| f.path.as_str()),
+        components: merge_keyed(base.components, child.components, |c| c.name.clone()),
+        images: merge_keyed(base.images, child.images, |i| i.name.clone()),
+        files: merge_keyed(base.files, child.files, |f| f.path.clone()),
+        node: merge_table(base.node, child.node, |b, c| RawNode {
+            hostname: pick(b.hostname, c.hostname),
+            modules: append(b.modules, c.modules),
+            sysctls: merge_map(b.sysctls, c.sysctls),
+        }),
+        network: merge_table(base.network, child.network, |b, c| RawNetwork {
+            interfaces: merge_keyed(b.interfaces, c.interfaces, |i| {
+                i.value.matches.as_ref().map(|m| m.value.clone())
+            }),
+        }),
+        time: merge_table(base.time, child.time, |b, c| RawTime {
+            servers: append(b.servers, c.servers),
+        }),
+        services: merge_keyed(base.services, child.services, |s| s.value.name.value.clone()),
     }
 }
 

@@ -6,16 +6,25 @@
 //! sources are exactly one kind).
 //!
 //! Merge rules for `extends = "base"` (the child is applied on top of the base, recursively):
-//! - scalars (`image.version`, `partitions.root`, a component's `package` …): the child's value wins;
-//! - string lists (`kernel.cmdline`, `kernel.initrd_modules`, `kernel.root_modules`): the child's entries are
-//!   appended to the base's; an explicit empty list (`cmdline = []`) resets the list to empty first;
-//! - `[[components]]` and `[[images]]` are keyed by `name` and `[[files]]` by `path`: an entry with a
-//!   name/path the base has replaces it in place, others are appended; `components = []` / `images = []` /
-//!   `files = []` drop the base's entries;
+//! - scalars (`image.version`, `partitions.root`, a component's `package`, `node.hostname` …): the child's
+//!   value wins;
+//! - string lists (`kernel.cmdline`, `kernel.initrd_modules`, `kernel.root_modules`, `node.modules`,
+//!   `time.servers`): the child's entries are appended to the base's; an explicit empty list (`cmdline = []`)
+//!   resets the list to empty first;
+//! - `node.sysctls` merges key by key, the child's value winning; `sysctls = {}` resets it;
+//! - `[[components]]` and `[[images]]` are keyed by `name`, `[[files]]` by `path`, `[[services]]` by `name` and
+//!   `[[network.interfaces]]` by `match`: an entry with a key the base has replaces it in place (whole),
+//!   others are appended; an explicit empty list (`components = []` …) drops the base's entries;
 //! - the `[archive]` table merges field by field (its `components` list replaces rather than appends,
 //!   since it names one archive's sections).
+//!
+//! The init configuration tables (`[node]`, `[network]`, `[time]`, `[[services]]`) validate into
+//! [`ingot_spec::config::InitConfig`], which the build writes to `/etc/ingot/init.json`; their values carry
+//! the file and line they were written on, so errors point there even after merging.
 
 mod images;
+mod init_config;
+mod locate;
 mod merge;
 pub mod raw;
 mod validate;
@@ -24,6 +33,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use images::{ContainerImage, ImageSource, archive_file_name};
+pub use init_config::{Executable, parse_cidr, parse_duration_ms, parse_mac};
+pub use raw::Origin;
 pub use validate::{
     Archive, Bootloader, Component, FileContent, FileMap, ImageFile, Kernel, PartitionSizes, Profile, Source,
     parse_size,
@@ -55,6 +66,14 @@ pub enum ProfileError {
     #[error("{path}: field `{field}`: {message}")]
     Invalid {
         path: PathBuf,
+        field: String,
+        message: String,
+    },
+    /// A value that knows where it was written: the file may be a base profile of the one loaded.
+    #[error("{path}:{line}: field `{field}`: {message}")]
+    InvalidAt {
+        path: PathBuf,
+        line: usize,
         field: String,
         message: String,
     },
@@ -116,9 +135,11 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<raw::RawProfile,
         path: path.to_path_buf(),
         source: Box::new(e),
     })?;
-    // Relative paths in a profile are relative to the file that wrote them, so rebase them before merging.
+    // Relative paths in a profile are relative to the file that wrote them, so rebase them before merging;
+    // likewise, values remember their file and line before merging mixes files.
     let dir = path.parent().unwrap_or(Path::new("."));
     merge::rebase_paths(&mut child, dir);
+    locate::locate(&mut child, path, &text);
     let Some(base_name) = child.extends.take() else {
         return Ok(child);
     };
@@ -148,5 +169,7 @@ impl fmt::Display for Source {
     }
 }
 
+#[cfg(test)]
+mod init_tests;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,15 @@
 //! The profile as written in TOML: every field optional so that `extends` can merge before anything is
 //! required. Unknown keys are rejected here, with the line and column, by serde.
+//!
+//! Values of the init configuration tables (`[node]`, `[network]`, `[time]`, `[[services]]`) are
+//! [`Located`]: they remember the file and line they were written on, so a validation error after
+//! merging `extends` still points at the right file.
 
-use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +25,10 @@ pub struct RawProfile {
     /// Container images preloaded into the root (`[[images]]`).
     pub images: Option<Vec<RawContainerImage>>,
     pub files: Option<Vec<RawFile>>,
+    pub node: Option<RawNode>,
+    pub network: Option<RawNetwork>,
+    pub time: Option<RawTime>,
+    pub services: Option<Vec<Located<RawService>>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -95,6 +107,10 @@ pub struct RawComponent {
     /// Whether the files land in the root (`true` by default); `false` for a component that only feeds an
     /// `[[images]]` entry.
     pub install: Option<bool>,
+    /// Also take the package's `Pre-Depends` + `Depends` closure (package sources only).
+    pub depends: Option<bool>,
+    /// Packages the closure must not pull.
+    pub exclude: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,4 +152,119 @@ pub struct RawContainerImage {
     pub entrypoint: Option<Vec<String>>,
     pub cmd: Option<Vec<String>>,
     pub env: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Where a value was written: the profile file and the 1-based line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+/// A value with its place in the file. The byte span comes from the TOML parser; [`Located::origin`] is
+/// filled in right after parsing, while the file's text is at hand (see `locate` in the parent module).
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    pub value: T,
+    pub span: Range<usize>,
+    pub origin: Option<Origin>,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spanned = toml::Spanned::<T>::deserialize(d)?;
+        Ok(Located {
+            span: spanned.span(),
+            value: spanned.into_inner(),
+            origin: None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub hostname: Option<Located<String>>,
+    /// Kernel modules stage 2 loads; also copied into the root.
+    pub modules: Option<Vec<Located<String>>>,
+    /// `"net.ipv4.ip_forward" = "1"` (an integer is taken as its decimal text).
+    pub sysctls: Option<BTreeMap<String, Located<RawSysctlValue>>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawSysctlValue {
+    Text(String),
+    Integer(i64),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub interfaces: Option<Vec<Located<RawInterface>>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInterface {
+    /// `{ name = "eth0" }`, `{ mac = "52:54:00:12:34:56" }` or both.
+    #[serde(rename = "match")]
+    pub matches: Option<Located<RawMatch>>,
+    pub addresses: Option<Vec<Located<String>>>,
+    pub gateway: Option<Located<String>>,
+    pub dns: Option<Vec<Located<String>>>,
+    pub mtu: Option<Located<i64>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub name: Option<String>,
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTime {
+    /// `"ip"` or `"ip:port"`.
+    pub servers: Option<Vec<Located<String>>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Located<String>,
+    pub exec: Option<Located<Vec<String>>>,
+    pub env: Option<BTreeMap<String, Located<String>>>,
+    pub after: Option<Vec<Located<String>>>,
+    pub kind: Option<Located<RawServiceKind>>,
+    pub ready: Option<Located<RawReady>>,
+    pub restart: Option<Located<RawRestart>>,
+    /// `"10s"`, `"500ms"`, `"1m30s"`.
+    pub stop_timeout: Option<Located<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawServiceKind {
+    Daemon,
+    Oneshot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawRestart {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// Exactly one of the fields.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReady {
+    pub socket: Option<String>,
+    pub file: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub http: Option<String>,
 }

@@ -293,6 +293,11 @@ fn bad_images_name_the_field() {
             "components[1].install",
             "not installed",
         ),
+        (
+            base.replace("install = false\n", "install = false\ndepends = true\n"),
+            "components[1].depends",
+            "staged into the root",
+        ),
     ];
     for (text, field, why) in cases {
         let msg = load(&write(d.path(), "p.toml", &text)).unwrap_err().to_string();

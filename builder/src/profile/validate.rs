@@ -2,8 +2,11 @@
 
 use std::path::{Component as PathComponent, Path, PathBuf};
 
+use ingot_spec::config::{INIT_CONFIG_PATH, InitConfig};
+
 use super::ProfileError;
 use super::images::ContainerImage;
+use super::init_config::{self, Executable};
 use super::raw::*;
 
 const MIB: u64 = 1024 * 1024;
@@ -27,6 +30,10 @@ pub struct Profile {
     /// Container images preloaded into the root (`[[images]]`).
     pub images: Vec<ContainerImage>,
     pub files: Vec<ImageFile>,
+    /// What the build writes to `/etc/ingot/init.json` for ingot-init.
+    pub init: InitConfig,
+    /// Programs the services run: the build checks they are in the staged root and executable.
+    pub executables: Vec<Executable>,
 }
 
 /// A Debian-style archive that `ingot lock` resolves `package` sources in.
@@ -75,6 +82,10 @@ pub struct Component {
     pub files: Option<Vec<FileMap>>,
     /// Whether the files land in the root; `false` for a component that only feeds an image.
     pub install: bool,
+    /// Also take the package's dependency closure (package sources only).
+    pub depends: bool,
+    /// Packages the closure must not pull (sorted, unique; empty without `depends`).
+    pub exclude: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,6 +345,38 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
             return Err(cx.err(format!("{field}.name"), format!("{:?} is declared twice", c.name)));
         }
         let source = cx.source(&field, c.package, c.url, c.sha256, c.path)?;
+        let depends = c.depends.unwrap_or(false);
+        if depends && !matches!(source, Source::Package(_)) {
+            return Err(cx.err(
+                format!("{field}.depends"),
+                "needs a `package` source (dependencies are read from the archive's index)",
+            ));
+        }
+        let install = c.install.unwrap_or(true);
+        if depends && !install {
+            return Err(cx.err(
+                format!("{field}.depends"),
+                "a dependency closure is staged into the root, and `install = false` keeps this component out of \
+                 it: list what the image needs as components instead",
+            ));
+        }
+        let mut exclude = c.exclude.unwrap_or_default();
+        if !exclude.is_empty() && !depends {
+            return Err(cx.err(format!("{field}.exclude"), "only applies with `depends = true`"));
+        }
+        for (j, e) in exclude.iter().enumerate() {
+            let ok = !e.is_empty()
+                && e.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+            if !ok {
+                return Err(cx.err(
+                    format!("{field}.exclude[{j}]"),
+                    format!("{e:?} is not a package name"),
+                ));
+            }
+        }
+        exclude.sort();
+        exclude.dedup();
         let files = match c.files {
             None => None,
             Some(list) => {
@@ -363,7 +406,9 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
             name: c.name,
             source,
             files,
-            install: c.install.unwrap_or(true),
+            install,
+            depends,
+            exclude,
         });
     }
 
@@ -373,6 +418,12 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
     for (i, f) in raw.files.unwrap_or_default().into_iter().enumerate() {
         let field = format!("files[{i}]");
         let path = cx.image_path(&format!("{field}.path"), &f.path)?;
+        if path == Path::new(INIT_CONFIG_PATH) {
+            return Err(cx.err(
+                format!("{field}.path"),
+                format!("{INIT_CONFIG_PATH} is written by the build from [node], [network], [time] and [[services]]"),
+            ));
+        }
         let content = match (f.content, f.source) {
             (Some(c), None) => FileContent::Inline(c),
             (None, Some(s)) => FileContent::Host(PathBuf::from(s)),
@@ -404,6 +455,8 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         ));
     }
 
+    let (init, executables) = init_config::validate(path, raw.node, raw.network, raw.time, raw.services)?;
+
     Ok(Profile {
         name,
         path: path.to_path_buf(),
@@ -417,5 +470,7 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         components,
         images,
         files,
+        init,
+        executables,
     })
 }

@@ -2,4 +2,5 @@
 
 pub mod elf;
 pub mod erofs;
+pub mod programs;
 pub mod stage;
