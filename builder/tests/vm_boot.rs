@@ -38,7 +38,11 @@ fn vm_minimal_boots_to_ready_and_run_leaves_the_image_alone() {
         .lines()
         .filter_map(|l| ingot_spec::marker::parse_phase_line(l).map(|(p, _)| p))
         .collect();
-    assert_eq!(phases, ["stage1", "root", "stage2", "ready"], "{console}");
+    assert_eq!(
+        phases,
+        ["stage1", "root", "stage2", "var", "network", "clock", "ready"],
+        "{console}"
+    );
     assert!(
         console.contains("root-a"),
         "stage 1 names the root it mounted:\n{console}"
