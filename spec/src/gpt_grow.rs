@@ -263,8 +263,11 @@ mod tests {
     }
 
     proptest! {
+        // Disks are materialized in memory, so sizes stay small; the arithmetic does not depend on them.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
         #[test]
-        fn any_bigger_disk_gives_a_valid_table(extra in 0u64..4_000_000, align in prop::sample::select(vec![1u64, 8, 2048])) {
+        fn any_bigger_disk_gives_a_valid_table(extra in 0u64..20_000, align in prop::sample::select(vec![1u64, 8, 2048])) {
             let old = disk(20480, &[(2048, 4095), (4096, 10239)]);
             let sectors = 20480 + extra;
             if let Some(grown) = grow_partition(head(&old), sectors, 2, align).unwrap() {
