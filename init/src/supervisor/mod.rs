@@ -234,7 +234,7 @@ impl Check {
         if why.is_some() {
             self.last_error = why;
         }
-        self.interval = readiness::next_interval(self.interval);
+        self.interval = readiness::next_interval(self.interval, now.saturating_sub(self.began));
         self.next_at = now + self.interval;
     }
 }

@@ -1,8 +1,9 @@
 //! Readiness checks: how often they run, and the HTTP one (URL, request, status line, a nonblocking
 //! probe the event loop drives).
 //!
-//! A daemon's check runs [`FIRST_INTERVAL`] after it started, then at intervals doubling up to
-//! [`MAX_INTERVAL`]. After [`WARN_AFTER`] without success a warning is printed and the service shows as
+//! A daemon's check runs every [`FIRST_INTERVAL`] for the first [`FAST_PERIOD`] after it started (a socket or
+//! file check costs microseconds, and every step of delay here is boot time), then at intervals doubling up
+//! to [`MAX_INTERVAL`]. After [`WARN_AFTER`] without success a warning is printed and the service shows as
 //! `running` (not `ready`); checking goes on at [`MAX_INTERVAL`], so dependents still start once it passes.
 //! A command check gets [`COMMAND_TIMEOUT`] before its process group is killed; an HTTP check
 //! [`HTTP_TIMEOUT`] for connecting, sending and reading the status line.
@@ -14,6 +15,7 @@ use crate::sys::fd::{Read, TcpConn};
 
 pub const FIRST_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(1);
+pub const FAST_PERIOD: Duration = Duration::from_secs(10);
 pub const WARN_AFTER: Duration = Duration::from_secs(60);
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -22,9 +24,13 @@ pub const HTTP_CONNECT_POLL: Duration = Duration::from_millis(10);
 /// The response bytes kept while looking for the end of the status line.
 const MAX_STATUS_LINE: usize = 512;
 
-/// The interval after `current`.
-pub fn next_interval(current: Duration) -> Duration {
-    (current * 2).min(MAX_INTERVAL)
+/// The interval after `current`, `checking` for this long already.
+pub fn next_interval(current: Duration, checking: Duration) -> Duration {
+    if checking < FAST_PERIOD {
+        FIRST_INTERVAL
+    } else {
+        (current * 2).min(MAX_INTERVAL)
+    }
 }
 
 /// A parsed `http://host[:port][/path]` readiness URL.
@@ -253,11 +259,12 @@ mod tests {
     }
 
     #[test]
-    fn intervals_double_to_one_second() {
+    fn checks_stay_fast_for_ten_seconds_then_double_to_one_second() {
+        assert_eq!(next_interval(FIRST_INTERVAL, Duration::from_millis(9_900)), FIRST_INTERVAL);
         let mut i = FIRST_INTERVAL;
         let mut seen = vec![i.as_millis()];
         for _ in 0..5 {
-            i = next_interval(i);
+            i = next_interval(i, FAST_PERIOD);
             seen.push(i.as_millis());
         }
         assert_eq!(seen, [100, 200, 400, 800, 1000, 1000]);
