@@ -11,5 +11,6 @@ pub mod gpt;
 pub mod gpt_grow;
 pub mod marker;
 pub mod partition;
+pub mod time;
 
 pub use uuid::Uuid;

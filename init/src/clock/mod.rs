@@ -745,22 +745,5 @@ impl Pollable for Clock {
 
 /// `2026-11-21T16:09:32Z` for nanoseconds since the Unix epoch (whole seconds, UTC).
 pub fn format_utc(unix_nanos: i64) -> String {
-    let secs = unix_nanos.div_euclid(SEC);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (the proleptic Gregorian calendar, H. Hinnant's method).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    ingot_spec::time::rfc3339(unix_nanos.div_euclid(SEC))
 }

@@ -260,7 +260,10 @@ mod tests {
 
     #[test]
     fn checks_stay_fast_for_ten_seconds_then_double_to_one_second() {
-        assert_eq!(next_interval(FIRST_INTERVAL, Duration::from_millis(9_900)), FIRST_INTERVAL);
+        assert_eq!(
+            next_interval(FIRST_INTERVAL, Duration::from_millis(9_900)),
+            FIRST_INTERVAL
+        );
         let mut i = FIRST_INTERVAL;
         let mut seen = vec![i.as_millis()];
         for _ in 0..5 {
