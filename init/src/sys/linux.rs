@@ -457,21 +457,15 @@ impl Sys for Linux {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| io::Error::other("empty command"))?;
+        let setup = ChildSetup::new()?;
         let mut cmd = std::process::Command::new(program);
         cmd.args(args)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        // SAFETY: the closure runs in the forked child before exec and only calls `sigprocmask`, which is
-        // async-signal-safe, on an initialized empty set.
+        // SAFETY: as in `spawn`: the closure runs in the forked child of this single-threaded process before
+        // `exec` and only makes async-signal-safe system calls on values prepared before the fork.
         unsafe {
-            cmd.pre_exec(|| {
-                let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-                libc::sigemptyset(set.as_mut_ptr());
-                if libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || setup.apply());
         }
         let status = cmd.status()?;
         Ok(
