@@ -10,6 +10,7 @@ pub mod config;
 pub mod gpt;
 pub mod gpt_grow;
 pub mod marker;
+pub mod node_config;
 pub mod partition;
 pub mod time;
 
