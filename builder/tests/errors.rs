@@ -308,3 +308,29 @@ fn a_single_program_component_and_service_programs_are_checked_in_the_root() {
         "{err}"
     );
 }
+
+#[test]
+fn the_worker_profile_fails_fast_when_upstream_hosts_are_unreachable_and_says_how_to_supply_files() {
+    // The worker profile pins upstream release files (GitHub, dl.k8s.io). Point those hosts at a closed
+    // loopback port so the test behaves the same on machines that can reach them.
+    let d = tempfile::tempdir().unwrap();
+    let closed = "http://127.0.0.1:9";
+    let started = std::time::Instant::now();
+    let o = run(ingot()
+        .env(
+            "INGOT_MIRROR",
+            format!("https://github.com={closed};https://dl.k8s.io={closed}"),
+        )
+        .args(["build", "--quiet", "--profile", "worker", "--out"])
+        .arg(d.path().join("out")));
+    let took = started.elapsed();
+    assert!(!o.status.success(), "build should fail");
+    let err = stderr(&o);
+    assert!(err.contains("cannot reach http://127.0.0.1:9/"), "{err}");
+    assert!(
+        err.contains("INGOT_MIRROR=") && err.contains("`extends`") && err.contains("/blobs/sha256/"),
+        "{err}"
+    );
+    assert!(took.as_secs() < 30, "took {took:?} to fail");
+    assert!(dir_entries(&d.path().join("out")).is_empty());
+}

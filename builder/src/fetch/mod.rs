@@ -173,6 +173,15 @@ pub struct Pinned {
     pub sha256: Sha256,
 }
 
+/// `https://host[:port]` of a URL: the prefix a mirror rewrite replaces.
+fn url_origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => &url[..after_scheme + i],
+        None => url,
+    }
+}
+
 /// One `FROM=TO` prefix rewrite from `INGOT_MIRROR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mirror {
@@ -258,6 +267,22 @@ pub enum FetchError {
     Network {
         component: String,
         url: String,
+        source: ureq::Error,
+    },
+    /// A pinned file's host cannot be reached (after retries): say how else to supply the file.
+    #[error(
+        "component {component}: cannot reach {url}; supply the file another way:\n  \
+         - a mirror: INGOT_MIRROR=\"{origin}=https://your.mirror/path\" (or =file:///a/directory)\n  \
+         - the cache: copy the file (sha256 {sha256}) to {}\n  \
+         - a local file: in a profile that `extends` this one, give component `{component}` a `path = \"...\"`",
+        blob.display()
+    )]
+    Unreachable {
+        component: String,
+        url: String,
+        origin: String,
+        sha256: Sha256,
+        blob: PathBuf,
         source: ureq::Error,
     },
     /// The connection broke while the body was read (after retries).
@@ -397,7 +422,21 @@ impl Fetcher {
             });
         }
         self.report_start(&p.component, &source);
-        http::download(self, p, &source)
+        http::download(self, p, &source).map_err(|e| match e {
+            FetchError::Network {
+                component,
+                url,
+                source,
+            } => FetchError::Unreachable {
+                origin: url_origin(&url).to_owned(),
+                component,
+                url,
+                sha256: p.sha256,
+                blob: self.cache.blob_path(&p.sha256),
+                source,
+            },
+            other => other,
+        })
     }
 
     /// Downloads something that is not pinned (an archive's `InRelease`) into memory, following mirrors.

@@ -276,7 +276,7 @@ fn truncated_download_is_retried_then_fails_leaving_nothing() {
 }
 
 #[test]
-fn connection_refused_is_a_network_error() {
+fn an_unreachable_host_names_the_url_and_every_other_way_to_supply_the_file() {
     // Bind then drop to find a port that is (very likely) closed.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -285,11 +285,23 @@ fn connection_refused_is_a_network_error() {
         .port();
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{port}/x");
-    let err = fetcher(tmp.path()).fetch(&pin("crictl", &url, b"x")).unwrap_err();
-    assert!(matches!(err, FetchError::Network { .. }), "{err:?}");
-    assert_eq!(
-        err.to_string(),
-        format!("component crictl: cannot download {url}")
+    let p = pin("crictl", &url, b"x");
+    let err = fetcher(tmp.path()).fetch(&p).unwrap_err();
+    assert!(matches!(err, FetchError::Unreachable { .. }), "{err:?}");
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(&format!("component crictl: cannot reach {url}; ")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("INGOT_MIRROR=\"http://127.0.0.1:{port}=")),
+        "{shown}"
+    );
+    assert!(shown.contains(&format!("(sha256 {})", p.sha256)), "{shown}");
+    assert!(shown.contains(&format!("/blobs/sha256/{}", p.sha256)), "{shown}");
+    assert!(
+        shown.contains("`extends`") && shown.contains("`path = "),
+        "{shown}"
     );
 }
 
