@@ -33,6 +33,7 @@ pub fn import_service(images: &[Image]) -> Option<Service> {
         ready: None,
         restart: Restart::OnFailure,
         stop_timeout_ms: config::DEFAULT_STOP_TIMEOUT_MS,
+        phase: None,
     })
 }
 

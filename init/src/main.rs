@@ -20,6 +20,7 @@ mod event;
 mod event_loop;
 mod failure;
 mod images;
+mod kube;
 mod modules;
 mod mounts;
 mod net;
@@ -55,8 +56,10 @@ fn main() {
     sys::install_panic_hook();
     let sys = sys::Linux::new();
     if !sys::Linux::is_pid1() {
-        if std::env::args().nth(1).as_deref() == Some(images::APPLET) {
-            std::process::exit(images::applet());
+        match std::env::args().nth(1).as_deref() {
+            Some(images::APPLET) => std::process::exit(images::applet()),
+            Some(kube::KUBELET_APPLET) => std::process::exit(kube::kubelet_applet()),
+            _ => {}
         }
         eprintln!("ingot-init is the init process of an ingot node and only runs as PID 1");
         std::process::exit(2);

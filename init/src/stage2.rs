@@ -18,6 +18,7 @@
 //! [`crate::failure`] reboots. The network, clock and power button talk to real devices, so they come from
 //! a [`Devices`] the tests replace.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -34,7 +35,7 @@ use crate::event_loop::EventLoop;
 use crate::options::BootOptions;
 use crate::supervisor::{Event, Supervisor};
 use crate::sys::{self, Shutdown, Sys};
-use crate::{clock, images, modules, mounts, net, node, power_button, storage};
+use crate::{clock, images, kube, modules, mounts, net, node, power_button, storage};
 
 /// How long boot waits for the network before going on without it (it keeps trying).
 pub const NETWORK_WAIT: Duration = Duration::from_secs(30);
@@ -154,6 +155,8 @@ pub fn run(sys: &dyn Sys, opts: &mut BootOptions) -> Result<Infallible, Error> {
 /// Prints phase lines and records them in the status file.
 struct Phases<'a> {
     sys: &'a dyn Sys,
+    /// Each service's ready phase: its own `phase`, or `<name>-ready`.
+    ready_phases: HashMap<String, String>,
 }
 
 impl Phases<'_> {
@@ -167,7 +170,14 @@ impl Phases<'_> {
     fn events(&self, sup: &mut Supervisor) {
         for event in sup.take_events() {
             match event {
-                Event::Ready(name) => self.print(sup, &service_ready_phase(&name), ""),
+                Event::Ready(name) => {
+                    let phase = self
+                        .ready_phases
+                        .get(&name)
+                        .cloned()
+                        .unwrap_or_else(|| service_ready_phase(&name));
+                    self.print(sup, &phase, "");
+                }
                 Event::AllReady => {
                     let rss = resident_kib(self.sys)
                         .map(|k| format!("init-rss={k}KiB"))
@@ -209,9 +219,21 @@ pub fn run_with(sys: &dyn Sys, opts: &mut BootOptions, devices: &dyn Devices) ->
 
     let mut services = cfg.services.clone();
     services.extend(images::import_service(&cfg.images));
+    if let Some(k) = &cfg.kubernetes
+        && sys.exists(Path::new(kube::NODE_CONFIG))
+    {
+        services.extend(kube::services(k));
+    }
+    let ready_phases: HashMap<String, String> = services
+        .iter()
+        .map(|s| {
+            let phase = s.phase.clone().unwrap_or_else(|| service_ready_phase(&s.name));
+            (s.name.clone(), phase)
+        })
+        .collect();
     let mut sup = Supervisor::new(services);
     let mut event_loop = EventLoop::new();
-    let phases = Phases { sys };
+    let phases = Phases { sys, ready_phases };
 
     let var = storage::prepare_var(sys)?;
     let id = node::establish_identity(sys, cfg.hostname.as_deref())?;

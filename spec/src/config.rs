@@ -19,7 +19,7 @@ pub const SCHEMA: u32 = 1;
 /// Directory in the root holding container image archives to import at boot.
 pub const IMAGES_DIR: &str = "/usr/share/ingot/images";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InitConfig {
     pub schema: u32,
@@ -42,6 +42,28 @@ pub struct InitConfig {
     /// Supervised services, started in dependency order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
+    /// Present when the image runs kubelet: the node joins the cluster its node configuration names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// How this image's kubelet runs. `ingot-init` adds the services that join the cluster and start kubelet
+/// when a node configuration is found (see `spec::node_config`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    /// The kubelet program in the root.
+    pub kubelet: String,
+    /// Arguments for this kubelet version, before ingot's own and the node configuration's `extra-args`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// KubeletConfiguration fields set over ingot's defaults (top-level keys replace ingot's).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Services (besides containerd) kubelet starts after, e.g. `images` when the profile preloads the
+    /// pod sandbox image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
 }
 
 impl Default for InitConfig {
@@ -55,6 +77,7 @@ impl Default for InitConfig {
             time: Time::default(),
             images: Vec::new(),
             services: Vec::new(),
+            kubernetes: None,
         }
     }
 }
@@ -145,6 +168,9 @@ pub struct Service {
     /// How long the service gets between `SIGTERM` and `SIGKILL` when stopped.
     #[serde(default = "default_stop_timeout_ms")]
     pub stop_timeout_ms: u64,
+    /// The phase printed when it is first ready; `None`: `<name>-ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
 }
 
 pub const DEFAULT_STOP_TIMEOUT_MS: u64 = 10_000;
@@ -225,6 +251,7 @@ mod tests {
                 ready: Some(Readiness::Socket("/run/containerd/containerd.sock".into())),
                 restart: Restart::Always,
                 stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
+                phase: None,
             }],
             ..InitConfig::default()
         };

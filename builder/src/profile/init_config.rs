@@ -9,8 +9,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Component as PathComponent, Path, PathBuf};
 
 use ingot_spec::config::{
-    DEFAULT_STOP_TIMEOUT_MS, InitConfig, Interface, InterfaceMatch, Network, Readiness, Restart, Service,
-    ServiceKind, Time,
+    DEFAULT_STOP_TIMEOUT_MS, InitConfig, Interface, InterfaceMatch, Kubernetes, Network, Readiness, Restart,
+    Service, ServiceKind, Time,
 };
 
 use super::ProfileError;
@@ -68,6 +68,7 @@ pub fn validate(
     network: Option<RawNetwork>,
     time: Option<RawTime>,
     services: Option<Vec<Located<RawService>>>,
+    kubernetes: Option<RawKubernetes>,
 ) -> Result<(InitConfig, Vec<Executable>), ProfileError> {
     let cx = Ctx { path };
     let node = node.unwrap_or_default();
@@ -148,7 +149,11 @@ pub fn validate(
         servers.push(s.value);
     }
 
-    let (services, executables) = services_config(&cx, services.unwrap_or_default())?;
+    let (services, mut executables) = services_config(&cx, services.unwrap_or_default())?;
+    let kubernetes = match kubernetes {
+        None => None,
+        Some(k) => Some(kubernetes_config(&cx, k, &services, &mut executables)?),
+    };
     let config = InitConfig {
         hostname,
         modules,
@@ -159,9 +164,94 @@ pub fn validate(
         // the build fills `images` then (`pipeline::init_config`).
         images: Vec::new(),
         services,
+        kubernetes,
         ..InitConfig::default()
     };
     Ok((config, executables))
+}
+
+/// The services ingot-init adds for `[kubernetes]` (see `init/src/kube.rs`).
+pub const KUBERNETES_SERVICES: [&str; 3] = ["join", "kubelet", "node-ready"];
+
+/// The kubelet ingot-init runs when `[kubernetes]` is present and the node has a node configuration.
+pub const DEFAULT_KUBELET: &str = "/usr/bin/kubelet";
+
+fn kubernetes_config(
+    cx: &Ctx<'_>,
+    k: RawKubernetes,
+    services: &[Service],
+    executables: &mut Vec<Executable>,
+) -> Result<Kubernetes, ProfileError> {
+    let (kubelet, origin) = match k.kubelet {
+        Some(l) => (l.value, l.origin),
+        None => (DEFAULT_KUBELET.to_owned(), None),
+    };
+    let path = image_path(&kubelet).map_err(|m| cx.err(&origin, "kubernetes.kubelet", m))?;
+    executables.push(Executable {
+        service: "kubelet".to_owned(),
+        field: "kubernetes.kubelet",
+        path,
+        origin,
+    });
+    if !services.iter().any(|s| s.name == CONTAINERD_SERVICE) {
+        return Err(cx.err(
+            &None,
+            "kubernetes",
+            "kubelet needs a container runtime: add a `containerd` service",
+        ));
+    }
+    if let Some(s) = services
+        .iter()
+        .find(|s| KUBERNETES_SERVICES.contains(&s.name.as_str()))
+    {
+        return Err(cx.err(
+            &None,
+            format!("services[{}]", s.name),
+            format!(
+                "with [kubernetes], ingot-init runs its own services {}; rename this one",
+                KUBERNETES_SERVICES.join(", ")
+            ),
+        ));
+    }
+    let mut args = Vec::new();
+    for (i, a) in k.args.unwrap_or_default().into_iter().enumerate() {
+        if !a.value.starts_with("--") {
+            return Err(cx.err(
+                &a.origin,
+                format!("kubernetes.args[{i}]"),
+                format!("{:?} is not a flag; expected --name=value", a.value),
+            ));
+        }
+        args.push(a.value);
+    }
+    let mut after = Vec::new();
+    for (i, a) in k.after.unwrap_or_default().into_iter().enumerate() {
+        if a.value != IMAGES_SERVICE && !services.iter().any(|s| s.name == a.value) {
+            return Err(cx.err(
+                &a.origin,
+                format!("kubernetes.after[{i}]"),
+                format!("{:?} is not a service of this profile (or `images`)", a.value),
+            ));
+        }
+        after.push(a.value);
+    }
+    let mut config = serde_json::Map::new();
+    for (key, value) in k.config.unwrap_or_default() {
+        let json = serde_json::to_value(&value).map_err(|e| {
+            cx.err(
+                &None,
+                format!("kubernetes.config.{key}"),
+                format!("cannot be expressed as JSON: {e}"),
+            )
+        })?;
+        config.insert(key, json);
+    }
+    Ok(Kubernetes {
+        kubelet,
+        args,
+        config,
+        after,
+    })
 }
 
 fn check_hostname(h: &str) -> Result<(), String> {
@@ -619,6 +709,7 @@ fn services_config(
             ready,
             restart,
             stop_timeout_ms,
+            phase: None,
         });
         after_origins.push(after_at);
     }

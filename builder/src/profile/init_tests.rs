@@ -113,6 +113,7 @@ fn init_tables_validate_into_the_init_configuration() {
             ready: Some(Readiness::Socket("/run/containerd/containerd.sock".into())),
             restart: Restart::Always,
             stop_timeout_ms: 30_000,
+            phase: None,
         }
     );
     assert_eq!(init.services[1].restart, Restart::OnFailure);
@@ -435,6 +436,143 @@ fn locate_takes_names_and_paths_and_names_what_it_tried() {
         .to_string();
     assert!(
         msg.contains(&d.path().join("profiles/none.toml").display().to_string()),
+        "{msg}"
+    );
+}
+
+const CONTAINERD: &str = r#"
+[[services]]
+name = "containerd"
+exec = ["/usr/bin/containerd"]
+"#;
+
+#[test]
+fn kubernetes_table_validates_and_merges() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "base.toml",
+        &format!(
+            "{HEAD}{CONTAINERD}\n[kubernetes]\nargs = [\"--v=1\"]\nconfig = {{ cgroupDriver = \"cgroupfs\", maxPods = 50 }}\n"
+        ),
+    );
+    let child = write(
+        d.path(),
+        "child.toml",
+        "extends = \"base\"\n[kubernetes]\nkubelet = \"/opt/bin/kubelet\"\nargs = [\"--container-runtime=remote\"]\n\
+         after = [\"images\"]\nconfig = { nodeStatusUpdateFrequency = \"2s\", maxPods = 20 }\n",
+    );
+    let p = load(&child).unwrap();
+    let k = p.init.kubernetes.unwrap();
+    assert_eq!(k.kubelet, "/opt/bin/kubelet");
+    assert_eq!(k.args, ["--v=1", "--container-runtime=remote"]);
+    assert_eq!(k.after, ["images"]);
+    assert_eq!(k.config["maxPods"], 20);
+    assert_eq!(k.config["cgroupDriver"], "cgroupfs");
+    assert_eq!(k.config["nodeStatusUpdateFrequency"], "2s");
+    assert!(
+        p.executables
+            .iter()
+            .any(|e| e.field == "kubernetes.kubelet" && e.path == Path::new("/opt/bin/kubelet"))
+    );
+}
+
+#[test]
+fn kubernetes_table_errors_name_the_field() {
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[kubernetes]\n", "kubelet needs a container runtime"),
+        (
+            &*format!("{CONTAINERD}[kubernetes]\nargs = [\"v=2\"]\n"),
+            "kubernetes.args[0]",
+        ),
+        (
+            &*format!("{CONTAINERD}[kubernetes]\nafter = [\"nope\"]\n"),
+            "kubernetes.after[0]",
+        ),
+        (
+            &*format!("{CONTAINERD}[kubernetes]\nkubelet = \"kubelet\"\n"),
+            "kubernetes.kubelet",
+        ),
+        (
+            &*format!(
+                "{CONTAINERD}[[services]]\nname = \"kubelet\"\nexec = [\"/usr/bin/kubelet\"]\n[kubernetes]\n"
+            ),
+            "ingot-init runs its own services join, kubelet, node-ready",
+        ),
+    ];
+    for (snippet, expected) in cases {
+        let msg = load(&write(d.path(), "p.toml", &format!("{HEAD}{snippet}")))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(expected), "{snippet}: {msg}");
+    }
+}
+
+#[test]
+fn an_extending_profile_removes_a_base_component() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "base.toml",
+        &format!(
+            "{HEAD}[[components]]\nname = \"crictl\"\npath = \"crictl\"\n[[components]]\nname = \"keep\"\npath = \"keep\"\n"
+        ),
+    );
+    let child = write(
+        d.path(),
+        "child.toml",
+        "extends = \"base\"\n[[components]]\nname = \"crictl\"\nremove = true\n",
+    );
+    let p = load(&child).unwrap();
+    let names: Vec<&str> = p.components.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["keep"]);
+    let stray = write(
+        d.path(),
+        "stray.toml",
+        "extends = \"base\"\n[[components]]\nname = \"nothing\"\nremove = true\n",
+    );
+    let msg = load(&stray).unwrap_err().to_string();
+    assert!(
+        msg.contains("components[nothing].remove") || msg.contains(".remove"),
+        "{msg}"
+    );
+    assert!(msg.contains("has none of this name"), "{msg}");
+}
+
+#[test]
+fn host_paths_expand_home_and_environment_variables() {
+    use super::merge::expand_env;
+    let env = |name: &str| match name {
+        "HOME" => Some("/home/u".to_owned()),
+        "K8S_BIN" => Some("/cache/bin".to_owned()),
+        _ => None,
+    };
+    assert_eq!(expand_env("~/x/y", env).unwrap(), "/home/u/x/y");
+    assert_eq!(
+        expand_env("${K8S_BIN}/kubelet", env).unwrap(),
+        "/cache/bin/kubelet"
+    );
+    assert_eq!(expand_env("plain/path", env).unwrap(), "plain/path");
+    assert!(
+        expand_env("${NOPE}/k", env)
+            .unwrap_err()
+            .contains("NOPE, which is not set")
+    );
+    assert!(
+        expand_env("${K8S_BIN/k", env)
+            .unwrap_err()
+            .contains("without a closing")
+    );
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        d.path(),
+        "p.toml",
+        &format!("{HEAD}[[components]]\nname = \"k\"\npath = \"${{INGOT_TEST_UNSET_VARIABLE}}/kubelet\"\n"),
+    );
+    let msg = load(&p).unwrap_err().to_string();
+    assert!(
+        msg.contains("components[k].path") && msg.contains("INGOT_TEST_UNSET_VARIABLE"),
         "{msg}"
     );
 }

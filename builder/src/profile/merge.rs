@@ -45,6 +45,22 @@ fn merge_keyed<T, K: PartialEq>(
     }
 }
 
+/// [`merge_keyed`] by name, where a child entry with `remove = true` drops the base's entry. One that
+/// matches nothing stays, flagged, for validation to report.
+fn merge_components(
+    base: Option<Vec<RawComponent>>,
+    child: Option<Vec<RawComponent>>,
+) -> Option<Vec<RawComponent>> {
+    let base_names: Vec<String> = base.iter().flatten().map(|c| c.name.clone()).collect();
+    let merged = merge_keyed(base, child, |c| c.name.clone())?;
+    Some(
+        merged
+            .into_iter()
+            .filter(|c| c.remove != Some(true) || !base_names.contains(&c.name))
+            .collect(),
+    )
+}
+
 /// Merges maps key by key (the child's value wins); an explicit empty child map resets.
 fn merge_map<K: Ord, V>(
     base: Option<BTreeMap<K, V>>,
@@ -125,7 +141,7 @@ pub fn merge(base: RawProfile, child: RawProfile) -> RawProfile {
             root: pick(b.root, c.root),
             var: pick(b.var, c.var),
         }),
-        components: merge_keyed(base.components, child.components, |c| c.name.clone()),
+        components: merge_components(base.components, child.components),
         images: merge_keyed(base.images, child.images, |i| i.name.clone()),
         files: merge_keyed(base.files, child.files, |f| f.path.clone()),
         node: merge_table(base.node, child.node, |b, c| RawNode {
@@ -142,35 +158,73 @@ pub fn merge(base: RawProfile, child: RawProfile) -> RawProfile {
             servers: append(b.servers, c.servers),
         }),
         services: merge_keyed(base.services, child.services, |s| s.value.name.value.clone()),
+        kubernetes: merge_table(base.kubernetes, child.kubernetes, |b, c| RawKubernetes {
+            kubelet: pick(b.kubelet, c.kubelet),
+            args: append(b.args, c.args),
+            config: merge_map(b.config, c.config),
+            after: append(b.after, c.after),
+        }),
     }
 }
 
+/// Expands `~/` at the start and `${NAME}` anywhere in a host path, so a profile can name a file outside
+/// the repository (a cache, a build output) without hard-coding a home directory.
+pub fn expand_env(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    if let Some(r) = rest.strip_prefix("~/") {
+        out.push_str(&lookup("HOME").ok_or("`~` is used but HOME is not set")?);
+        out.push('/');
+        rest = r;
+    }
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("`${{` without a closing `}}` in {s:?}"))?;
+        let name = &after[..end];
+        let value = lookup(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("{s:?} uses the environment variable {name}, which is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Makes every host path in `p` relative to `dir` (the directory of the file that declared it), so a base
-/// profile's `path = "blobs/x"` keeps meaning its own directory after merging.
-pub fn rebase_paths(p: &mut RawProfile, dir: &Path) {
-    let rebase = |s: &mut Option<String>| {
-        if let Some(v) = s.as_mut()
-            && !Path::new(v.as_str()).is_absolute()
-        {
-            *v = dir.join(v.as_str()).to_string_lossy().into_owned();
+/// profile's `path = "blobs/x"` keeps meaning its own directory after merging. `~/` and `${NAME}` are
+/// expanded first; the error names the field.
+pub fn rebase_paths(p: &mut RawProfile, dir: &Path) -> Result<(), (String, String)> {
+    let env = |name: &str| std::env::var(name).ok();
+    let rebase = |s: &mut Option<String>, field: &str| -> Result<(), (String, String)> {
+        if let Some(v) = s.as_mut() {
+            *v = expand_env(v, env).map_err(|m| (field.to_owned(), m))?;
+            if !Path::new(v.as_str()).is_absolute() {
+                *v = dir.join(v.as_str()).to_string_lossy().into_owned();
+            }
         }
+        Ok(())
     };
     if let Some(a) = p.archive.as_mut() {
-        rebase(&mut a.keyring);
+        rebase(&mut a.keyring, "archive.keyring")?;
     }
     if let Some(k) = p.kernel.as_mut() {
-        rebase(&mut k.path);
+        rebase(&mut k.path, "kernel.path")?;
     }
     if let Some(b) = p.bootloader.as_mut() {
-        rebase(&mut b.path);
+        rebase(&mut b.path, "bootloader.path")?;
     }
     for c in p.components.iter_mut().flatten() {
-        rebase(&mut c.path);
+        rebase(&mut c.path, &format!("components[{}].path", c.name))?;
     }
     for i in p.images.iter_mut().flatten() {
-        rebase(&mut i.path);
+        rebase(&mut i.path, &format!("images[{}].path", i.name))?;
     }
     for f in p.files.iter_mut().flatten() {
-        rebase(&mut f.source);
+        rebase(&mut f.source, &format!("files[{}].source", f.path))?;
     }
+    Ok(())
 }

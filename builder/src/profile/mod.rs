@@ -138,7 +138,11 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<raw::RawProfile,
     // Relative paths in a profile are relative to the file that wrote them, so rebase them before merging;
     // likewise, values remember their file and line before merging mixes files.
     let dir = path.parent().unwrap_or(Path::new("."));
-    merge::rebase_paths(&mut child, dir);
+    merge::rebase_paths(&mut child, dir).map_err(|(field, message)| ProfileError::Invalid {
+        path: path.to_path_buf(),
+        field,
+        message,
+    })?;
     locate::locate(&mut child, path, &text);
     let Some(base_name) = child.extends.take() else {
         return Ok(child);

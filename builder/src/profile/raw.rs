@@ -29,6 +29,21 @@ pub struct RawProfile {
     pub network: Option<RawNetwork>,
     pub time: Option<RawTime>,
     pub services: Option<Vec<Located<RawService>>>,
+    pub kubernetes: Option<RawKubernetes>,
+}
+
+/// `[kubernetes]`: the image runs kubelet and joins the cluster its node configuration names.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetes {
+    /// The kubelet program in the image (default `/usr/bin/kubelet`).
+    pub kubelet: Option<Located<String>>,
+    /// Arguments this kubelet version needs.
+    pub args: Option<Vec<Located<String>>>,
+    /// KubeletConfiguration fields over ingot's defaults.
+    pub config: Option<BTreeMap<String, toml::Value>>,
+    /// Services kubelet starts after, besides containerd.
+    pub after: Option<Vec<Located<String>>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -111,6 +126,8 @@ pub struct RawComponent {
     pub depends: Option<bool>,
     /// Packages the closure must not pull.
     pub exclude: Option<Vec<String>>,
+    /// `true` in a profile that `extends` another: drop the base's component of this name.
+    pub remove: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

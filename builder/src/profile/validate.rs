@@ -13,7 +13,7 @@ const MIB: u64 = 1024 * 1024;
 /// Default `SOURCE_DATE_EPOCH` for images: 2024-01-01T00:00:00Z. Any fixed value keeps builds reproducible.
 pub const DEFAULT_SOURCE_DATE_EPOCH: u64 = 1_704_067_200;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     /// Image name: `image.name`, or the profile file's stem. Output files are `out/<name>.raw` etc.
     pub name: String,
@@ -344,6 +344,12 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         if components.iter().any(|x: &Component| x.name == c.name) {
             return Err(cx.err(format!("{field}.name"), format!("{:?} is declared twice", c.name)));
         }
+        if c.remove == Some(true) {
+            return Err(cx.err(
+                format!("{field}.remove"),
+                "drops a component of the profile this one `extends`, and that profile has none of this name",
+            ));
+        }
         let source = cx.source(&field, c.package, c.url, c.sha256, c.path)?;
         let depends = c.depends.unwrap_or(false);
         if depends && !matches!(source, Source::Package(_)) {
@@ -455,7 +461,14 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         ));
     }
 
-    let (init, executables) = init_config::validate(path, raw.node, raw.network, raw.time, raw.services)?;
+    let (init, executables) = init_config::validate(
+        path,
+        raw.node,
+        raw.network,
+        raw.time,
+        raw.services,
+        raw.kubernetes,
+    )?;
 
     Ok(Profile {
         name,

@@ -336,6 +336,7 @@ fn supervises_real_processes_as_pid1() {
         ready: None,
         restart: Restart::Always,
         stop_timeout_ms: 5000,
+        phase: None,
     };
     let services = vec![
         Service {
@@ -366,6 +367,7 @@ fn supervises_real_processes_as_pid1() {
         },
         Service {
             stop_timeout_ms: 300,
+            phase: None,
             ..sh("stubborn", "trap '' TERM; while :; do sleep 0.05; done")
         },
     ];

@@ -151,6 +151,7 @@ pub(crate) mod tests {
             ready: None,
             restart: Restart::Always,
             stop_timeout_ms: 10_000,
+            phase: None,
         }
     }
 

@@ -546,6 +546,7 @@ fn shutdown_stops_dependents_first_and_kills_what_ignores_sigterm() {
         service("containerd", &[]),
         Service {
             stop_timeout_ms: 2000,
+            phase: None,
             ..service("kubelet", &["containerd"])
         },
         service("chrony", &[]),
