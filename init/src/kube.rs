@@ -93,7 +93,7 @@ pub fn services(k: &Kubernetes) -> Vec<Service> {
 }
 
 /// ingot's KubeletConfiguration, before the profile's `[kubernetes.config]` replaces top-level keys.
-pub fn kubelet_config(k: &Kubernetes, resolv_conf: Option<&str>) -> Value {
+pub fn kubelet_config(k: &Kubernetes) -> Value {
     let mut cfg = json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -108,8 +108,6 @@ pub fn kubelet_config(k: &Kubernetes, resolv_conf: Option<&str>) -> Value {
         "clusterDomain": "cluster.local",
         "clusterDNS": ["10.96.0.10"],
         "rotateCertificates": true,
-        // Without a resolv.conf (no DNS server configured) kubelet would fail every pod's DNS setup.
-        "resolvConf": resolv_conf.unwrap_or(""),
     });
     if let Value::Object(map) = &mut cfg {
         for (key, value) in &k.config {
@@ -120,7 +118,11 @@ pub fn kubelet_config(k: &Kubernetes, resolv_conf: Option<&str>) -> Value {
 }
 
 /// kubelet's command line: ingot's flags, the profile's, then the node configuration's `extra-args`.
-pub fn kubelet_args(k: &Kubernetes, node: &NodeConfig, node_name: &str) -> Vec<String> {
+///
+/// `resolv_conf` is false when the node has no `/etc/resolv.conf` (no DNS server configured): kubelet would
+/// fail every pod's DNS setup, and an empty `resolvConf` in the configuration means the default path, so
+/// the flag turns it off.
+pub fn kubelet_args(k: &Kubernetes, node: &NodeConfig, node_name: &str, resolv_conf: bool) -> Vec<String> {
     let mut args = vec![
         format!("--config={KUBELET_CONFIG}"),
         format!("--kubeconfig={KUBECONFIG}"),
@@ -128,6 +130,9 @@ pub fn kubelet_args(k: &Kubernetes, node: &NodeConfig, node_name: &str) -> Vec<S
         format!("--cert-dir={CERT_DIR}"),
         format!("--hostname-override={node_name}"),
     ];
+    if !resolv_conf {
+        args.push("--resolv-conf=".to_owned());
+    }
     if !node.node.labels.is_empty() {
         let labels: Vec<String> = node.node.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         args.push(format!("--node-labels={}", labels.join(",")));
@@ -178,14 +183,11 @@ pub fn kubelet_applet() -> i32 {
 fn exec_kubelet() -> Result<std::convert::Infallible, String> {
     let (k, node) = load()?;
     let name = node_name(&node)?;
-    let resolv = Path::new("/etc/resolv.conf")
-        .exists()
-        .then_some("/etc/resolv.conf");
-    let cfg = kubelet_config(&k, resolv);
+    let cfg = kubelet_config(&k);
     let text =
         serde_json::to_string_pretty(&cfg).map_err(|e| format!("encoding the kubelet configuration: {e}"))?;
     write_atomic(Path::new(KUBELET_CONFIG), text.as_bytes(), 0o644)?;
-    let args = kubelet_args(&k, &node, &name);
+    let args = kubelet_args(&k, &node, &name, Path::new("/etc/resolv.conf").exists());
     println!("starting {} as node {name}", k.kubelet);
     let err = Command::new(&k.kubelet).args(&args).exec();
     Err(format!("executing {}: {err}", k.kubelet))
@@ -276,7 +278,9 @@ mod tests {
         let n = node(
             "[node]\nlabels = { a = \"1\", b = \"2\" }\ntaints = [\"x=y:NoSchedule\"]\n[kubelet]\nextra-args = [\"--v=3\"]\n",
         );
-        let args = kubelet_args(&kubernetes(), &n, "worker-1");
+        let args = kubelet_args(&kubernetes(), &n, "worker-1", true);
+        assert!(!args.contains(&"--resolv-conf=".to_owned()));
+        assert!(kubelet_args(&kubernetes(), &n, "worker-1", false).contains(&"--resolv-conf=".to_owned()));
         assert!(args.contains(&"--hostname-override=worker-1".to_owned()));
         assert!(args.contains(&"--node-labels=a=1,b=2".to_owned()));
         assert!(args.contains(&"--register-with-taints=x=y:NoSchedule".to_owned()));

@@ -63,7 +63,7 @@ pub fn writable_etc(sys: &dyn Sys) -> io::Result<()> {
 }
 
 /// Reads or creates the machine-id, counts this boot, sets the host name (`hostname`, or one derived from
-/// the machine-id) and writes `/etc/machine-id` and `/etc/hostname`. `/var` must be mounted.
+/// the machine-id) and writes `/etc/machine-id`, `/etc/hostname` and `/etc/hosts`. `/var` must be mounted.
 pub fn establish_identity(sys: &dyn Sys, hostname: Option<&str>) -> Result<Identity, Error> {
     let machine_id = match read_text(sys, MACHINE_ID)? {
         Some(id) if is_machine_id(&id) => id,
@@ -99,7 +99,13 @@ pub fn establish_identity(sys: &dyn Sys, hostname: Option<&str>) -> Result<Ident
             &format!("setting the host name to {hostname}: {e}, ignoring"),
         );
     }
-    for (path, content) in [("/etc/machine-id", &machine_id), ("/etc/hostname", &hostname)] {
+    // Container runtimes copy /etc/hosts into every pod sandbox and fail without one.
+    let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}");
+    for (path, content) in [
+        ("/etc/machine-id", &machine_id),
+        ("/etc/hostname", &hostname),
+        ("/etc/hosts", &hosts),
+    ] {
         if let Err(e) = sys.write_file(path, format!("{content}\n").as_bytes()) {
             crate::warn(sys, &format!("writing {path}: {e}, ignoring"));
         }
@@ -182,6 +188,9 @@ mod tests {
             format!("{}\n", first.machine_id)
         );
         assert_eq!(sys.calls_matching(&["hostname"]).len(), 2);
+        let hosts = std::fs::read_to_string(sys.host("/etc/hosts")).unwrap();
+        assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
+        assert!(hosts.ends_with(&format!("127.0.1.1\t{}\n", first.hostname)), "{hosts}");
     }
 
     #[test]
