@@ -1,5 +1,5 @@
 //! Shared helpers for the end-to-end tests: run the `ingot` binary from the repository root and build the
-//! `minimal` profile once per test process.
+//! `minimal` profile once per test process. `kube_cluster` runs a Kubernetes control plane for the join tests.
 
 #![allow(dead_code)]
 
@@ -68,3 +68,5 @@ pub fn have(tool: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+pub mod kube_cluster;
