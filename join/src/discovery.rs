@@ -81,7 +81,7 @@ pub enum DiscoveryError {
     CaNotPinned(#[source] PinError),
     #[error("the cluster-info fetched over verified TLS differs from the signed one fetched first")]
     Changed,
-    #[error("the API server at {url} does not prove it holds a certificate of the cluster-info CA")]
+    #[error("the API server at {url} failed TLS verification against the cluster-info CA")]
     RefetchTls {
         url: String,
         #[source]
@@ -158,9 +158,7 @@ pub fn discover_with_progress(
 
     let signed = retrying(end, opts, progress, |http| {
         let data = fetch_data(&url, Trust::Insecure, http)?;
-        let kubeconfig = data
-            .get(KUBECONFIG_KEY)
-            .ok_or(DiscoveryError::NoKubeconfig)?;
+        let kubeconfig = data.get(KUBECONFIG_KEY).ok_or(DiscoveryError::NoKubeconfig)?;
         let signature = data
             .get(&format!("{JWS_PREFIX}{}", token.id()))
             .ok_or_else(|| DiscoveryError::NoSignature(token.id().to_string()))?;
@@ -193,13 +191,16 @@ pub fn discover_with_progress(
     })
 }
 
-/// Runs `attempt` until it succeeds, fails for good, or the deadline passes (then its last error).
+/// Runs `attempt` until it succeeds, fails for good, or the deadline passes (then its last error; when
+/// the deadline cut that attempt short and it timed out, the error of the attempt before, which says
+/// more than "too slow").
 fn retrying<T>(
     end: Instant,
     opts: &DiscoveryOptions,
     progress: &mut dyn FnMut(&DiscoveryError, Duration),
     mut attempt: impl FnMut(&HttpOptions) -> Result<T, DiscoveryError>,
 ) -> Result<T, DiscoveryError> {
+    let mut previous: Option<DiscoveryError> = None;
     loop {
         let left = end.saturating_duration_since(Instant::now());
         let http = HttpOptions {
@@ -207,6 +208,7 @@ fn retrying<T>(
             deadline: opts.http.deadline.min(left),
             body_limit: opts.http.body_limit,
         };
+        let cut_short = http.deadline < opts.http.deadline;
         let err = match attempt(&http) {
             Ok(v) => return Ok(v),
             Err(e) if e.is_transient() => e,
@@ -214,7 +216,10 @@ fn retrying<T>(
         };
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(err);
+            return Err(match (err, previous) {
+                (DiscoveryError::Timeout { .. }, Some(before)) if cut_short => before,
+                (err, _) => err,
+            });
         }
         let wait = opts.poll_interval.min(left);
         progress(&err, wait);
@@ -222,6 +227,7 @@ fn retrying<T>(
         if Instant::now() >= end {
             return Err(err);
         }
+        previous = Some(err);
     }
 }
 
@@ -243,14 +249,11 @@ fn fetch_data(
         match source {
             HttpError::Tls(_) if verified => DiscoveryError::RefetchTls { url, source },
             HttpError::TooLarge(_) => DiscoveryError::TooLarge { url, source },
-            HttpError::ConnectTimeout(_) | HttpError::Deadline(_) => {
-                DiscoveryError::Timeout { url, source }
-            }
+            HttpError::ConnectTimeout(_) | HttpError::Deadline(_) => DiscoveryError::Timeout { url, source },
             HttpError::Status { .. } => DiscoveryError::Status { url, source },
             _ => DiscoveryError::Unreachable { url, source },
         }
     })?;
-    let cm: ConfigMap =
-        serde_json::from_slice(&body).map_err(DiscoveryError::MalformedConfigMap)?;
+    let cm: ConfigMap = serde_json::from_slice(&body).map_err(DiscoveryError::MalformedConfigMap)?;
     Ok(cm.data.unwrap_or_default())
 }

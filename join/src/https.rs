@@ -123,7 +123,6 @@ impl ClientIdentity {
             client: ClientCert::new_with_certs(&chain, key),
         })
     }
-
 }
 
 fn provider() -> CryptoProvider {
@@ -195,7 +194,10 @@ fn map_error(e: ureq::Error, opts: &HttpOptions) -> HttpError {
         ureq::Error::Timeout(_) => HttpError::Deadline(opts.deadline),
         ureq::Error::BodyExceedsLimit(limit) => HttpError::TooLarge(limit),
         ureq::Error::Rustls(e) => HttpError::Tls(e.to_string()),
-        ureq::Error::Io(io) => match io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        ureq::Error::Io(io) => match io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
             Some(tls) => HttpError::Tls(tls.to_string()),
             None => HttpError::Transport(ureq::Error::Io(io)),
         },
@@ -253,15 +255,22 @@ impl Resolver for IpLiteralResolver {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
     #[test]
     fn only_https_ip_literals_are_addresses() {
         let addr = |s: &str| socket_addr(&s.parse::<Uri>().unwrap());
-        assert_eq!(addr("https://10.0.0.1:6443/x"), Some("10.0.0.1:6443".parse().unwrap()));
+        assert_eq!(
+            addr("https://10.0.0.1:6443/x"),
+            Some("10.0.0.1:6443".parse().unwrap())
+        );
         assert_eq!(addr("https://10.0.0.1/x"), Some("10.0.0.1:443".parse().unwrap()));
-        assert_eq!(addr("https://[fd00::1]:6443"), Some("[fd00::1]:6443".parse().unwrap()));
+        assert_eq!(
+            addr("https://[fd00::1]:6443"),
+            Some("[fd00::1]:6443".parse().unwrap())
+        );
         assert_eq!(addr("https://kubernetes.default:6443"), None);
         assert_eq!(addr("http://10.0.0.1:6443"), None);
         assert_eq!(addr("https://user@10.0.0.1:6443"), None);
@@ -286,10 +295,16 @@ mod tests {
     #[test]
     fn client_identity_needs_a_matching_key() {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec![]).unwrap().self_signed(&key).unwrap();
+        let cert = rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
         let pem = format!("{}{}", cert.pem(), key.serialize_pem());
         let id = ClientIdentity::from_pem(pem.as_bytes()).unwrap();
-        assert_eq!(format!("{id:?}"), "ClientIdentity(1 certificates, key <redacted>)");
+        assert_eq!(
+            format!("{id:?}"),
+            "ClientIdentity(1 certificates, key <redacted>)"
+        );
 
         let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mismatched = format!("{}{}", cert.pem(), other.serialize_pem());

@@ -50,9 +50,7 @@ fn header_json(kid: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", u32::from(c)))
-            }
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04x}", u32::from(c))),
             c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
             c => out.push(c),
         }
@@ -76,6 +74,7 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -111,7 +110,8 @@ mod tests {
     #[test]
     fn kubeconfig_vector() {
         let content = "apiVersion: v1\nkind: Config\n";
-        let expected = "eyJhbGciOiJIUzI1NiIsImtpZCI6ImFiY2RlZiJ9..vH_kT4yiol-nrAWgjfCYqvum5wsKETXe0S7OOp1VgnE";
+        let expected =
+            "eyJhbGciOiJIUzI1NiIsImtpZCI6ImFiY2RlZiJ9..vH_kT4yiol-nrAWgjfCYqvum5wsKETXe0S7OOp1VgnE";
         assert_eq!(sign("abcdef", "0123456789abcdef", content), expected);
         assert!(verify("abcdef", "0123456789abcdef", content, expected));
     }
@@ -132,9 +132,9 @@ mod tests {
         assert_eq!(
             tag,
             [
-                0x60, 0xe4, 0x31, 0x59, 0x1e, 0xe0, 0xb6, 0x7f, 0x0d, 0x8a, 0x26, 0xaa, 0xcb, 0xf5,
-                0xb7, 0x7f, 0x8e, 0x0b, 0xc6, 0x21, 0x37, 0x28, 0xc5, 0x14, 0x05, 0x46, 0x04, 0x0f,
-                0x0e, 0xe3, 0x7f, 0x54
+                0x60, 0xe4, 0x31, 0x59, 0x1e, 0xe0, 0xb6, 0x7f, 0x0d, 0x8a, 0x26, 0xaa, 0xcb, 0xf5, 0xb7,
+                0x7f, 0x8e, 0x0b, 0xc6, 0x21, 0x37, 0x28, 0xc5, 0x14, 0x05, 0x46, 0x04, 0x0f, 0x0e, 0xe3,
+                0x7f, 0x54
             ]
         );
     }
@@ -144,13 +144,24 @@ mod tests {
         let sig = sign("abcdef", "0123456789abcdef", HELLO);
         assert!(!verify("abcdef", "0123456789abcdeg", HELLO, &sig), "other secret");
         assert!(!verify("abcdeg", "0123456789abcdef", HELLO, &sig), "other id");
-        assert!(!verify("abcdef", "0123456789abcdef", &format!("{HELLO} "), &sig), "other content");
-        assert!(!verify("abcdef", "0123456789abcdef", HELLO, &format!("{sig}=")), "padded");
+        assert!(
+            !verify("abcdef", "0123456789abcdef", &format!("{HELLO} "), &sig),
+            "other content"
+        );
+        assert!(
+            !verify("abcdef", "0123456789abcdef", HELLO, &format!("{sig}=")),
+            "padded"
+        );
         assert!(!verify("abcdef", "0123456789abcdef", HELLO, ""), "empty");
         // The same MAC under another header (alg "none", or an attached payload) is not accepted.
         let (_, tag) = sig.split_once("..").unwrap_or_default();
         let none = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"abcdef"}"#);
-        assert!(!verify("abcdef", "0123456789abcdef", HELLO, &format!("{none}..{tag}")));
+        assert!(!verify(
+            "abcdef",
+            "0123456789abcdef",
+            HELLO,
+            &format!("{none}..{tag}")
+        ));
         let attached = sig.replacen("..", &format!(".{}.", URL_SAFE_NO_PAD.encode(HELLO)), 1);
         assert!(!verify("abcdef", "0123456789abcdef", HELLO, &attached));
     }

@@ -171,10 +171,8 @@ fn named_entries<'a>(
             None => Cow::Borrowed(""),
             Some(v) => text_of(v).ok_or(KubeconfigError::NotString("a name"))?,
         };
-        if let Some(value) = entry.as_mapping_get(inner) {
-            if value.is_mapping() {
-                out.push((name, value));
-            }
+        if let Some(value) = entry.as_mapping_get(inner).filter(|v| v.is_mapping()) {
+            out.push((name, value));
         }
     }
     Ok(out)
@@ -222,6 +220,7 @@ pub fn bootstrap_kubeconfig(server: &str, ca_pem: &[u8], token: &BootstrapToken)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -265,7 +264,10 @@ contexts:
   context: {cluster: b, user: u}
 current-context: ctx
 ";
-        assert_eq!(parse_cluster_info(by_context).unwrap().server, "https://10.0.0.2:6443");
+        assert_eq!(
+            parse_cluster_info(by_context).unwrap().server,
+            "https://10.0.0.2:6443"
+        );
         let ambiguous = by_context.replace("current-context: ctx", "current-context: nope");
         assert_eq!(parse_cluster_info(&ambiguous), Err(KubeconfigError::NoCluster));
     }
@@ -285,11 +287,20 @@ current-context: ctx
 
     #[test]
     fn bad_input_gives_clear_errors() {
-        assert!(matches!(parse_cluster_info("a: [b"), Err(KubeconfigError::Yaml(_))));
+        assert!(matches!(
+            parse_cluster_info("a: [b"),
+            Err(KubeconfigError::Yaml(_))
+        ));
         assert_eq!(parse_cluster_info(""), Err(KubeconfigError::Documents(0)));
-        assert_eq!(parse_cluster_info("a: 1\n---\nb: 2\n"), Err(KubeconfigError::Documents(2)));
+        assert_eq!(
+            parse_cluster_info("a: 1\n---\nb: 2\n"),
+            Err(KubeconfigError::Documents(2))
+        );
         assert_eq!(parse_cluster_info("- 1\n"), Err(KubeconfigError::NotMapping));
-        assert_eq!(parse_cluster_info("kind: Config\n"), Err(KubeconfigError::NoCluster));
+        assert_eq!(
+            parse_cluster_info("kind: Config\n"),
+            Err(KubeconfigError::NoCluster)
+        );
         assert_eq!(
             parse_cluster_info("clusters:\n- cluster: {certificate-authority-data: aGVsbG8K}\n"),
             Err(KubeconfigError::NoServer)
@@ -368,7 +379,10 @@ current-context: ctx
         let token = BootstrapToken::parse("abcdef.0123456789abcdef").unwrap();
         let text = bootstrap_kubeconfig("https://x\"}, \"users\": [", b"", &token);
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(json["clusters"][0]["cluster"]["server"], "https://x\"}, \"users\": [");
+        assert_eq!(
+            json["clusters"][0]["cluster"]["server"],
+            "https://x\"}, \"users\": ["
+        );
     }
 
     proptest! {

@@ -87,7 +87,14 @@ pub fn node_ready(
     let ca = pin::parse_ca_bundle(ca_pem).map_err(NodeStatusError::Ca)?;
     let identity = ClientIdentity::from_pem(client_pem).map_err(NodeStatusError::Identity)?;
     let url = format!("{}/api/v1/nodes/{node_name}", server.trim_end_matches('/'));
-    let body = match https::get(&url, Trust::Client { ca: &ca, identity: &identity }, opts) {
+    let body = match https::get(
+        &url,
+        Trust::Client {
+            ca: &ca,
+            identity: &identity,
+        },
+        opts,
+    ) {
         Ok(body) => body,
         Err(HttpError::Status { code: 404, .. }) => return Ok(NodeReadiness::NotRegistered),
         Err(source) => {
@@ -139,6 +146,7 @@ fn is_dns_subdomain(name: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -170,15 +178,31 @@ mod tests {
     fn node_names_stay_one_path_segment() {
         assert!(is_dns_subdomain("worker-1"));
         assert!(is_dns_subdomain("worker-1.rack3"));
-        for bad in ["", "Worker", "a/b", "..", "a..b", "-a", "a-", "a?x", &"a".repeat(254)] {
+        for bad in [
+            "",
+            "Worker",
+            "a/b",
+            "..",
+            "a..b",
+            "-a",
+            "a-",
+            "a?x",
+            &"a".repeat(254),
+        ] {
             assert!(!is_dns_subdomain(bad), "{bad}");
         }
     }
 
     #[test]
     fn bad_name_is_refused_before_any_io() {
-        let e = node_ready("https://10.0.0.1:6443", b"", b"", "../secrets", &HttpOptions::default())
-            .unwrap_err();
+        let e = node_ready(
+            "https://10.0.0.1:6443",
+            b"",
+            b"",
+            "../secrets",
+            &HttpOptions::default(),
+        )
+        .unwrap_err();
         assert!(matches!(e, NodeStatusError::Name(_)), "{e}");
     }
 

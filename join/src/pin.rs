@@ -92,10 +92,7 @@ pub fn parse_ca_bundle(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, PinEr
     let mut certs = Vec::new();
     let mut pos = 0;
     loop {
-        pos += pem[pos..]
-            .iter()
-            .take_while(|b| b.is_ascii_whitespace())
-            .count();
+        pos += pem[pos..].iter().take_while(|b| b.is_ascii_whitespace()).count();
         if pos == pem.len() {
             break;
         }
@@ -118,17 +115,13 @@ pub fn parse_ca_bundle(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, PinEr
             .copied()
             .filter(|b| !b.is_ascii_whitespace())
             .collect();
-        let der = STANDARD
-            .decode(&text)
-            .map_err(|_| PinError::Base64 { index })?;
+        let der = STANDARD.decode(&text).map_err(|_| PinError::Base64 { index })?;
         spki_sha256_at(&der, index)?;
         certs.push(CertificateDer::from(der));
         pos = body_start + body_len + END.len();
         // The END line must end its line.
-        if let Some(&b) = pem.get(pos) {
-            if !b.is_ascii_whitespace() {
-                return Err(not_pem(pem, pos));
-            }
+        if pem.get(pos).is_some_and(|b| !b.is_ascii_whitespace()) {
+            return Err(not_pem(pem, pos));
         }
     }
     if certs.is_empty() {
@@ -170,6 +163,7 @@ pub fn check_any(certs: &[CertificateDer<'_>], pins: &[CaPin]) -> Result<(), Pin
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -177,8 +171,7 @@ mod tests {
     /// kubeadm's `pubkeypin_test.go` certificates (RSA 2048, self-signed with the openssl CLI).
     const KUBEADM_CERT: &str = include_str!("../tests/fixtures/kubeadm-keypins-test.pem");
     const KUBEADM_CERT2: &str = include_str!("../tests/fixtures/kubeadm-keypins-test2.pem");
-    const KUBEADM_HASH: &str =
-        "sha256:345959acb2c3b2feb87d281961c893f62a314207ef02599f1cc4a5fb255480b3";
+    const KUBEADM_HASH: &str = "sha256:345959acb2c3b2feb87d281961c893f62a314207ef02599f1cc4a5fb255480b3";
 
     fn pin(s: &str) -> CaPin {
         CaPin::parse(s).unwrap()
@@ -198,7 +191,11 @@ mod tests {
         let certs = parse_ca_bundle(bundle.as_bytes()).unwrap();
         assert_eq!(certs.len(), 2);
         check_any(&certs, &[pin(KUBEADM_HASH)]).unwrap();
-        check_any(&certs, &[pin(&KUBEADM_HASH.to_uppercase().replace("SHA256", "sha256"))]).unwrap();
+        check_any(
+            &certs,
+            &[pin(&KUBEADM_HASH.to_uppercase().replace("SHA256", "sha256"))],
+        )
+        .unwrap();
     }
 
     #[test]
@@ -248,12 +245,7 @@ mod tests {
         };
         let pubkey = run(&["x509", "-pubkey", "-noout"], pem.as_bytes())?;
         let der = run(&["pkey", "-pubin", "-outform", "der"], &pubkey)?;
-        Some(
-            Sha256::digest(der)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        )
+        Some(Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect())
     }
 
     #[test]
@@ -275,10 +267,7 @@ mod tests {
     #[test]
     fn junk_before_or_between_is_rejected() {
         assert!(parse_ca_bundle(format!("junk\n{KUBEADM_CERT}").as_bytes()).is_err());
-        assert!(
-            parse_ca_bundle(format!("{KUBEADM_CERT}\n# comment\n{KUBEADM_CERT2}").as_bytes())
-                .is_err()
-        );
+        assert!(parse_ca_bundle(format!("{KUBEADM_CERT}\n# comment\n{KUBEADM_CERT2}").as_bytes()).is_err());
     }
 
     #[test]
