@@ -254,6 +254,68 @@ fn fetch_data(
             _ => DiscoveryError::Unreachable { url, source },
         }
     })?;
-    let cm: ConfigMap = serde_json::from_slice(&body).map_err(DiscoveryError::MalformedConfigMap)?;
+    parse_config_map(&body)
+}
+
+/// A ConfigMap's `data` (absent: empty); every value must be a string.
+fn parse_config_map(body: &[u8]) -> Result<BTreeMap<String, String>, DiscoveryError> {
+    let cm: ConfigMap = serde_json::from_slice(body).map_err(DiscoveryError::MalformedConfigMap)?;
     Ok(cm.data.unwrap_or_default())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn config_map_data() {
+        let data = parse_config_map(
+            br#"{"kind":"ConfigMap","data":{"kubeconfig":"x","jws-kubeconfig-abcdef":"y"}}"#,
+        )
+        .unwrap();
+        assert_eq!(data.get("kubeconfig").map(String::as_str), Some("x"));
+        assert!(parse_config_map(br#"{"kind":"ConfigMap"}"#).unwrap().is_empty());
+        assert!(parse_config_map(br#"{"data":null}"#).unwrap().is_empty());
+        for bad in [
+            &br#"{"data":{"kubeconfig":1}}"#[..],
+            b"",
+            b"[",
+            br#"{"data":{}}x"#,
+        ] {
+            assert!(matches!(
+                parse_config_map(bad),
+                Err(DiscoveryError::MalformedConfigMap(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn only_errors_that_waiting_can_fix_are_transient() {
+        assert!(DiscoveryError::NoSignature("abcdef".into()).is_transient());
+        assert!(DiscoveryError::NoKubeconfig.is_transient());
+        assert!(!DiscoveryError::BadSignature.is_transient());
+        assert!(!DiscoveryError::Changed.is_transient());
+        assert!(!DiscoveryError::NoCa.is_transient());
+    }
+
+    proptest! {
+        #[test]
+        fn random_answers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = parse_config_map(&bytes);
+        }
+
+        #[test]
+        fn mutated_answers_never_panic(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)
+        ) {
+            let mut bytes = br#"{"kind":"ConfigMap","data":{"kubeconfig":"apiVersion: v1\n","jws-kubeconfig-abcdef":"e30..x"}}"#.to_vec();
+            for (i, b) in edits {
+                let i = i.index(bytes.len());
+                bytes[i] = b;
+            }
+            let _ = parse_config_map(&bytes);
+        }
+    }
 }

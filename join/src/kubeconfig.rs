@@ -68,7 +68,9 @@ pub enum KubeconfigError {
 /// Reads the cluster's server and CA from a kubeconfig.
 pub fn parse_cluster_info(text: &str) -> Result<ClusterInfo, KubeconfigError> {
     check_shape(text)?;
-    let mut docs = Yaml::load_from_str(text).map_err(|e| KubeconfigError::Yaml(e.to_string()))?;
+    // The same parser input type as the shape check, so the scanner is compiled once.
+    let mut docs = Yaml::load_from_parser(&mut saphyr_parser::Parser::new_from_str(text))
+        .map_err(|e| KubeconfigError::Yaml(e.to_string()))?;
     if docs.len() != 1 {
         return Err(KubeconfigError::Documents(docs.len()));
     }
