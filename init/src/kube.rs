@@ -262,15 +262,10 @@ mod tests {
 
     #[test]
     fn the_profile_replaces_top_level_kubelet_settings() {
-        let cfg = kubelet_config(&kubernetes(), None);
+        let cfg = kubelet_config(&kubernetes());
         assert_eq!(cfg["nodeStatusUpdateFrequency"], "2s");
         assert_eq!(cfg["cgroupDriver"], "systemd");
-        assert_eq!(cfg["resolvConf"], "");
         assert_eq!(cfg["authentication"]["x509"]["clientCAFile"], CA_FILE);
-        assert_eq!(
-            kubelet_config(&kubernetes(), Some("/etc/resolv.conf"))["resolvConf"],
-            "/etc/resolv.conf"
-        );
     }
 
     #[test]
