@@ -18,8 +18,10 @@ use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use ingot_spec::config::{self, InitConfig, Kubernetes, Readiness, Restart, Service, ServiceKind};
+use ingot_join::{DiscoveryOptions, HttpOptions, NodeReadiness};
 use ingot_spec::node_config::NodeConfig;
 use serde_json::{Value, json};
 
@@ -191,6 +193,125 @@ fn exec_kubelet() -> Result<std::convert::Infallible, String> {
     println!("starting {} as node {name}", k.kubelet);
     let err = Command::new(&k.kubelet).args(&args).exec();
     Err(format!("executing {}: {err}", k.kubelet))
+}
+
+/// How often `node-ready` asks the API server, and for how long before it fails (and is restarted).
+const NODE_POLL: Duration = Duration::from_millis(500);
+const NODE_WAIT: Duration = Duration::from_secs(600);
+
+/// `ingot-init join`: kubeadm's token discovery, then the bootstrap kubeconfig for kubelet. Exits 0 when
+/// kubelet can start; non-zero makes the supervisor retry with backoff.
+pub fn join_applet() -> i32 {
+    if Path::new(KUBECONFIG).exists() {
+        println!("kubelet holds credentials issued on an earlier boot ({KUBECONFIG}); skipping discovery");
+        return 0;
+    }
+    match join() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+fn join() -> Result<(), String> {
+    let (_, node) = load()?;
+    let c = &node.cluster;
+    println!(
+        "discovering the cluster at {} with bootstrap token {} ({})",
+        c.endpoint,
+        c.token,
+        if c.unsafe_skip_ca_verification {
+            "CA not pinned: unsafe-skip-ca-verification".to_owned()
+        } else {
+            format!("{} CA pin(s)", c.ca_cert_hashes.len())
+        }
+    );
+    let opts = DiscoveryOptions::default();
+    let found = ingot_join::discovery::discover_with_progress(
+        &c.endpoint,
+        &c.token,
+        &c.ca_cert_hashes,
+        c.unsafe_skip_ca_verification,
+        &opts,
+        &mut |e, wait| println!("cluster-info not usable yet: {e}; trying again in {}s", wait.as_secs()),
+    )
+    .map_err(|e| format!("discovery failed: {e}"))?;
+    write_atomic(Path::new(CA_FILE), &found.ca_pem, 0o644)?;
+    let kubeconfig = ingot_join::kubeconfig::bootstrap_kubeconfig(&found.server, &found.ca_pem, &c.token);
+    ingot_join::files::write_private(Path::new(BOOTSTRAP_KUBECONFIG), kubeconfig.as_bytes())
+        .map_err(|e| e.to_string())?;
+    println!(
+        "cluster-info verified (signed for token id {}, CA pinned: {}); API server {}; wrote {BOOTSTRAP_KUBECONFIG}",
+        c.token.id(),
+        !c.unsafe_skip_ca_verification,
+        found.server
+    );
+    Ok(())
+}
+
+/// `ingot-init node-ready`: waits until the API server reports this node Ready, asking with kubelet's
+/// client certificate, then wipes the bootstrap kubeconfig: the certificate works, the token is not
+/// needed any more.
+pub fn node_ready_applet() -> i32 {
+    match wait_node_ready() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+fn wait_node_ready() -> Result<(), String> {
+    let (_, node) = load()?;
+    let name = node_name(&node)?;
+    let server = node.cluster.endpoint.url();
+    let started = Instant::now();
+    let mut last = String::new();
+    let mut wiped = false;
+    loop {
+        let state = match (std::fs::read(CA_FILE), std::fs::read(CLIENT_CERT)) {
+            (Ok(ca), Ok(client)) => {
+                match ingot_join::node_ready(&server, &ca, &client, &name, &HttpOptions::default()) {
+                    Ok(r) => {
+                        if !wiped {
+                            ingot_join::files::wipe(Path::new(BOOTSTRAP_KUBECONFIG)).map_err(|e| e.to_string())?;
+                            println!("kubelet's client certificate works; wiped {BOOTSTRAP_KUBECONFIG}");
+                            wiped = true;
+                        }
+                        match r {
+                            NodeReadiness::Ready => {
+                                println!(
+                                    "node {name} is Ready ({:.1}s after kubelet started)",
+                                    started.elapsed().as_secs_f64()
+                                );
+                                return Ok(());
+                            }
+                            NodeReadiness::NotReady {
+                                status,
+                                reason,
+                                message,
+                            } => format!("node {name} is not Ready yet: {status} {reason} {message}"),
+                            NodeReadiness::NotRegistered => format!("node {name} is not registered yet"),
+                        }
+                    }
+                    Err(e) => format!("asking the API server about node {name}: {e}"),
+                }
+            }
+            (Err(e), _) => format!("waiting for {CA_FILE}: {e}"),
+            (_, Err(_)) => format!("waiting for kubelet's client certificate {CLIENT_CERT}"),
+        };
+        if state != last {
+            println!("{state}");
+            last = state;
+        }
+        if started.elapsed() > NODE_WAIT {
+            return Err(format!("node {name} not Ready after {}s: {last}", NODE_WAIT.as_secs()));
+        }
+        std::thread::sleep(NODE_POLL);
+    }
 }
 
 /// Writes `path` through a temporary file in the same directory: fsync, rename, so a crash leaves the old

@@ -59,6 +59,8 @@ fn main() {
         match std::env::args().nth(1).as_deref() {
             Some(images::APPLET) => std::process::exit(images::applet()),
             Some(kube::KUBELET_APPLET) => std::process::exit(kube::kubelet_applet()),
+            Some(kube::JOIN_APPLET) => std::process::exit(kube::join_applet()),
+            Some(kube::NODE_READY_APPLET) => std::process::exit(kube::node_ready_applet()),
             _ => {}
         }
         eprintln!("ingot-init is the init process of an ingot node and only runs as PID 1");
