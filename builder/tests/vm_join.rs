@@ -1,0 +1,229 @@
+//! A worker image joins a real Kubernetes 1.20 control plane and runs a pod: kubeadm-style token
+//! discovery by ingot-init, kubelet's TLS bootstrap, the Node Ready through the API, a pod with `nodeName`
+//! run to completion; and no copy of the token anywhere but where it must be. Names start with `vm_`:
+//! they run in the nextest `vm` profile.
+//!
+//! The control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) runs on host loopback
+//! (`common::kube_cluster`). The guest has QEMU's restricted user network: the only address it can reach
+//! is 10.0.2.100:6443, forwarded to the API server's loopback port; everything else (kubelet's probe of
+//! 169.254.169.254, DNS) goes nowhere.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::kube_cluster::{self, KubeCluster, KubeOpts};
+use common::*;
+use ingot_qemu::{Accel, FwCfgFile, GuestFwd, Vm, VmConfig};
+use ingot_spec::marker::parse_phase_line;
+
+/// Where the guest finds the API server.
+const API_GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+const API_GUEST_PORT: u16 = 6443;
+const NODE: &str = "ingot-e2e-1";
+const JOIN_TIMEOUT: Duration = Duration::from_secs(420);
+
+fn skip(test: &str) -> bool {
+    if !have("qemu-system-x86_64") || !have("qemu-img") {
+        eprintln!("skipping {test}: qemu-system-x86_64 or qemu-img not installed (scripts/test installs them)");
+        return true;
+    }
+    if let Some(why) = kube_cluster::skip_reason() {
+        eprintln!("skipping {test}: {why}");
+        return true;
+    }
+    false
+}
+
+/// Builds `tests/profiles/<profile>.toml` through a profile in `dir` that extends it: the lock then records
+/// this machine's kubelet build (a local file) without touching the repository.
+fn build(profile: &str, dir: &Path, extra: &str) -> PathBuf {
+    let base = repo_root().join(format!("tests/profiles/{profile}.toml"));
+    let p = dir.join("node.toml");
+    std::fs::write(
+        &p,
+        format!("extends = \"{}\"\n[image]\nname = \"node\"\n{extra}", base.display()),
+    )
+    .unwrap();
+    let bin = kube_cluster::k8s_bin_dir();
+    let o = run(ingot().env("INGOT_K8S_BIN", &bin).arg("lock").arg("--profile").arg(&p));
+    assert!(o.status.success(), "ingot lock failed:\n{}", stderr(&o));
+    let o = run(ingot()
+        .env("INGOT_K8S_BIN", &bin)
+        .args(["build", "--quiet", "--profile"])
+        .arg(&p)
+        .arg("--out")
+        .arg(dir.join("out")));
+    assert!(o.status.success(), "ingot build failed:\n{}", stderr(&o));
+    dir.join("out/node.raw")
+}
+
+fn expect(vm: &mut Vm, pattern: &str, timeout: Duration) -> String {
+    match vm.wait_for(pattern, timeout) {
+        Ok(m) => m.line,
+        Err(e) => panic!("{e}: no line with {pattern:?}; console:\n{}", vm.console_lines().join("\n")),
+    }
+}
+
+/// `phase -> t` of every phase line so far.
+fn phase_times(vm: &Vm) -> Vec<(String, u64)> {
+    vm.console_lines()
+        .iter()
+        .filter_map(|l| parse_phase_line(l).map(|(p, t)| (p.to_owned(), t)))
+        .collect()
+}
+
+/// Every spelling of the token a leak could take.
+fn token_forms(token: &str) -> Vec<Vec<u8>> {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(token);
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+    let secret = token.split_once('.').unwrap().1;
+    vec![
+        token.as_bytes().to_vec(),
+        secret.as_bytes().to_vec(),
+        b64.trim_end_matches('=').as_bytes().to_vec(),
+        b64url.into_bytes(),
+    ]
+}
+
+fn find_all(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
+    haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[test]
+fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behind() {
+    let test = "vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behind";
+    if skip(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = build("worker-k8s120", dir.path(), "");
+
+    let cluster = KubeCluster::start(KubeOpts {
+        extra_sans: vec![API_GUEST_ADDR.to_string()],
+        ..KubeOpts::default()
+    })
+    .unwrap();
+    // A recognisable secret, so a leak is unambiguous: "canary" followed by ten random characters.
+    let mut token = kube_cluster::BootstrapToken::generate();
+    token.secret.replace_range(..6, "canary");
+    cluster.create_bootstrap_token(&token.id, &token.secret, Duration::from_secs(3600)).unwrap();
+    cluster.create_kubeadm_rbac().unwrap();
+    let server = format!("https://{API_GUEST_ADDR}:{API_GUEST_PORT}");
+    cluster.publish_cluster_info(&server).unwrap();
+    cluster.wait_cluster_info_signed(&token.id, Duration::from_secs(60)).unwrap();
+
+    let node_toml = dir.path().join("node-config.toml");
+    std::fs::write(
+        &node_toml,
+        format!(
+            "[cluster]\nendpoint = \"{API_GUEST_ADDR}:{API_GUEST_PORT}\"\ntoken = \"{}\"\nca-cert-hashes = [\"{}\"]\n\
+             [node]\nname = \"{NODE}\"\n",
+            token.token(),
+            cluster.ca_cert_hash()
+        ),
+    )
+    .unwrap();
+
+    let mut cfg = VmConfig::new(&image);
+    cfg.accel = Accel::Tcg;
+    cfg.memory_mib = 2048;
+    cfg.disk_size = Some(4 << 30);
+    cfg.serial_log = Some(dir.path().join("serial.log"));
+    cfg.fw_cfg.push(FwCfgFile {
+        name: ingot_spec::node_config::FW_CFG_NAME.to_owned(),
+        path: node_toml.clone(),
+    });
+    cfg.net.guestfwd.push(GuestFwd {
+        guest_addr: API_GUEST_ADDR,
+        guest_port: API_GUEST_PORT,
+        target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, cluster.api_port()),
+    });
+    let started = Instant::now();
+    let mut vm = Vm::start(cfg).unwrap();
+    expect(&mut vm, "node config from fw_cfg", JOIN_TIMEOUT);
+    expect(&mut vm, "phase=discovered", JOIN_TIMEOUT);
+    expect(&mut vm, "phase=joined", JOIN_TIMEOUT);
+    let joined_host = started.elapsed();
+    expect(&mut vm, "phase=node-ready", JOIN_TIMEOUT);
+    let ready_host = started.elapsed();
+
+    // The API server agrees: the Node exists and is Ready, registered by kubelet's own certificate.
+    cluster.wait_node_ready(NODE, Duration::from_secs(30)).unwrap();
+    let node = cluster.node(NODE).unwrap().unwrap();
+    assert_eq!(node["metadata"]["name"], NODE);
+
+    // A pod bound to the node by name (no scheduler involved) runs to completion there.
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "hello", "namespace": "default" },
+        "spec": {
+            "nodeName": NODE,
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "hello",
+                "image": "ingot.local/busybox:latest",
+                "imagePullPolicy": "Never",
+                "command": ["/bin/busybox", "echo", "hello from a pod"],
+            }],
+        },
+    });
+    cluster.create_pod(&pod).unwrap();
+    let pod_started = Instant::now();
+    cluster
+        .wait_pod_phase("default", "hello", "Succeeded", Duration::from_secs(180))
+        .unwrap_or_else(|e| panic!("{e}; console:\n{}", vm.console_lines().join("\n")));
+    let pod_took = pod_started.elapsed();
+
+    let phases = phase_times(&vm);
+    eprintln!(
+        "join timings (TCG): host-side joined {:.1}s, node-ready {:.1}s after QEMU start; pod Succeeded {:.1}s after creation; guest phases: {}",
+        joined_host.as_secs_f64(),
+        ready_host.as_secs_f64(),
+        pod_took.as_secs_f64(),
+        phases
+            .iter()
+            .map(|(p, t)| format!("{p}={t}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for required in ["network", "clock", "containerd-ready", "discovered", "joined", "node-ready"] {
+        assert!(phases.iter().any(|(p, _)| p == required), "no phase {required}: {phases:?}");
+    }
+
+    // Power off in order (services stopped, var unmounted), then look for the token everywhere.
+    vm.powerdown().unwrap();
+    expect(&mut vm, "powering off", Duration::from_secs(120));
+    let status = vm.wait_exit(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "QEMU exit: {status}");
+
+    let disk = dir.path().join("disk.raw");
+    let overlay = vm.scratch_dir().join("disk.qcow2");
+    let o = run(std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&overlay)
+        .arg(&disk));
+    assert!(o.status.success(), "qemu-img convert: {}", stderr(&o));
+    let console = std::fs::read(dir.path().join("serial.log")).unwrap();
+    let disk_bytes = std::fs::read(&disk).unwrap();
+    let image_bytes = std::fs::read(&image).unwrap();
+    for form in token_forms(&token.token()) {
+        let shown = String::from_utf8_lossy(&form).into_owned();
+        assert!(find_all(&console, &form).is_empty(), "the console shows the token as {shown}");
+        assert!(find_all(&image_bytes, &form).is_empty(), "the image holds the token as {shown}");
+        // The bootstrap kubeconfig held it until kubelet had its certificate; then it was wiped.
+        let hits = find_all(&disk_bytes, &form);
+        assert!(hits.is_empty(), "the node's disk holds the token as {shown} at byte offsets {hits:?}");
+    }
+    drop(cluster);
+}
