@@ -369,8 +369,11 @@ fn probe_esp(sys: &dyn Sys) -> Probe {
         Ok(d) => d,
         Err(why) => return Probe::Skipped(why),
     };
-    if let Err(e) = sys.mkdir(ESP_MOUNT) {
-        return Probe::Skipped(format!("creating {ESP_MOUNT}: {e}"));
+    // `mkdir` makes one level; /run is an empty tmpfs.
+    for dir in ["/run/ingot", ESP_MOUNT] {
+        if let Err(e) = sys.mkdir(dir) {
+            return Probe::Skipped(format!("creating {dir}: {e}"));
+        }
     }
     let mount = Mount {
         source: &device,

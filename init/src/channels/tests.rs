@@ -238,6 +238,7 @@ fn the_esp_is_mounted_read_only_for_the_read_and_unmounted() {
             "load /lib/modules/6.1.0-test/kernel/fs/fat/vfat.ko",
             "load /lib/modules/6.1.0-test/kernel/fs/nls/nls_cp437.ko",
             "load /lib/modules/6.1.0-test/kernel/fs/nls/nls_ascii.ko",
+            "mkdir /run/ingot",
             "mkdir /run/ingot/esp",
             "mount /dev/vda1 /run/ingot/esp vfat nodev,noexec,nosuid,rdonly codepage=437,iocharset=ascii",
             "umount /run/ingot/esp",
