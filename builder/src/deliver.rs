@@ -152,22 +152,33 @@ pub fn deliver(cfg: &mut VmConfig, file: &NodeConfigFile, channel: Channel) -> R
     Ok(Delivery { scratch })
 }
 
-/// Copies `src` to `dst` writing only non-zero blocks, so the copy takes the space of the data.
+/// Copies `src` to `dst` writing only non-zero blocks, so the copy takes the space of the data. Holes
+/// are skipped without reading them (SEEK_DATA/SEEK_HOLE; without those, everything is read).
 pub fn sparse_copy(src: &Path, dst: &Path) -> Result<()> {
+    use rustix::fs::{SeekFrom, seek};
     let from = File::open(src).map_err(io("opening", src))?;
     let len = from.metadata().map_err(io("reading", src))?.len();
     let to = File::create(dst).map_err(io("creating", dst))?;
     to.set_len(len).map_err(io("writing", dst))?;
-    let mut write_error = None;
-    disk::scan(&from, 0, len, |offset, chunk| {
-        disk::write_nonzero(&to, chunk, offset).inspect_err(|e| {
-            write_error = Some(std::io::Error::new(e.kind(), e.to_string()));
-        })
-    })
-    .map_err(|e| match write_error.take() {
-        Some(w) => io("writing", dst)(w),
-        None => io("reading", src)(e),
-    })?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < len {
+        let data = match seek(&from, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            // Only a hole is left.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => pos,
+        };
+        let hole = seek(&from, SeekFrom::Hole(data)).map_or(len, |h| h.min(len));
+        pos = data;
+        while pos < hole {
+            let n = usize::try_from(hole - pos).map_or(buf.len(), |r| r.min(buf.len()));
+            from.read_exact_at(&mut buf[..n], pos)
+                .map_err(io("reading", src))?;
+            disk::write_nonzero(&to, &buf[..n], pos).map_err(io("writing", dst))?;
+            pos += n as u64;
+        }
+    }
     Ok(())
 }
 

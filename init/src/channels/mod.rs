@@ -240,6 +240,8 @@ pub fn discover(sys: &dyn Sys, cfg: &mut InitConfig) -> Outcome {
 
 /// The configuration stage 2 chose on this boot, for the join step: `None` when there is none (no
 /// channel held one, or the one found was rejected).
+// The join step, which runs after the network and clock, is its caller.
+#[allow(dead_code)]
 pub fn selected(sys: &dyn Sys) -> Result<Option<NodeConfig>, Error> {
     match sys.read(Path::new(RUN_PATH)) {
         Ok(bytes) => Ok(Some(NodeConfig::parse(&bytes)?)),
