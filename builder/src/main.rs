@@ -163,7 +163,9 @@ const NODE_CONFIG_ABOUT: &str = "Node configurations: which Kubernetes cluster a
     \x20 3. smbios   SMBIOS type 11 OEM string io.ingot.node=<standard base64 of the file>\n\
     \x20 4. esp      the file ingot/node.toml on the image's EFI system partition (e.g. on a flashed USB stick)\n\
     \x20 5. baked    /etc/ingot/node.toml in the image (ingot build --node-config FILE)\n\
-    `ingot run IMAGE --node-config FILE --config-channel CHANNEL` tries the first four under QEMU.";
+    `ingot run IMAGE --node-config FILE --config-channel CHANNEL` tries the first four under QEMU. The kernel \
+    command line is readable by every process on the node (/proc/cmdline) and printed at boot: prefer the \
+    other channels for tokens that matter.";
 
 #[derive(Subcommand)]
 enum NodeConfigCommand {
