@@ -13,8 +13,10 @@ use crate::fetch::{Fetcher, Pinned, Sha256};
 use crate::kconfig;
 use crate::lock::{Lock, LockRequest};
 use crate::manifest::ComponentEntry;
+use crate::node_config::NodeConfigFile;
 use crate::pipeline::{self, Inputs};
-use crate::profile::{self, ImageSource, Profile, Source};
+use crate::profile::{self, FileContent, ImageFile, ImageSource, Profile, Source};
+use ingot_spec::node_config::{BAKED_PATH, Channel};
 
 /// Kernel metapackages (`linux-image-cloud-amd64`) depend on the versioned package that holds the kernel;
 /// `ingot lock` pins that one.
@@ -257,6 +259,8 @@ pub struct BuildOptions<'a> {
     pub rebuild: bool,
     /// Keep the work directory at this path.
     pub keep_work: Option<&'a Path>,
+    /// A node configuration to bake into the root at [`BAKED_PATH`] (mode 0600).
+    pub node_config: Option<&'a Path>,
 }
 
 /// `ingot build`: checks the lock, fetches (or takes from the cache) every input, and builds the image.
@@ -266,8 +270,23 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         quiet,
         rebuild,
         keep_work,
+        node_config,
     } = opts;
-    let profile = load_profile(profile_arg)?;
+    // A broken configuration fails the build before anything is read or fetched.
+    let baked = node_config.map(crate::node_config::load).transpose()?;
+    let mut profile = load_profile(profile_arg)?;
+    if let Some(file) = &baked {
+        bake_node_config(&mut profile, file)?;
+        if !quiet {
+            eprintln!(
+                "baking {} into {BAKED_PATH}: cluster {}, token {}",
+                file.path.display(),
+                file.config.cluster.endpoint,
+                file.config.cluster.token
+            );
+        }
+    }
+    let profile = profile;
     let lock = current_lock(&profile, profile_arg)?;
     let path = lock_path(&profile);
     let fetcher = Fetcher::from_env(offline)?.progress(!quiet);
@@ -365,6 +384,25 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         artifact_cache: (!rebuild).then(|| fetcher.cache().root().join("artifacts")),
     };
     pipeline::build(&profile, &inputs, out_dir, quiet, keep_work)
+}
+
+/// Adds a node configuration to the files the profile puts into the root, at [`BAKED_PATH`] with mode 0600.
+fn bake_node_config(profile: &mut Profile, file: &NodeConfigFile) -> Result<()> {
+    if profile.files.iter().any(|f| f.path == Path::new(BAKED_PATH)) {
+        bail!(
+            "{}: the profile already puts a file at {BAKED_PATH}; remove it there or drop --node-config {}",
+            profile.path.display(),
+            file.path.display()
+        );
+    }
+    // `load` checked the bytes are UTF-8 text.
+    let text = String::from_utf8_lossy(&file.bytes).into_owned();
+    profile.files.push(ImageFile {
+        path: PathBuf::from(BAKED_PATH),
+        content: FileContent::Inline(text),
+        mode: 0o600,
+    });
+    Ok(())
 }
 
 /// Whether a blob is a single program (an ELF file) rather than a `.deb` or a tarball.
@@ -500,6 +538,8 @@ pub struct RunOptions {
     pub disk_size: Option<u64>,
     /// Let the guest reboot within the run instead of ending it.
     pub allow_reboot: bool,
+    /// A node configuration to hand to the guest, and the channel to hand it on.
+    pub node_config: Option<(PathBuf, Channel)>,
 }
 
 /// What the kernel prints when the guest reboots.
@@ -515,6 +555,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
             opts.image.display()
         );
     }
+    let node_config = opts
+        .node_config
+        .as_ref()
+        .map(|(path, channel)| Ok::<_, anyhow::Error>((crate::node_config::load(path)?, *channel)))
+        .transpose()?;
     let mut cfg = ingot_qemu::VmConfig::new(&opts.image);
     cfg.accel = opts.accel;
     cfg.memory_mib = opts.memory_mib;
@@ -523,6 +568,21 @@ pub fn run(opts: RunOptions) -> Result<()> {
     cfg.serial_log = opts.serial_log.clone();
     cfg.disk_size = opts.disk_size;
     cfg.exit_on_reboot = !opts.allow_reboot;
+    // Scratch files (the configuration, an image copy, the kernel) live until the VM is gone.
+    let _delivery = match &node_config {
+        Some((file, channel)) => {
+            let d = crate::deliver::deliver(&mut cfg, file, *channel)
+                .with_context(|| format!("handing {} to the VM on {channel}", file.path.display()))?;
+            eprintln!(
+                "ingot run: node config {} on {channel}: cluster {}, token {}",
+                file.path.display(),
+                file.config.cluster.endpoint,
+                file.config.cluster.token
+            );
+            Some(d)
+        }
+        None => None,
+    };
     let mut vm = ingot_qemu::Vm::start(cfg).context("starting QEMU")?;
     let forever = Duration::from_secs(u64::MAX / 4);
     match opts.expect {
@@ -556,4 +616,35 @@ pub fn run(opts: RunOptions) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `ingot node-config from-join-command`: writes the configuration the join command describes to `out`
+/// (mode 0600) and returns what to tell the user.
+pub fn node_config_from_join_command(
+    command: &str,
+    out: &Path,
+    node_name: Option<&str>,
+    force: bool,
+) -> Result<String> {
+    let command = if command == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading the join command from standard input")?;
+        text
+    } else {
+        command.to_owned()
+    };
+    let config = crate::node_config::from_join_command(&command, node_name)?;
+    crate::node_config::write(out, &config, force)?;
+    Ok(crate::node_config::written_report(out, &config))
+}
+
+/// `ingot node-config check`: validates a file and returns its summary.
+pub fn node_config_check(path: &Path) -> Result<String> {
+    let file = crate::node_config::load(path)?;
+    Ok(format!(
+        "{} is a valid node configuration\n{}",
+        path.display(),
+        crate::node_config::summary(&file.config)
+    ))
 }

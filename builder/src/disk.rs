@@ -273,7 +273,7 @@ pub fn copy_into(
 }
 
 /// Writes the non-zero 4 KiB blocks of `buf` at `offset`, merging neighbours into one write.
-fn write_nonzero(disk: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+pub fn write_nonzero(disk: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     let mut run_start: Option<usize> = None;
     for (i, block) in buf.chunks(BLOCK).enumerate() {
         let start = i * BLOCK;

@@ -187,6 +187,29 @@ pub fn read_file(image: &Path, offset: u64, path: &str) -> Result<Vec<u8>, EspEr
     run(c)
 }
 
+/// Puts `source` at `path` on a FAT file system starting at byte `offset` of `image`, creating the
+/// directories on the way and replacing a file already there.
+pub fn add_file(image: &Path, offset: u64, path: &str, source: &Path) -> Result<(), EspError> {
+    check_path(path)?;
+    let target = format!("{}@@{offset}", image.display());
+    let parts: Vec<&str> = path.split('/').collect();
+    for depth in 1..parts.len() {
+        let mut mmd = mtools("mmd", 0);
+        mmd.arg("-i")
+            .arg(&target)
+            .arg(format!("::/{}", parts[..depth].join("/")));
+        // Fails when the directory exists; a real problem shows in the copy below.
+        let _ = run(mmd);
+    }
+    let mut cp = mtools("mcopy", 0);
+    cp.args(["-o", "-i"])
+        .arg(&target)
+        .arg(source)
+        .arg(format!("::/{path}"));
+    run(cp)?;
+    Ok(())
+}
+
 /// Lists the plain files in a directory of a FAT file system at `offset` of `image`.
 pub fn list_dir(image: &Path, offset: u64, dir: &str) -> Result<Vec<String>, EspError> {
     check_path(dir)?;
@@ -266,5 +289,31 @@ mod tests {
         );
         assert!(matches!(read_file(&a, 0, "../x"), Err(EspError::BadPath(_))));
         assert!(read_file(&a, 0, "EFI/nothing").is_err());
+    }
+
+    #[test]
+    fn add_file_creates_the_directory_and_replaces_the_file() {
+        if !tools() {
+            eprintln!("skipping: mtools not installed");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let esp = d.path().join("esp.img");
+        build(&esp, 64 << 20, 1, &[], 0).unwrap();
+        // The file system starts 1 MiB into the "disk".
+        let disk = d.path().join("disk.img");
+        let mut bytes = vec![0u8; 1 << 20];
+        bytes.extend(std::fs::read(&esp).unwrap());
+        std::fs::write(&disk, bytes).unwrap();
+        let src = d.path().join("node.toml");
+        for content in ["first", "second"] {
+            std::fs::write(&src, content).unwrap();
+            add_file(&disk, 1 << 20, "ingot/node.toml", &src).unwrap();
+            assert_eq!(
+                read_file(&disk, 1 << 20, "ingot/node.toml").unwrap(),
+                content.as_bytes()
+            );
+        }
+        assert_eq!(list_dir(&disk, 1 << 20, "ingot").unwrap(), ["node.toml"]);
     }
 }

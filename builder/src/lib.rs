@@ -2,6 +2,7 @@
 
 pub mod commands;
 pub mod debian;
+pub mod deliver;
 pub mod disk;
 pub mod esp;
 pub mod fetch;
@@ -15,6 +16,7 @@ pub mod kconfig;
 pub mod kmod;
 pub mod lock;
 pub mod manifest;
+pub mod node_config;
 pub mod oci;
 pub mod pipeline;
 pub mod profile;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ingot_spec::node_config::Channel;
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +22,7 @@ use clap::{Parser, Subcommand, ValueEnum};
         ingot build --profile minimal     # → out/minimal.raw + out/minimal.manifest.json\n  \
         ingot run out/minimal.raw         # boot it under QEMU, console on stdout\n  \
         ingot inspect out/minimal.raw     # partitions, hashes, kernel command line, components\n  \
+        ingot node-config from-join-command \"kubeadm join …\" -o node.toml   # which cluster a node joins\n  \
         ingot kernel check /boot/config-$(uname -r)   # can this kernel run containerd, kubelet, a CNI?"
 )]
 struct Cli {
@@ -71,6 +73,11 @@ enum Command {
         /// Keep the work directory (staged root, ESP files, file system images) at this new path.
         #[arg(long, value_name = "DIR")]
         keep_work: Option<PathBuf>,
+        /// Bake this node configuration into the root at /etc/ingot/node.toml (mode 0600): the lowest
+        /// channel, used when no other holds one. Validated before the build starts. The image then holds
+        /// the bootstrap token: treat it as a secret.
+        #[arg(long, value_name = "FILE")]
+        node_config: Option<PathBuf>,
     },
     /// Boot an image under QEMU (UEFI via OVMF) with the serial console on stdout.
     ///
@@ -110,6 +117,22 @@ enum Command {
         /// within one run.
         #[arg(long)]
         allow_reboot: bool,
+        /// Hand this node configuration (see `ingot node-config`) to the guest. Validated first.
+        #[arg(long, value_name = "FILE")]
+        node_config: Option<PathBuf>,
+        /// The channel --node-config arrives on: fw_cfg (QEMU's fw_cfg item opt/io.ingot/node.toml),
+        /// smbios (OEM string io.ingot.node=<base64>), esp (a copy of the image with ingot/node.toml on
+        /// its ESP; the image itself stays untouched) or cmdline (the UKI's kernel and initrd booted
+        /// directly with ingot.node=<base64> added to its command line; at most 2047 bytes in all).
+        #[arg(long, value_name = "CHANNEL", default_value = "fw_cfg", requires = "node_config",
+              value_parser = parse_run_channel)]
+        config_channel: Channel,
+    },
+    /// Node configurations: which Kubernetes cluster a node joins and how it names itself there.
+    #[command(long_about = NODE_CONFIG_ABOUT)]
+    NodeConfig {
+        #[command(subcommand)]
+        command: NodeConfigCommand,
     },
     /// Show an image's partitions with hashes, its kernel command line and its pinned components.
     Inspect {
@@ -123,6 +146,72 @@ enum Command {
         #[command(subcommand)]
         command: KernelCommand,
     },
+}
+
+const NODE_CONFIG_ABOUT: &str = "Node configurations: which Kubernetes cluster a node joins and how it names \
+    itself there.\n\n\
+    A node configuration is a small TOML file: the API server endpoint, a bootstrap token and the cluster CA's \
+    public key hash (what `kubeadm join` takes), optionally the node's name, labels, taints, kubelet \
+    arguments, and network and time settings that replace the image's. It holds the bootstrap token, so it \
+    is written with mode 0600 and never printed.\n\n\
+    One image serves every node: each node gets its configuration at boot on one of these channels, \
+    highest precedence first. The node takes the first channel that holds a configuration; a broken one is \
+    rejected (the console names the field) and the node then joins no cluster rather than fall back to a \
+    lower channel:\n\
+    \x20 1. cmdline  kernel command line ingot.node=<standard base64 of the file>\n\
+    \x20 2. fw_cfg   QEMU fw_cfg item opt/io.ingot/node.toml\n\
+    \x20 3. smbios   SMBIOS type 11 OEM string io.ingot.node=<standard base64 of the file>\n\
+    \x20 4. esp      the file ingot/node.toml on the image's EFI system partition (e.g. on a flashed USB stick)\n\
+    \x20 5. baked    /etc/ingot/node.toml in the image (ingot build --node-config FILE)\n\
+    `ingot run IMAGE --node-config FILE --config-channel CHANNEL` tries the first four under QEMU. The kernel \
+    command line is readable by every process on the node (/proc/cmdline) and printed at boot: prefer the \
+    other channels for tokens that matter.";
+
+#[derive(Subcommand)]
+enum NodeConfigCommand {
+    /// Write a node configuration from the command `kubeadm token create --print-join-command` prints.
+    ///
+    /// On a control-plane node, `kubeadm token create --print-join-command` creates a bootstrap token
+    /// (valid 24 hours by default; `--ttl` changes that) and prints the command a worker would run:
+    /// `kubeadm join <endpoint> --token <token> --discovery-token-ca-cert-hash sha256:<hash>`. Pass that
+    /// command as one argument, or `-` to read it from standard input. The file is written with mode 0600
+    /// (it holds the token) and not over an existing one unless --force is given.
+    #[command(after_help = "Examples:\n  \
+        ingot node-config from-join-command \"$(ssh cp1 kubeadm token create --print-join-command)\" -o worker.toml\n  \
+        ssh cp1 kubeadm token create --print-join-command | ingot node-config from-join-command - --node-name worker-1\n\n\
+        Then deliver the file on one of the channels (first that holds one wins):\n  \
+        1. cmdline  ingot.node=<base64 -w0 of the file> on the kernel command line\n  \
+        2. fw_cfg   qemu -fw_cfg name=opt/io.ingot/node.toml,file=worker.toml (ingot run --node-config)\n  \
+        3. smbios   qemu -smbios type=11,value=io.ingot.node=<base64 -w0 of the file>\n  \
+        4. esp      ingot/node.toml on the image's EFI system partition\n  \
+        5. baked    ingot build --profile NAME --node-config worker.toml")]
+    FromJoinCommand {
+        /// The `kubeadm join …` command, quoted as one argument, or `-` for standard input.
+        command: String,
+        /// Where to write the configuration.
+        #[arg(long, short, default_value = "node.toml", value_name = "FILE")]
+        out: PathBuf,
+        /// The node's Kubernetes name (default: the node's host name, or --node-name in the command).
+        #[arg(long, value_name = "NAME")]
+        node_name: Option<String>,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate a node configuration file and show what it says (the token's id only).
+    ///
+    /// Errors name the file, the field and the rule it broke. Exits 0 when the file is valid.
+    Check { file: PathBuf },
+}
+
+fn parse_run_channel(s: &str) -> Result<Channel, String> {
+    match s.parse::<Channel>()? {
+        Channel::Baked => Err(
+            "baked is part of the image: use `ingot build --node-config FILE`; ingot run delivers on fw_cfg, smbios, esp or cmdline"
+                .into(),
+        ),
+        c => Ok(c),
+    }
 }
 
 #[derive(Subcommand)]
@@ -142,7 +231,7 @@ enum KernelCommand {
         ingot kernel check linux-image-6.1.0-50-cloud-amd64_6.1.176-1_amd64.deb --feature cilium\n  \
         ingot kernel check --profile minimal --feature containers --feature kubelet\n  \
         ingot kernel check .config --json | jq '.features[] | select(.complete | not) | .missing'\n\n\
-        Features: containers, kubelet, kube-proxy, bridge-cni, vxlan, cilium, calico, longhorn, rook, topolvm, ipvs")]
+        Features: containers, kubelet, kube-proxy, bridge-cni, vxlan, cilium, calico, longhorn, rook, topolvm, ipvs, node-config")]
     #[command(group = clap::ArgGroup::new("input").required(true).args(["config", "profile"]))]
     Check {
         /// Kernel configuration file or kernel .deb.
@@ -198,6 +287,7 @@ fn main() -> ExitCode {
             quiet,
             rebuild,
             keep_work,
+            node_config,
         } => ingot::commands::build(
             &profile,
             &out,
@@ -206,6 +296,7 @@ fn main() -> ExitCode {
                 quiet,
                 rebuild,
                 keep_work: keep_work.as_deref(),
+                node_config: node_config.as_deref(),
             },
         )
         .map(|r| {
@@ -224,6 +315,8 @@ fn main() -> ExitCode {
             serial_log,
             disk_size,
             allow_reboot,
+            node_config,
+            config_channel,
         } => parse_memory(&memory).and_then(|memory_mib| {
             let disk_size = disk_size.as_deref().map(parse_disk_size).transpose()?;
             ingot::commands::run(ingot::commands::RunOptions {
@@ -240,8 +333,21 @@ fn main() -> ExitCode {
                 serial_log,
                 disk_size,
                 allow_reboot,
+                node_config: node_config.map(|f| (f, config_channel)),
             })
         }),
+        Command::NodeConfig { command } => match command {
+            NodeConfigCommand::FromJoinCommand {
+                command,
+                out,
+                node_name,
+                force,
+            } => ingot::commands::node_config_from_join_command(&command, &out, node_name.as_deref(), force)
+                .map(|report| print!("{report}")),
+            NodeConfigCommand::Check { file } => {
+                ingot::commands::node_config_check(&file).map(|report| print!("{report}"))
+            }
+        },
         Command::Kernel {
             command:
                 KernelCommand::Check {

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use ingot_spec::config::{INIT_CONFIG_PATH, InitConfig};
+use ingot_spec::node_config::Channel;
 use ingot_spec::partition::Role;
 use sha2::{Digest, Sha256};
 
@@ -123,12 +124,22 @@ fn find_kernel(kernel_dir: &Path) -> Result<(String, PathBuf, PathBuf)> {
     Ok((kver.clone(), boot.join(format!("vmlinuz-{kver}")), modules))
 }
 
-/// The modules of the root: `kernel.root_modules` and `node.modules` with their dependencies (and
-/// `softdep=pre:` modules), under `/usr/lib/modules/<kver>/` with `modules.dep`, `modules.softdep` and
-/// the kernel's `modules.builtin`.
+/// The modules the node configuration channels need ([`Channel::modules`]) that this kernel ships or has
+/// built in, and those it lacks (the node skips those channels).
+pub fn channel_modules(index: &ModuleIndex) -> (Vec<&'static str>, Vec<&'static str>) {
+    Channel::ALL
+        .iter()
+        .flat_map(|c| c.modules().iter().copied())
+        .partition(|m| index.is_builtin(m) || index.relative_path(m).is_some())
+}
+
+/// The modules of the root: `kernel.root_modules`, `node.modules` and the node configuration channels'
+/// modules the kernel has, with their dependencies (and `softdep=pre:` modules), under
+/// `/usr/lib/modules/<kver>/` with `modules.dep`, `modules.softdep` and the kernel's `modules.builtin`.
 fn stage_root_modules(stage: &Stage, index: &ModuleIndex, profile: &Profile, kver: &str) -> Result<()> {
     let mut wanted: Vec<&str> = profile.kernel.root_modules.iter().map(String::as_str).collect();
     wanted.extend(profile.init.modules.iter().map(String::as_str));
+    wanted.extend(channel_modules(index).0);
     if wanted.is_empty() {
         return Ok(());
     }
@@ -200,6 +211,13 @@ pub fn build(
     let (kver, vmlinuz, modules_dir) = find_kernel(&inputs.kernel)?;
 
     let index = ModuleIndex::open(&modules_dir, &kver)?;
+    let (_, missing) = channel_modules(&index);
+    if !quiet && !missing.is_empty() {
+        eprintln!(
+            "warning: kernel {kver} lacks module(s) {}: the node cannot read its configuration from the channels that need them",
+            missing.join(", ")
+        );
+    }
     let modules = steps.run("resolving stage 1 modules", || {
         Ok(index.resolve(&profile.kernel.initrd_modules, SoftDeps::Pre)?)
     })?;

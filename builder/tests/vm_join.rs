@@ -28,7 +28,9 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(420);
 
 fn skip(test: &str) -> bool {
     if !have("qemu-system-x86_64") || !have("qemu-img") {
-        eprintln!("skipping {test}: qemu-system-x86_64 or qemu-img not installed (scripts/test installs them)");
+        eprintln!(
+            "skipping {test}: qemu-system-x86_64 or qemu-img not installed (scripts/test installs them)"
+        );
         return true;
     }
     if let Some(why) = kube_cluster::skip_reason() {
@@ -45,11 +47,18 @@ fn build(profile: &str, dir: &Path, extra: &str) -> PathBuf {
     let p = dir.join("node.toml");
     std::fs::write(
         &p,
-        format!("extends = \"{}\"\n[image]\nname = \"node\"\n{extra}", base.display()),
+        format!(
+            "extends = \"{}\"\n[image]\nname = \"node\"\n{extra}",
+            base.display()
+        ),
     )
     .unwrap();
     let bin = kube_cluster::k8s_bin_dir();
-    let o = run(ingot().env("INGOT_K8S_BIN", &bin).arg("lock").arg("--profile").arg(&p));
+    let o = run(ingot()
+        .env("INGOT_K8S_BIN", &bin)
+        .arg("lock")
+        .arg("--profile")
+        .arg(&p));
     assert!(o.status.success(), "ingot lock failed:\n{}", stderr(&o));
     let o = run(ingot()
         .env("INGOT_K8S_BIN", &bin)
@@ -64,7 +73,10 @@ fn build(profile: &str, dir: &Path, extra: &str) -> PathBuf {
 fn expect(vm: &mut Vm, pattern: &str, timeout: Duration) -> String {
     match vm.wait_for(pattern, timeout) {
         Ok(m) => m.line,
-        Err(e) => panic!("{e}: no line with {pattern:?}; console:\n{}", vm.console_lines().join("\n")),
+        Err(e) => panic!(
+            "{e}: no line with {pattern:?}; console:\n{}",
+            vm.console_lines().join("\n")
+        ),
     }
 }
 
@@ -115,11 +127,15 @@ fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behi
     // A recognisable secret, so a leak is unambiguous: "canary" followed by ten random characters.
     let mut token = kube_cluster::BootstrapToken::generate();
     token.secret.replace_range(..6, "canary");
-    cluster.create_bootstrap_token(&token.id, &token.secret, Duration::from_secs(3600)).unwrap();
+    cluster
+        .create_bootstrap_token(&token.id, &token.secret, Duration::from_secs(3600))
+        .unwrap();
     cluster.create_kubeadm_rbac().unwrap();
     let server = format!("https://{API_GUEST_ADDR}:{API_GUEST_PORT}");
     cluster.publish_cluster_info(&server).unwrap();
-    cluster.wait_cluster_info_signed(&token.id, Duration::from_secs(60)).unwrap();
+    cluster
+        .wait_cluster_info_signed(&token.id, Duration::from_secs(60))
+        .unwrap();
 
     let node_toml = dir.path().join("node-config.toml");
     std::fs::write(
@@ -197,8 +213,18 @@ fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behi
             .collect::<Vec<_>>()
             .join(" ")
     );
-    for required in ["network", "clock", "containerd-ready", "discovered", "joined", "node-ready"] {
-        assert!(phases.iter().any(|(p, _)| p == required), "no phase {required}: {phases:?}");
+    for required in [
+        "network",
+        "clock",
+        "containerd-ready",
+        "discovered",
+        "joined",
+        "node-ready",
+    ] {
+        assert!(
+            phases.iter().any(|(p, _)| p == required),
+            "no phase {required}: {phases:?}"
+        );
     }
 
     // Power off in order (services stopped, var unmounted), then look for the token everywhere.
@@ -219,11 +245,20 @@ fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behi
     let image_bytes = std::fs::read(&image).unwrap();
     for form in token_forms(&token.token()) {
         let shown = String::from_utf8_lossy(&form).into_owned();
-        assert!(find_all(&console, &form).is_empty(), "the console shows the token as {shown}");
-        assert!(find_all(&image_bytes, &form).is_empty(), "the image holds the token as {shown}");
+        assert!(
+            find_all(&console, &form).is_empty(),
+            "the console shows the token as {shown}"
+        );
+        assert!(
+            find_all(&image_bytes, &form).is_empty(),
+            "the image holds the token as {shown}"
+        );
         // The bootstrap kubeconfig held it until kubelet had its certificate; then it was wiped.
         let hits = find_all(&disk_bytes, &form);
-        assert!(hits.is_empty(), "the node's disk holds the token as {shown} at byte offsets {hits:?}");
+        assert!(
+            hits.is_empty(),
+            "the node's disk holds the token as {shown} at byte offsets {hits:?}"
+        );
     }
     drop(cluster);
 }

@@ -20,13 +20,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ingot_spec::config::{self, InitConfig, Kubernetes, Readiness, Restart, Service, ServiceKind};
 use ingot_join::{DiscoveryOptions, HttpOptions, NodeReadiness};
+use ingot_spec::config::{self, InitConfig, Kubernetes, Readiness, Restart, Service, ServiceKind};
 use ingot_spec::node_config::NodeConfig;
 use serde_json::{Value, json};
 
 /// Where stage 2 leaves the validated node configuration (tmpfs, mode 0600).
-pub const NODE_CONFIG: &str = "/run/ingot/node.toml";
+pub const NODE_CONFIG: &str = crate::channels::RUN_PATH;
 /// Written by `join`: the cluster CA, which kubelet also uses to check clients of its own API.
 pub const CA_FILE: &str = "/var/lib/kubelet/pki/ca.crt";
 /// Written by `join`, mode 0600: the only file that holds the token.
@@ -235,7 +235,12 @@ fn join() -> Result<(), String> {
         &c.ca_cert_hashes,
         c.unsafe_skip_ca_verification,
         &opts,
-        &mut |e, wait| println!("cluster-info not usable yet: {e}; trying again in {}s", wait.as_secs()),
+        &mut |e, wait| {
+            println!(
+                "cluster-info not usable yet: {e}; trying again in {}s",
+                wait.as_secs()
+            )
+        },
     )
     .map_err(|e| format!("discovery failed: {e}"))?;
     write_atomic(Path::new(CA_FILE), &found.ca_pem, 0o644)?;
@@ -277,7 +282,8 @@ fn wait_node_ready() -> Result<(), String> {
                 match ingot_join::node_ready(&server, &ca, &client, &name, &HttpOptions::default()) {
                     Ok(r) => {
                         if !wiped {
-                            ingot_join::files::wipe(Path::new(BOOTSTRAP_KUBECONFIG)).map_err(|e| e.to_string())?;
+                            ingot_join::files::wipe(Path::new(BOOTSTRAP_KUBECONFIG))
+                                .map_err(|e| e.to_string())?;
                             println!("kubelet's client certificate works; wiped {BOOTSTRAP_KUBECONFIG}");
                             wiped = true;
                         }
@@ -308,7 +314,10 @@ fn wait_node_ready() -> Result<(), String> {
             last = state;
         }
         if started.elapsed() > NODE_WAIT {
-            return Err(format!("node {name} not Ready after {}s: {last}", NODE_WAIT.as_secs()));
+            return Err(format!(
+                "node {name} not Ready after {}s: {last}",
+                NODE_WAIT.as_secs()
+            ));
         }
         std::thread::sleep(NODE_POLL);
     }

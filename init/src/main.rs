@@ -14,6 +14,7 @@
 //! logic is unit-tested against a recording fake.
 
 mod block;
+mod channels;
 mod clock;
 mod efi;
 mod event;

@@ -100,7 +100,8 @@ pub fn establish_identity(sys: &dyn Sys, hostname: Option<&str>) -> Result<Ident
         );
     }
     // Container runtimes copy /etc/hosts into every pod sandbox and fail without one.
-    let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}");
+    let hosts =
+        format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}");
     for (path, content) in [
         ("/etc/machine-id", &machine_id),
         ("/etc/hostname", &hostname),
@@ -190,7 +191,10 @@ mod tests {
         assert_eq!(sys.calls_matching(&["hostname"]).len(), 2);
         let hosts = std::fs::read_to_string(sys.host("/etc/hosts")).unwrap();
         assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
-        assert!(hosts.ends_with(&format!("127.0.1.1\t{}\n", first.hostname)), "{hosts}");
+        assert!(
+            hosts.ends_with(&format!("127.0.1.1\t{}\n", first.hostname)),
+            "{hosts}"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! 1. API and runtime mounts (`/run`, `/tmp`), then what containers need (`/dev/pts`, `/dev/shm`, cgroup2,
 //!    bpf); the init configuration from the root ([`ingot_spec::config`]); the profile's kernel modules;
-//!    `/etc` made writable (an overlay on `/run`).
+//!    the node configuration from the first channel that holds one ([`channels`]: kernel command line,
+//!    fw_cfg, SMBIOS, ESP, baked), left at `/run/ingot/node.toml` for the join step, its `network` and
+//!    `time` replacing the image's; `/etc` made writable (an overlay on `/run`).
 //! 2. `var`: grown, formatted and mounted ([`storage`]); the machine-id, boot counter and host name
 //!    ([`node`]); sysctls.
 //! 3. `network`: links, static addresses or DHCP ([`crate::net`]), waited for up to [`NETWORK_WAIT`].
@@ -35,7 +37,7 @@ use crate::event_loop::EventLoop;
 use crate::options::BootOptions;
 use crate::supervisor::{Event, Supervisor};
 use crate::sys::{self, Shutdown, Sys};
-use crate::{clock, images, kube, modules, mounts, net, node, power_button, storage};
+use crate::{channels, clock, images, kube, modules, mounts, net, node, power_button, storage};
 
 /// How long boot waits for the network before going on without it (it keeps trying).
 pub const NETWORK_WAIT: Duration = Duration::from_secs(30);
@@ -199,7 +201,7 @@ pub fn run_with(sys: &dyn Sys, opts: &mut BootOptions, devices: &dyn Devices) ->
     sys::set_panic_policy(opts.debug, opts.reboot_delay);
     mounts::mount_all(sys, &mounts::RUNTIME)?;
     mounts::mount_best_effort(sys, &mounts::NODE);
-    let cfg = load_config(sys)?;
+    let mut cfg = load_config(sys)?;
     match modules::load_named(sys, &cfg.modules) {
         Ok(report) if !cfg.modules.is_empty() => sys.console(&format!(
             "{}modules: {} loaded, {} already there",
@@ -210,6 +212,8 @@ pub fn run_with(sys: &dyn Sys, opts: &mut BootOptions, devices: &dyn Devices) ->
         Ok(_) => {}
         Err(e) => crate::warn(sys, &format!("{}, ignoring", crate::failure::chain(&e))),
     }
+    // Before the network and clock: the node configuration may replace their settings.
+    channels::discover(sys, &mut cfg);
     if let Err(e) = node::writable_etc(sys) {
         crate::warn(
             sys,
@@ -491,6 +495,52 @@ mod tests {
         );
         assert_eq!(sys.spawned()[0].argv, ["/usr/bin/containerd"]);
         assert_eq!(sys.calls_matching(&["reboot"]), ["reboot reboot"]);
+    }
+
+    /// [`Instant`], remembering the network configuration it was given.
+    #[derive(Default)]
+    struct Recording(std::cell::RefCell<Option<config::Network>>);
+
+    impl Devices for Recording {
+        fn network(
+            &self,
+            sys: &dyn Sys,
+            cfg: &config::Network,
+            now: Duration,
+        ) -> Result<Box<dyn Network>, String> {
+            *self.0.borrow_mut() = Some(cfg.clone());
+            Instant.network(sys, cfg, now)
+        }
+        fn clock(&self, _: Vec<SocketAddr>, _: Duration) -> Box<dyn Clock> {
+            Box::new(Up("synced"))
+        }
+        fn power_button(&self, sys: &dyn Sys) -> Box<dyn Pollable> {
+            Instant.power_button(sys)
+        }
+    }
+
+    #[test]
+    fn the_node_configuration_is_found_before_the_network_and_replaces_its_settings() {
+        let sys = node("console=ttyS0 ingot.poweroff\n", Some(r#"{"schema":1}"#));
+        sys.write(
+            ingot_spec::node_config::BAKED_PATH,
+            "[cluster]\nendpoint = \"10.0.2.100:6443\"\ntoken = \"abcdef.0123456789abcdef\"\n\
+             unsafe-skip-ca-verification = true\n\
+             [network]\ninterfaces = [{ match = { name = \"eth0\" }, addresses = [\"10.0.2.50/24\"] }]\n",
+        );
+        let devices = Recording::default();
+        let _ = run_with(&sys, &mut BootOptions::default(), &devices);
+        let console = sys.console_lines();
+        let at = |prefix: &str| console.iter().position(|l| l.starts_with(prefix)).unwrap();
+        assert!(
+            at(
+                "ingot: node config from baked (/etc/ingot/node.toml): cluster 10.0.2.100:6443, token abcdef.<redacted>"
+            ) < at("ingot: phase=network "),
+            "{console:#?}"
+        );
+        let network = devices.0.borrow().clone().unwrap();
+        assert_eq!(network.interfaces[0].addresses, ["10.0.2.50/24"]);
+        assert!(sys.host(crate::channels::RUN_PATH).exists());
     }
 
     #[test]

@@ -153,7 +153,7 @@ fn io_err(what: &'static str, disk: &str, source: io::Error) -> Error {
 }
 
 /// The disk (`vda`) and partition (`vda2`) holding `/`, from its device number and sysfs.
-fn root_disk(sys: &dyn Sys) -> Result<(String, String), Error> {
+pub(crate) fn root_disk(sys: &dyn Sys) -> Result<(String, String), Error> {
     let dev = sys.device_of("/").map_err(Error::RootDisk)?;
     let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
     let uevent = sys

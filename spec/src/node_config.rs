@@ -71,6 +71,18 @@ impl Channel {
         }
     }
 
+    /// Kernel modules the node loads to read this channel (when they are not built in); the builder puts
+    /// them into every root whose kernel ships them.
+    pub fn modules(self) -> &'static [&'static str] {
+        match self {
+            Channel::Cmdline | Channel::Baked => &[],
+            Channel::FwCfg => &["qemu_fw_cfg"],
+            Channel::Smbios => &["dmi_sysfs"],
+            // The ESP is FAT; its short names need a code page and its long names a character set.
+            Channel::Esp => &["vfat", "nls_cp437", "nls_ascii"],
+        }
+    }
+
     /// Where exactly this channel's configuration is, for messages.
     pub fn source(self) -> &'static str {
         match self {

@@ -412,6 +412,8 @@ impl Sys for Linux {
                 .truncate(true)
                 .mode(mode)
                 .open(&tmp)?;
+            // `mode` applies only when the file is created; a leftover temp file keeps its own.
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
             f.write_all(bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, path)?;
