@@ -80,14 +80,6 @@ fn expect(vm: &mut Vm, pattern: &str, timeout: Duration) -> String {
     }
 }
 
-/// `phase -> t` of every phase line so far.
-fn phase_times(vm: &Vm) -> Vec<(String, u64)> {
-    vm.console_lines()
-        .iter()
-        .filter_map(|l| parse_phase_line(l).map(|(p, t)| (p.to_owned(), t)))
-        .collect()
-}
-
 /// Every spelling of the token a leak could take.
 fn token_forms(token: &str) -> Vec<Vec<u8>> {
     let b64 = base64::engine::general_purpose::STANDARD.encode(token);
@@ -101,12 +93,59 @@ fn token_forms(token: &str) -> Vec<Vec<u8>> {
     ]
 }
 
-fn find_all(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
-    haystack
-        .windows(needle.len())
-        .enumerate()
-        .filter(|(_, w)| *w == needle)
-        .map(|(i, _)| i)
+/// The byte ranges of `path` that hold data, as `qemu-img map` reports them (holes and zero clusters are
+/// skipped, so a 4 GiB disk with a few hundred MiB written is read in seconds). `overlay_only`: only what the
+/// guest wrote (depth 0 of a qcow2 overlay), not its backing image.
+fn data_ranges(path: &Path, format: &str, overlay_only: bool) -> Vec<(u64, u64)> {
+    let o = run(std::process::Command::new("qemu-img")
+        .args(["map", "--output=json", "-f", format])
+        .arg(path));
+    assert!(o.status.success(), "qemu-img map: {}", stderr(&o));
+    let map: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    map.iter()
+        .filter(|e| e["data"] == true && (!overlay_only || e["depth"] == 0))
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Offsets in `raw` (the guest's view of a disk, or an image) where any of `needles` occurs, reading only
+/// `ranges`.
+fn find_in_ranges(raw: &Path, ranges: &[(u64, u64)], needles: &[Vec<u8>]) -> Vec<(u64, String)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let finders: Vec<_> = needles.iter().map(|n| memchr::memmem::Finder::new(n)).collect();
+    let overlap = needles.iter().map(Vec::len).max().unwrap_or(0) as u64;
+    let mut f = std::fs::File::open(raw).unwrap();
+    let mut hits = Vec::new();
+    const CHUNK: u64 = 16 << 20;
+    for &(start, len) in ranges {
+        let end = start + len;
+        let mut at = start;
+        while at < end {
+            // Each read reaches a little into the next so a match across the boundary is not missed.
+            let n = (CHUNK + overlap).min(end - at);
+            let mut buf = vec![0u8; n as usize];
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.read_exact(&mut buf).unwrap();
+            for (finder, needle) in finders.iter().zip(needles) {
+                for i in finder.find_iter(&buf) {
+                    let offset = at + i as u64;
+                    if !hits.iter().any(|(o, _)| *o == offset) {
+                        hits.push((offset, String::from_utf8_lossy(needle).into_owned()));
+                    }
+                }
+            }
+            at += CHUNK.min(end - at);
+        }
+    }
+    hits
+}
+
+/// `phase -> t` of every phase line in the serial log.
+fn phase_times(log: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| parse_phase_line(l).map(|(p, t)| (p.to_owned(), t)))
         .collect()
 }
 
@@ -201,7 +240,8 @@ fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behi
         .unwrap_or_else(|e| panic!("{e}; console:\n{}", vm.console_lines().join("\n")));
     let pod_took = pod_started.elapsed();
 
-    let phases = phase_times(&vm);
+    let serial = dir.path().join("serial.log");
+    let phases = phase_times(&serial);
     eprintln!(
         "join timings (TCG): host-side joined {:.1}s, node-ready {:.1}s after QEMU start; pod Succeeded {:.1}s after creation; guest phases: {}",
         joined_host.as_secs_f64(),
@@ -233,6 +273,7 @@ fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behi
     let status = vm.wait_exit(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "QEMU exit: {status}");
 
+    // The guest's view of its disk (the image plus what it wrote), and the image as built.
     let disk = dir.path().join("disk.raw");
     let overlay = vm.scratch_dir().join("disk.qcow2");
     let o = run(std::process::Command::new("qemu-img")
@@ -240,25 +281,34 @@ fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behi
         .arg(&overlay)
         .arg(&disk));
     assert!(o.status.success(), "qemu-img convert: {}", stderr(&o));
-    let console = std::fs::read(dir.path().join("serial.log")).unwrap();
-    let disk_bytes = std::fs::read(&disk).unwrap();
-    let image_bytes = std::fs::read(&image).unwrap();
-    for form in token_forms(&token.token()) {
-        let shown = String::from_utf8_lossy(&form).into_owned();
-        assert!(
-            find_all(&console, &form).is_empty(),
-            "the console shows the token as {shown}"
-        );
-        assert!(
-            find_all(&image_bytes, &form).is_empty(),
-            "the image holds the token as {shown}"
-        );
-        // The bootstrap kubeconfig held it until kubelet had its certificate; then it was wiped.
-        let hits = find_all(&disk_bytes, &form);
-        assert!(
-            hits.is_empty(),
-            "the node's disk holds the token as {shown} at byte offsets {hits:?}"
-        );
-    }
+    let forms = token_forms(&token.token());
+    let console = std::fs::read(&serial).unwrap();
+    let console_hits = find_in_ranges(&serial, &[(0, console.len() as u64)], &forms);
+    assert!(
+        console_hits.is_empty(),
+        "the console shows the token: {console_hits:?}"
+    );
+    let image_hits = find_in_ranges(&image, &data_ranges(&image, "raw", false), &forms);
+    assert!(image_hits.is_empty(), "the image holds the token: {image_hits:?}");
+    // The bootstrap kubeconfig held it until kubelet had its certificate; then it was wiped.
+    let written = data_ranges(&overlay, "qcow2", true);
+    let scanned: u64 = written.iter().map(|r| r.1).sum();
+    let disk_hits = find_in_ranges(&disk, &written, &forms);
+    assert!(
+        disk_hits.is_empty(),
+        "the node's disk holds the token (byte offset, form): {disk_hits:?}"
+    );
+    // The scan does see the var partition: the cluster CA that discovery wrote there is found.
+    let ca_line = cluster.ca_pem().lines().nth(1).unwrap().as_bytes().to_vec();
+    let ca_hits = find_in_ranges(&disk, &written, &[ca_line]);
+    assert!(
+        !ca_hits.is_empty(),
+        "the scan did not find the CA written to /var/lib/kubelet/pki/ca.crt"
+    );
+    eprintln!(
+        "token canary: not on the console ({} bytes), in the image or in the {} MiB the node wrote",
+        console.len(),
+        scanned >> 20
+    );
     drop(cluster);
 }

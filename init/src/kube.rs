@@ -242,7 +242,7 @@ fn join() -> Result<(), String> {
             )
         },
     )
-    .map_err(|e| format!("discovery failed: {e}"))?;
+    .map_err(|e| format!("discovery failed: {}", error_chain(&e)))?;
     write_atomic(Path::new(CA_FILE), &found.ca_pem, 0o644)?;
     let kubeconfig = ingot_join::kubeconfig::bootstrap_kubeconfig(&found.server, &found.ca_pem, &c.token);
     ingot_join::files::write_private(Path::new(BOOTSTRAP_KUBECONFIG), kubeconfig.as_bytes())
@@ -254,6 +254,21 @@ fn join() -> Result<(), String> {
         found.server
     );
     Ok(())
+}
+
+/// An error with its sources, one line: the source says what TLS or the socket refused.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
 }
 
 /// `ingot-init node-ready`: waits until the API server reports this node Ready, asking with kubelet's
@@ -303,7 +318,7 @@ fn wait_node_ready() -> Result<(), String> {
                             NodeReadiness::NotRegistered => format!("node {name} is not registered yet"),
                         }
                     }
-                    Err(e) => format!("asking the API server about node {name}: {e}"),
+                    Err(e) => format!("asking the API server about node {name}: {}", error_chain(&e)),
                 }
             }
             (Err(e), _) => format!("waiting for {CA_FILE}: {e}"),

@@ -112,6 +112,9 @@ pub(crate) fn qemu_args(l: &Launch<'_>) -> Result<Vec<OsString>, QemuError> {
     Ok(a.0)
 }
 
+/// The per-connection forwarder `guestfwd` runs (Debian package `socat`).
+const SOCAT: &str = "socat";
+
 fn netdev(net: &NetConfig) -> Result<String, QemuError> {
     if let NetMode::Tap { ifname } = &net.mode {
         if !net.hostfwd.is_empty() || !net.guestfwd.is_empty() {
@@ -143,8 +146,10 @@ fn netdev(net: &NetConfig) -> Result<String, QemuError> {
                 f.guest_addr
             )));
         }
+        // `cmd:` runs one forwarder per guest connection; a `tcp:` target would be a single chardev
+        // connection, opened when QEMU starts and shared by every connection the guest makes.
         s.push_str(&format!(
-            ",guestfwd=tcp:{}:{}-tcp:{}",
+            ",guestfwd=tcp:{}:{}-cmd:{SOCAT} STDIO TCP4:{}",
             f.guest_addr, f.guest_port, f.target
         ));
     }
@@ -367,7 +372,7 @@ mod tests {
         assert_eq!(
             a[pos("-netdev") + 1],
             "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp:127.0.0.2:5353-:53,\
-             guestfwd=tcp:10.0.2.100:6443-tcp:127.0.0.1:16443"
+             guestfwd=tcp:10.0.2.100:6443-cmd:socat STDIO TCP4:127.0.0.1:16443"
         );
         assert_eq!(a[pos("-kernel") + 1], "/k/vmlinuz");
         assert_eq!(a[pos("-initrd") + 1], "/k/initrd");

@@ -233,9 +233,8 @@ impl HostFwd {
 }
 
 /// Make `guest_addr:guest_port` (an address inside 10.0.2.0/24 that the guest connects to) lead to the host
-/// TCP endpoint `target` (`guestfwd=tcp:ADDR:PORT-tcp:TARGET`). QEMU connects to `target` once, when it
-/// starts, so the target must already listen; the forward carries that single connection, and the target
-/// closing it does not close the guest's side.
+/// TCP endpoint `target`. Each connection the guest opens gets its own connection to `target`, made when the
+/// guest connects (`guestfwd=tcp:ADDR:PORT-cmd:socat STDIO TCP4:TARGET`), so `socat` must be installed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestFwd {
     pub guest_addr: Ipv4Addr,

@@ -60,8 +60,7 @@
 //! - Matching is on completed lines; a prompt without a newline is only seen when QEMU exits.
 //! - `Auto` delays [`Vm::start`] until the first kernel line under KVM; a guest with a silent kernel
 //!   (`quiet`) and no `ingot-init` output is restarted under TCG after the probe window.
-//! - A `guestfwd` target is connected once when QEMU starts and carries one connection; the guest does not
-//!   see the target close it.
+//! - A `guestfwd` runs `socat` (which must be installed) for each guest connection.
 //! - [`Vm::kill`] is a hard stop; [`Vm::powerdown`] asks the guest, which may ignore it.
 //! - The QMP socket path must fit a unix socket address (107 bytes): a long `TMPDIR` is refused.
 //! - A tap device gets the virtio NIC's default MAC address (52:54:00:12:34:56); guests that share one
