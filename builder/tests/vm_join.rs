@@ -267,6 +267,17 @@ fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behi
         );
     }
 
+    // Ctrl-Alt-Del: the next boot uses the credentials kubelet was issued, without discovery (the token's
+    // kubeconfig is gone anyway), and the node is Ready again.
+    let keys = r#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"ctrl"},{"type":"qcode","data":"alt"},{"type":"qcode","data":"delete"}]}}"#;
+    vm.qmp(keys).unwrap();
+    let var2 = expect(&mut vm, "ingot: phase=var ", JOIN_TIMEOUT);
+    assert!(var2.contains("boot=2"), "{var2}");
+    expect(&mut vm, "skipping discovery", JOIN_TIMEOUT);
+    expect(&mut vm, "phase=joined", JOIN_TIMEOUT);
+    expect(&mut vm, "phase=node-ready", JOIN_TIMEOUT);
+    cluster.wait_node_ready(NODE, Duration::from_secs(30)).unwrap();
+
     // Power off in order (services stopped, var unmounted), then look for the token everywhere.
     vm.powerdown().unwrap();
     expect(&mut vm, "powering off", Duration::from_secs(120));
