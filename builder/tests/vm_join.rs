@@ -112,7 +112,7 @@ fn data_ranges(path: &Path, format: &str, overlay_only: bool) -> Vec<(u64, u64)>
 /// `ranges`.
 fn find_in_ranges(raw: &Path, ranges: &[(u64, u64)], needles: &[Vec<u8>]) -> Vec<(u64, String)> {
     use std::io::{Read, Seek, SeekFrom};
-    let finders: Vec<_> = needles.iter().map(|n| memchr::memmem::Finder::new(n)).collect();
+    let finders: Vec<_> = needles.iter().map(memchr::memmem::Finder::new).collect();
     let overlap = needles.iter().map(Vec::len).max().unwrap_or(0) as u64;
     let mut f = std::fs::File::open(raw).unwrap();
     let mut hits = Vec::new();

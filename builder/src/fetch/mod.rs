@@ -275,15 +275,15 @@ pub enum FetchError {
          - a mirror: INGOT_MIRROR=\"{origin}=https://your.mirror/path\" (or =file:///a/directory)\n  \
          - the cache: copy the file (sha256 {sha256}) to {}\n  \
          - a local file: in a profile that `extends` this one, give component `{component}` a `path = \"...\"`",
-        blob.display()
+        blob.display(),
+        origin = url_origin(url)
     )]
     Unreachable {
         component: String,
         url: String,
-        origin: String,
         sha256: Sha256,
         blob: PathBuf,
-        source: ureq::Error,
+        source: Box<ureq::Error>,
     },
     /// The connection broke while the body was read (after retries).
     #[error("component {component}: download of {url} was interrupted")]
@@ -428,12 +428,11 @@ impl Fetcher {
                 url,
                 source,
             } => FetchError::Unreachable {
-                origin: url_origin(&url).to_owned(),
                 component,
                 url,
                 sha256: p.sha256,
                 blob: self.cache.blob_path(&p.sha256),
-                source,
+                source: Box::new(source),
             },
             other => other,
         })
