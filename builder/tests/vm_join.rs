@@ -156,7 +156,9 @@ fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behi
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let image = build("worker-k8s120", dir.path(), "");
+    // bench/join sets kubelet settings here (e.g. a short nodeStatusUpdateFrequency) and collects timings.
+    let extra = std::env::var("INGOT_JOIN_PROFILE_EXTRA").unwrap_or_default();
+    let image = build("worker-k8s120", dir.path(), &extra);
 
     let cluster = KubeCluster::start(KubeOpts {
         extra_sans: vec![API_GUEST_ADDR.to_string()],

@@ -305,7 +305,7 @@ fn wait_node_ready() -> Result<(), String> {
                         match r {
                             NodeReadiness::Ready => {
                                 println!(
-                                    "node {name} is Ready ({:.1}s after kubelet started)",
+                                    "node {name} is Ready ({:.1}s after kubelet had its certificate)",
                                     started.elapsed().as_secs_f64()
                                 );
                                 return Ok(());
