@@ -255,6 +255,16 @@ fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behi
             .collect::<Vec<_>>()
             .join(" ")
     );
+    if let Ok(out) = std::env::var("INGOT_JOIN_TIMINGS") {
+        let guest: std::collections::BTreeMap<String, u64> = phases.iter().cloned().collect();
+        let timings = serde_json::json!({
+            "host_joined_s": joined_host.as_secs_f64(),
+            "host_node_ready_s": ready_host.as_secs_f64(),
+            "pod_succeeded_s": pod_took.as_secs_f64(),
+            "guest_phases_ms": guest,
+        });
+        std::fs::write(out, timings.to_string()).unwrap();
+    }
     for required in [
         "network",
         "clock",
