@@ -14,7 +14,6 @@
 //! boots reuse the issued credentials. `/etc` is a tmpfs overlay and holds nothing of this.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Command;
@@ -188,7 +187,7 @@ fn exec_kubelet() -> Result<std::convert::Infallible, String> {
     let cfg = kubelet_config(&k);
     let text =
         serde_json::to_string_pretty(&cfg).map_err(|e| format!("encoding the kubelet configuration: {e}"))?;
-    write_atomic(Path::new(KUBELET_CONFIG), text.as_bytes(), 0o644)?;
+    write_file(Path::new(KUBELET_CONFIG), text.as_bytes(), 0o644)?;
     let args = kubelet_args(&k, &node, &name, Path::new("/etc/resolv.conf").exists());
     println!("starting {} as node {name}", k.kubelet);
     let err = Command::new(&k.kubelet).args(&args).exec();
@@ -242,8 +241,8 @@ fn join() -> Result<(), String> {
             )
         },
     )
-    .map_err(|e| format!("discovery failed: {}", error_chain(&e)))?;
-    write_atomic(Path::new(CA_FILE), &found.ca_pem, 0o644)?;
+    .map_err(|e| format!("discovery failed: {}", crate::failure::chain(&e)))?;
+    write_file(Path::new(CA_FILE), &found.ca_pem, 0o644)?;
     let kubeconfig = ingot_join::kubeconfig::bootstrap_kubeconfig(&found.server, &found.ca_pem, &c.token);
     ingot_join::files::write_private(Path::new(BOOTSTRAP_KUBECONFIG), kubeconfig.as_bytes())
         .map_err(|e| e.to_string())?;
@@ -254,21 +253,6 @@ fn join() -> Result<(), String> {
         found.server
     );
     Ok(())
-}
-
-/// An error with its sources, one line: the source says what TLS or the socket refused.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = inner.source();
-    }
-    s
 }
 
 /// `ingot-init node-ready`: waits until the API server reports this node Ready, asking with kubelet's
@@ -318,7 +302,10 @@ fn wait_node_ready() -> Result<(), String> {
                             NodeReadiness::NotRegistered => format!("node {name} is not registered yet"),
                         }
                     }
-                    Err(e) => format!("asking the API server about node {name}: {}", error_chain(&e)),
+                    Err(e) => format!(
+                        "asking the API server about node {name}: {}",
+                        crate::failure::chain(&e)
+                    ),
                 }
             }
             (Err(e), _) => format!("waiting for {CA_FILE}: {e}"),
@@ -338,32 +325,12 @@ fn wait_node_ready() -> Result<(), String> {
     }
 }
 
-/// Writes `path` through a temporary file in the same directory: fsync, rename, so a crash leaves the old
-/// file or the new one.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().map_or("file".into(), |n| n.to_string_lossy())
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("writing {}: {e}", path.display())
-    })
+/// Writes `path` atomically with `mode`, creating its directory first.
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    ingot_join::files::write_atomic(path, bytes, mode).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -427,17 +394,5 @@ mod tests {
         assert!(args.contains(&format!("--bootstrap-kubeconfig={BOOTSTRAP_KUBECONFIG}")));
         assert_eq!(&args[args.len() - 2..], ["--container-runtime=remote", "--v=3"]);
         assert!(!args.iter().any(|a| a.contains("0123456789abcdef")));
-    }
-
-    #[test]
-    fn atomic_writes_replace_whole_files_with_the_mode_asked_for() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("sub/f");
-        write_atomic(&p, b"one", 0o600).unwrap();
-        write_atomic(&p, b"two", 0o600).unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::read_dir(d.path().join("sub")).unwrap().count(), 1);
     }
 }

@@ -33,6 +33,12 @@ fn err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Fi
 
 /// Replaces `path` with `bytes`, readable and writable by the owner only.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    write_atomic(path, bytes, 0o600)
+}
+
+/// Replaces `path` with `bytes` and exactly `mode`: a temporary file in the same directory, fsynced, renamed
+/// over `path`, then the directory fsynced. A crash leaves the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
     let dir = parent(path);
     let name = path
         .file_name()
@@ -41,7 +47,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     tmp_name.push(name);
     tmp_name.push(format!(".tmp.{}", std::process::id()));
     let tmp = dir.join(tmp_name);
-    let result = write_then_rename(&tmp, path, bytes);
+    let result = write_then_rename(&tmp, path, bytes, mode);
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -49,17 +55,17 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     sync_dir(dir)
 }
 
-fn write_then_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+fn write_then_rename(tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
     // A temporary file left by an earlier crash of this same process id would block create_new.
     let _ = fs::remove_file(tmp);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(tmp)
         .map_err(err("create", tmp))?;
     // The umask can only take bits away; make the mode exact.
-    file.set_permissions(fs::Permissions::from_mode(0o600))
+    file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(err("set the mode of", tmp))?;
     file.write_all(bytes).map_err(err("write", tmp))?;
     file.sync_all().map_err(err("fsync", tmp))?;
@@ -127,6 +133,17 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["bootstrap-kubelet.conf"], "no temporary file is left");
+    }
+
+    #[test]
+    fn other_modes_are_exact_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.crt");
+        write_atomic(&path, b"pem", 0o644).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, 0o644);
+        write_atomic(&path, b"pem2", 0o640).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"pem2");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, 0o640);
     }
 
     #[test]
