@@ -261,6 +261,8 @@ pub struct BuildOptions<'a> {
     pub keep_work: Option<&'a Path>,
     /// A node configuration to bake into the root at [`BAKED_PATH`] (mode 0600).
     pub node_config: Option<&'a Path>,
+    /// Sign the manifest with this key (`ingot keygen`): `<manifest>.sig`.
+    pub sign_key: Option<&'a Path>,
 }
 
 /// `ingot build`: checks the lock, fetches (or takes from the cache) every input, and builds the image.
@@ -271,8 +273,10 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         rebuild,
         keep_work,
         node_config,
+        sign_key,
     } = opts;
-    // A broken configuration fails the build before anything is read or fetched.
+    // A bad key or a broken configuration fails the build before anything is read or fetched.
+    let sign_key = sign_key.map(crate::signing::load_signing_key).transpose()?;
     let baked = node_config.map(crate::node_config::load).transpose()?;
     let mut profile = load_profile(profile_arg)?;
     if let Some(file) = &baked {
@@ -383,7 +387,23 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         pinned,
         artifact_cache: (!rebuild).then(|| fetcher.cache().root().join("artifacts")),
     };
-    pipeline::build(&profile, &inputs, out_dir, quiet, keep_work)
+    let report = pipeline::build(&profile, &inputs, out_dir, quiet, keep_work)?;
+    if let Some(key) = &sign_key {
+        let manifest = fs::read(&report.manifest_path)
+            .with_context(|| format!("reading {}", report.manifest_path.display()))?;
+        let sig_path = crate::verify::signature_path(&report.manifest_path);
+        crate::manifest::write_atomic(&sig_path, crate::signing::sign(key, &manifest).as_bytes())
+            .with_context(|| format!("writing {}", sig_path.display()))?;
+        if !quiet {
+            eprintln!(
+                "signed {} with key {} → {}",
+                report.manifest_path.display(),
+                crate::signing::key_id(&key.verifying_key()),
+                sig_path.display()
+            );
+        }
+    }
+    Ok(report)
 }
 
 /// Adds a node configuration to the files the profile puts into the root, at [`BAKED_PATH`] with mode 0600.

@@ -21,4 +21,6 @@ pub mod oci;
 pub mod pipeline;
 pub mod profile;
 pub mod rootfs;
+pub mod signing;
 pub mod uki;
+pub mod verify;

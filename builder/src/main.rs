@@ -78,6 +78,36 @@ enum Command {
         /// the bootstrap token: treat it as a secret.
         #[arg(long, value_name = "FILE")]
         node_config: Option<PathBuf>,
+        /// Sign the image's manifest with this private key (made by `ingot keygen`); the signature goes
+        /// next to it as `<name>.manifest.json.sig`. `ingot verify` checks image, manifest and signature.
+        #[arg(long, value_name = "KEY")]
+        sign_key: Option<PathBuf>,
+    },
+    /// Make an Ed25519 key pair for signing images: OUT.key (private, mode 0600) and OUT.pub.
+    ///
+    /// Both are two-line text files: `ingot-key v1 ed25519 private|public`, then the base64 of the 32-byte
+    /// key. Keep OUT.key offline; give OUT.pub to whoever checks images (`ingot verify --key OUT.pub`).
+    /// Existing files are never overwritten.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, default_value = "ingot")]
+        out: PathBuf,
+    },
+    /// Prove an image is exactly what its signed manifest describes.
+    ///
+    /// Checks, in order: the manifest's signature (`<manifest>.sig`) against the public key, the image's
+    /// size, every partition's sha256 (and that the rest of each partition is zeros), and the sha256 of the
+    /// bytes outside the partitions (MBR, both GPTs, gaps). Partitions are hashed in parallel. The first
+    /// failure is reported with the partition and byte range; the exit code is non-zero.
+    Verify {
+        /// The raw disk image.
+        image: PathBuf,
+        /// The public key (`ingot keygen` → OUT.pub).
+        #[arg(long)]
+        key: PathBuf,
+        /// The manifest; by default the one next to the image (`out/x.raw` → `out/x.manifest.json`).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
     },
     /// Boot an image under QEMU (UEFI via OVMF) with the serial console on stdout.
     ///
@@ -288,6 +318,7 @@ fn main() -> ExitCode {
             rebuild,
             keep_work,
             node_config,
+            sign_key,
         } => ingot::commands::build(
             &profile,
             &out,
@@ -297,6 +328,7 @@ fn main() -> ExitCode {
                 rebuild,
                 keep_work: keep_work.as_deref(),
                 node_config: node_config.as_deref(),
+                sign_key: sign_key.as_deref(),
             },
         )
         .map(|r| {
@@ -305,6 +337,31 @@ fn main() -> ExitCode {
                 eprintln!("wrote {} and {}", r.image.display(), r.manifest_path.display());
             }
         }),
+        Command::Keygen { out } => ingot::signing::keygen(&out)
+            .map(|(private, public, id)| {
+                println!("{}\n{}", private.display(), public.display());
+                eprintln!(
+                    "key {id}: {} is the private key (mode 0600; keep it offline), {} the public one",
+                    private.display(),
+                    public.display()
+                );
+            })
+            .map_err(Into::into),
+        Command::Verify { image, key, manifest } => (|| -> anyhow::Result<()> {
+            let public = ingot::signing::load_public_key(&key)?;
+            let manifest = manifest.unwrap_or_else(|| ingot::manifest::path_for_image(&image));
+            let started = std::time::Instant::now();
+            let v = ingot::verify::verify(&image, &manifest, &public)?;
+            println!(
+                "{}: verified: signed by key {}, {} partitions and the rest of the image, {} MiB hashed in {:.2} s",
+                image.display(),
+                v.key_id,
+                v.partitions,
+                v.bytes_hashed >> 20,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        })(),
         Command::Run {
             image,
             accel,

@@ -37,6 +37,10 @@ pub struct ImageInfo {
     /// Size of the raw image in bytes.
     pub size: u64,
     pub source_date_epoch: u64,
+    /// sha256 of every byte outside the partitions (protective MBR, both GPTs, gaps), in order; with the
+    /// partitions' hashes it covers the whole image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +181,7 @@ mod tests {
                 disk_guid: "00000000-0000-0000-0000-000000000001".into(),
                 size: 1 << 30,
                 source_date_epoch: 1_704_067_200,
+                outside_sha256: Some("ab".repeat(32)),
             },
             partitions: vec![PartitionEntry {
                 number: 1,

@@ -317,6 +317,15 @@ pub fn build(
     let (tmp_image, disk) = steps.run("assembling the disk", || {
         assemble_disk(profile, &layout, &esp_img, &root_img, out_dir)
     })?;
+    let mut ranges: Vec<(u64, u64)> = disk
+        .partitions
+        .iter()
+        .map(|p| (p.offset, p.offset + p.size))
+        .collect();
+    ranges.sort_unstable();
+    let outside_sha256 =
+        crate::verify::outside_partitions_sha256(tmp_image.as_file(), layout.disk_size, &ranges)
+            .context("hashing the bytes outside the partitions")?;
     let manifest = Manifest {
         schema: manifest::SCHEMA,
         image: ImageInfo {
@@ -330,6 +339,7 @@ pub fn build(
             disk_guid: disk.disk_guid,
             size: layout.disk_size,
             source_date_epoch: profile.source_date_epoch,
+            outside_sha256: Some(outside_sha256),
         },
         partitions: disk.partitions,
         uki: UkiInfo {

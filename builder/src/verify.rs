@@ -1,0 +1,291 @@
+//! `ingot verify`: proves an image is the one its signed manifest describes, every byte of it.
+//!
+//! Order: the signature over the manifest's bytes (nothing in an unsigned manifest is trusted), then the
+//! manifest's shape, the image's size, every partition (its sha256 over `hashed_bytes`, and zeros after
+//! that to the partition's end) and the bytes outside the partitions (protective MBR, both GPTs, alignment
+//! gaps), whose sha256 the manifest also carries. Partitions are checked in parallel, one thread each.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::VerifyingKey;
+use sha2::{Digest as _, Sha256};
+
+use crate::manifest::{Manifest, PartitionEntry};
+use crate::signing::{self, SignatureError};
+
+const CHUNK: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: signature check failed: {source}")]
+    Signature {
+        path: PathBuf,
+        #[source]
+        source: SignatureError,
+    },
+    #[error("{path} is signed but is not a manifest this ingot reads: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("{image} is {found} bytes; the manifest says {expected}")]
+    Size {
+        image: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+    #[error(
+        "partition {number} ({label}) lies outside the {size}-byte image, or overlaps another: bytes {offset}..{end}"
+    )]
+    Layout {
+        number: u32,
+        label: String,
+        offset: u64,
+        end: u64,
+        size: u64,
+    },
+    #[error(
+        "partition {number} ({label}), bytes {offset}..{end} of the image: sha256 {found}, the manifest says {expected}"
+    )]
+    PartitionHash {
+        number: u32,
+        label: String,
+        offset: u64,
+        end: u64,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "partition {number} ({label}): byte {at} of the image is not zero, but the manifest hashes this partition only up to byte {hashed_end}"
+    )]
+    PartitionTail {
+        number: u32,
+        label: String,
+        at: u64,
+        hashed_end: u64,
+    },
+    #[error(
+        "the bytes outside the partitions (MBR, GPT headers and tables, gaps): sha256 {found}, the manifest says {expected}"
+    )]
+    Outside { expected: String, found: String },
+    #[error(
+        "the manifest does not record the hash of the bytes outside the partitions (built by an older ingot); rebuild the image"
+    )]
+    NoOutsideHash,
+}
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub key_id: String,
+    pub partitions: usize,
+    pub bytes_hashed: u64,
+}
+
+/// The signature file that belongs to a manifest: `x.manifest.json` → `x.manifest.json.sig`.
+pub fn signature_path(manifest: &Path) -> PathBuf {
+    let mut s = manifest.as_os_str().to_owned();
+    s.push(".sig");
+    PathBuf::from(s)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, VerifyError> {
+    std::fs::read(path).map_err(|source| VerifyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub fn verify(image: &Path, manifest_path: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
+    let manifest_bytes = read(manifest_path)?;
+    let sig_path = signature_path(manifest_path);
+    let sig = read(&sig_path)?;
+    signing::verify(key, &manifest_bytes, &sig).map_err(|source| VerifyError::Signature {
+        path: sig_path.clone(),
+        source,
+    })?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| VerifyError::Manifest {
+        path: manifest_path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if manifest.schema != crate::manifest::SCHEMA {
+        return Err(VerifyError::Manifest {
+            path: manifest_path.to_path_buf(),
+            message: format!("schema {}", manifest.schema),
+        });
+    }
+    let file = File::open(image).map_err(|source| VerifyError::Read {
+        path: image.to_path_buf(),
+        source,
+    })?;
+    let read_err = |source| VerifyError::Read {
+        path: image.to_path_buf(),
+        source,
+    };
+    let size = file.metadata().map_err(read_err)?.len();
+    if size != manifest.image.size {
+        return Err(VerifyError::Size {
+            image: image.to_path_buf(),
+            expected: manifest.image.size,
+            found: size,
+        });
+    }
+    let ranges = partition_ranges(&manifest.partitions, size)?;
+    let expected_outside = manifest
+        .image
+        .outside_sha256
+        .clone()
+        .ok_or(VerifyError::NoOutsideHash)?;
+
+    let results: Vec<Result<u64, VerifyError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = manifest
+            .partitions
+            .iter()
+            .map(|p| scope.spawn(|| check_partition(&file, image, p)))
+            .collect();
+        let outside = outside_partitions_sha256(&file, size, &ranges).map_err(read_err);
+        let mut results: Vec<Result<u64, VerifyError>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(read_err(io::Error::other("a hashing thread failed"))))
+            })
+            .collect();
+        results.push(outside.and_then(|found| {
+            if found == expected_outside {
+                Ok(size - ranges.iter().map(|r| r.1 - r.0).sum::<u64>())
+            } else {
+                Err(VerifyError::Outside {
+                    expected: expected_outside.clone(),
+                    found,
+                })
+            }
+        }));
+        results
+    });
+    let mut bytes_hashed = 0;
+    for r in results {
+        bytes_hashed += r?;
+    }
+    Ok(Verified {
+        key_id: signing::key_id(key),
+        partitions: manifest.partitions.len(),
+        bytes_hashed,
+    })
+}
+
+/// The partitions' byte ranges, sorted, checked to lie inside the image without overlapping.
+fn partition_ranges(parts: &[PartitionEntry], size: u64) -> Result<Vec<(u64, u64)>, VerifyError> {
+    let mut ranges: Vec<(u64, u64, &PartitionEntry)> = Vec::new();
+    for p in parts {
+        let end = p.offset.checked_add(p.size);
+        let bad = || VerifyError::Layout {
+            number: p.number,
+            label: p.label.clone(),
+            offset: p.offset,
+            end: end.unwrap_or(u64::MAX),
+            size,
+        };
+        let end = end
+            .filter(|e| *e <= size && p.hashed_bytes <= p.size)
+            .ok_or_else(bad)?;
+        ranges.push((p.offset, end, p));
+    }
+    ranges.sort_by_key(|r| r.0);
+    for w in ranges.windows(2) {
+        if w[1].0 < w[0].1 {
+            let p = w[1].2;
+            return Err(VerifyError::Layout {
+                number: p.number,
+                label: p.label.clone(),
+                offset: p.offset,
+                end: p.offset + p.size,
+                size,
+            });
+        }
+    }
+    Ok(ranges.into_iter().map(|(a, b, _)| (a, b)).collect())
+}
+
+fn check_partition(file: &File, image: &Path, p: &PartitionEntry) -> Result<u64, VerifyError> {
+    let read_err = |source| VerifyError::Read {
+        path: image.to_path_buf(),
+        source,
+    };
+    let hashed_end = p.offset + p.hashed_bytes;
+    let found = sha256_range(file, p.offset, hashed_end).map_err(read_err)?;
+    if found != p.sha256 {
+        return Err(VerifyError::PartitionHash {
+            number: p.number,
+            label: p.label.clone(),
+            offset: p.offset,
+            end: hashed_end,
+            expected: p.sha256.clone(),
+            found,
+        });
+    }
+    if let Some(at) = first_nonzero(file, hashed_end, p.offset + p.size).map_err(read_err)? {
+        return Err(VerifyError::PartitionTail {
+            number: p.number,
+            label: p.label.clone(),
+            at,
+            hashed_end,
+        });
+    }
+    Ok(p.size)
+}
+
+fn sha256_range(file: &File, start: u64, end: u64) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    for_each_chunk(file, start, end, |_, chunk| {
+        hasher.update(chunk);
+        None::<()>
+    })?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn first_nonzero(file: &File, start: u64, end: u64) -> io::Result<Option<u64>> {
+    for_each_chunk(file, start, end, |at, chunk| {
+        chunk.iter().position(|b| *b != 0).map(|i| at + i as u64)
+    })
+}
+
+/// Calls `f(offset, bytes)` over `start..end` in chunks until it returns `Some`.
+fn for_each_chunk<T>(
+    file: &File,
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(u64, &[u8]) -> Option<T>,
+) -> io::Result<Option<T>> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = start;
+    while at < end {
+        let n = usize::try_from((end - at).min(CHUNK as u64)).unwrap_or(CHUNK);
+        file.read_exact_at(&mut buf[..n], at)?;
+        if let Some(t) = f(at, &buf[..n]) {
+            return Ok(Some(t));
+        }
+        at += n as u64;
+    }
+    Ok(None)
+}
+
+/// sha256 over every byte of the image outside `ranges` (sorted, non-overlapping), in order.
+pub fn outside_partitions_sha256(file: &File, size: u64, ranges: &[(u64, u64)]) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut at = 0;
+    for &(start, end) in ranges.iter().chain(std::iter::once(&(size, size))) {
+        for_each_chunk(file, at, start, |_, chunk| {
+            hasher.update(chunk);
+            None::<()>
+        })?;
+        at = end;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}

@@ -1,0 +1,180 @@
+//! `ingot keygen`, `ingot build --sign-key` and `ingot verify`: a signed image verifies, and each kind of
+//! change to the image, its manifest or its signature is refused with the check that failed and where.
+
+mod common;
+
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+struct Signed {
+    _dir: tempfile::TempDir,
+    image: PathBuf,
+    manifest: PathBuf,
+    public: PathBuf,
+    other_public: PathBuf,
+}
+
+fn keygen(out: &Path) {
+    let o = run(ingot().arg("keygen").arg("--out").arg(out));
+    assert!(o.status.success(), "keygen: {}", stderr(&o));
+}
+
+fn signed_minimal() -> Signed {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(&dir.path().join("site"));
+    keygen(&dir.path().join("other"));
+    let key = dir.path().join("site.key");
+    let image = build_minimal_with(&dir.path().join("out"), &["--sign-key", key.to_str().unwrap()]);
+    Signed {
+        manifest: dir.path().join("out/minimal.manifest.json"),
+        public: dir.path().join("site.pub"),
+        other_public: dir.path().join("other.pub"),
+        image,
+        _dir: dir,
+    }
+}
+
+/// Runs `ingot verify`; `Ok(stdout)` or `Err(stderr)`.
+fn verify(image: &Path, key: &Path) -> Result<String, String> {
+    let o = run(ingot().arg("verify").arg(image).arg("--key").arg(key));
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(stderr(&o))
+    }
+}
+
+fn manifest(s: &Signed) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(&s.manifest).unwrap()).unwrap()
+}
+
+/// Flips one bit at `offset` of `path`, runs `check`, and flips it back.
+fn with_flipped(path: &Path, offset: u64, check: impl FnOnce()) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    f.write_all_at(&[b[0] ^ 0x01], offset).unwrap();
+    check();
+    f.write_all_at(&b, offset).unwrap();
+}
+
+#[test]
+fn a_signed_image_verifies_and_every_tampering_is_named() {
+    let s = signed_minimal();
+    let ok = verify(&s.image, &s.public).unwrap();
+    assert!(ok.contains("verified: signed by key"), "{ok}");
+
+    let m = manifest(&s);
+    let part = |label: &str| {
+        m["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["label"] == label)
+            .unwrap()
+            .clone()
+    };
+    let root = part("root-a");
+    let esp = part("esp");
+    let (root_off, root_hashed) = (
+        root["offset"].as_u64().unwrap(),
+        root["hashed_bytes"].as_u64().unwrap(),
+    );
+
+    // A bit inside the root's data.
+    with_flipped(&s.image, root_off + root_hashed / 2, || {
+        let e = verify(&s.image, &s.public).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "partition {} (root-a), bytes {root_off}..",
+                root["number"]
+            )),
+            "{e}"
+        );
+        assert!(e.contains("the manifest says"), "{e}");
+    });
+    // A bit in the ESP.
+    with_flipped(&s.image, esp["offset"].as_u64().unwrap() + 4096, || {
+        let e = verify(&s.image, &s.public).unwrap_err();
+        assert!(e.contains("(esp), bytes"), "{e}");
+    });
+    // A bit after the hashed part of the root (where only zeros may be).
+    let tail = root_off + root_hashed + 100;
+    with_flipped(&s.image, tail, || {
+        let e = verify(&s.image, &s.public).unwrap_err();
+        assert!(
+            e.contains(&format!("byte {tail} of the image is not zero")),
+            "{e}"
+        );
+    });
+    // A bit in the primary GPT header, and one in the backup GPT at the end of the disk.
+    for at in [512 + 60, m["image"]["size"].as_u64().unwrap() - 512 + 60] {
+        with_flipped(&s.image, at, || {
+            let e = verify(&s.image, &s.public).unwrap_err();
+            assert!(e.contains("the bytes outside the partitions"), "{e}");
+        });
+    }
+    // A longer image.
+    let len = std::fs::metadata(&s.image).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&s.image).unwrap();
+    f.set_len(len + 4096).unwrap();
+    let e = verify(&s.image, &s.public).unwrap_err();
+    assert!(
+        e.contains(&format!("is {} bytes; the manifest says {len}", len + 4096)),
+        "{e}"
+    );
+    f.set_len(len).unwrap();
+
+    // The manifest, changed by one byte: the signature no longer matches.
+    let original = std::fs::read(&s.manifest).unwrap();
+    let changed = String::from_utf8(original.clone())
+        .unwrap()
+        .replacen("\"0.1.0\"", "\"0.1.1\"", 1);
+    std::fs::write(&s.manifest, changed).unwrap();
+    let e = verify(&s.image, &s.public).unwrap_err();
+    assert!(
+        e.contains("signature check failed: the signature does not match the manifest's bytes"),
+        "{e}"
+    );
+    std::fs::write(&s.manifest, &original).unwrap();
+
+    // Another key; no signature at all.
+    let e = verify(&s.image, &s.other_public).unwrap_err();
+    assert!(e.contains("signature check failed: signed by key"), "{e}");
+    let sig = PathBuf::from(format!("{}.sig", s.manifest.display()));
+    let sig_bytes = std::fs::read(&sig).unwrap();
+    std::fs::remove_file(&sig).unwrap();
+    let e = verify(&s.image, &s.public).unwrap_err();
+    assert!(e.contains(&format!("reading {}", sig.display())), "{e}");
+    std::fs::write(&sig, sig_bytes).unwrap();
+
+    // Everything restored: it verifies again.
+    verify(&s.image, &s.public).unwrap();
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_and_a_bad_key_fails_the_build_before_it_starts() {
+    let d = tempfile::tempdir().unwrap();
+    keygen(&d.path().join("k"));
+    let o = run(ingot().arg("keygen").arg("--out").arg(d.path().join("k")));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    let o = run(ingot()
+        .args(["build", "--quiet", "--profile", "minimal", "--sign-key"])
+        .arg(d.path().join("k.pub"))
+        .arg("--out")
+        .arg(d.path().join("out")));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("line 1 is not `ingot-key v1 ed25519 private`"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.path().join("out").exists(), "the build started");
+}
