@@ -22,3 +22,4 @@ pub mod pipeline;
 pub mod profile;
 pub mod rootfs;
 pub mod uki;
+pub mod verity;
