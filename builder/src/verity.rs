@@ -175,20 +175,15 @@ fn hash_data(data: &mut impl Read, data_len: u64, params: &VerityParams) -> Resu
         out = rest;
         let chunk = &current[..len];
         let next_len = std::thread::scope(|s| {
-            // Hash this chunk on every core but one share, which this thread takes after reading the next.
+            // Hash this chunk on every core while this thread reads the next one.
             let per_thread = (len / block).div_ceil(threads) * block;
-            let mut shares = chunk
+            let shares = chunk
                 .chunks(per_thread)
                 .zip(done.chunks_mut(per_thread / block * DIGEST_LEN));
-            let own = shares.next();
             for (blocks, digests) in shares {
                 s.spawn(move || hash_into(blocks, block, &params.salt, digests));
             }
-            let next_len = read_chunk(data, &mut next, next_offset, data_len);
-            if let Some((blocks, digests)) = own {
-                hash_into(blocks, block, &params.salt, digests);
-            }
-            next_len
+            read_chunk(data, &mut next, next_offset, data_len)
         })?;
         std::mem::swap(&mut current, &mut next);
         offset = next_offset;
