@@ -24,3 +24,4 @@ pub mod rootfs;
 pub mod signing;
 pub mod uki;
 pub mod verify;
+pub mod verity;
