@@ -70,16 +70,6 @@ fn build(profile: &str, dir: &Path, extra: &str) -> PathBuf {
     dir.join("out/node.raw")
 }
 
-fn expect(vm: &mut Vm, pattern: &str, timeout: Duration) -> String {
-    match vm.wait_for(pattern, timeout) {
-        Ok(m) => m.line,
-        Err(e) => panic!(
-            "{e}: no line with {pattern:?}; console:\n{}",
-            vm.console_lines().join("\n")
-        ),
-    }
-}
-
 /// Every spelling of the token a leak could take.
 fn token_forms(token: &str) -> Vec<Vec<u8>> {
     let b64 = base64::engine::general_purpose::STANDARD.encode(token);
@@ -206,11 +196,11 @@ fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behi
     });
     let started = Instant::now();
     let mut vm = Vm::start(cfg).unwrap();
-    expect(&mut vm, "node config from fw_cfg", JOIN_TIMEOUT);
-    expect(&mut vm, "phase=discovered", JOIN_TIMEOUT);
-    expect(&mut vm, "phase=joined", JOIN_TIMEOUT);
+    expect_line(&mut vm, "node config from fw_cfg", JOIN_TIMEOUT);
+    expect_line(&mut vm, "phase=discovered", JOIN_TIMEOUT);
+    expect_line(&mut vm, "phase=joined", JOIN_TIMEOUT);
     let joined_host = started.elapsed();
-    expect(&mut vm, "phase=node-ready", JOIN_TIMEOUT);
+    expect_line(&mut vm, "phase=node-ready", JOIN_TIMEOUT);
     let ready_host = started.elapsed();
 
     // The API server agrees: the Node exists and is Ready, registered by kubelet's own certificate.
@@ -283,16 +273,16 @@ fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behi
     // kubeconfig is gone anyway), and the node is Ready again.
     let keys = r#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"ctrl"},{"type":"qcode","data":"alt"},{"type":"qcode","data":"delete"}]}}"#;
     vm.qmp(keys).unwrap();
-    let var2 = expect(&mut vm, "ingot: phase=var ", JOIN_TIMEOUT);
+    let var2 = expect_line(&mut vm, "ingot: phase=var ", JOIN_TIMEOUT);
     assert!(var2.contains("boot=2"), "{var2}");
-    expect(&mut vm, "skipping discovery", JOIN_TIMEOUT);
-    expect(&mut vm, "phase=joined", JOIN_TIMEOUT);
-    expect(&mut vm, "phase=node-ready", JOIN_TIMEOUT);
+    expect_line(&mut vm, "skipping discovery", JOIN_TIMEOUT);
+    expect_line(&mut vm, "phase=joined", JOIN_TIMEOUT);
+    expect_line(&mut vm, "phase=node-ready", JOIN_TIMEOUT);
     cluster.wait_node_ready(NODE, Duration::from_secs(30)).unwrap();
 
     // Power off in order (services stopped, var unmounted), then look for the token everywhere.
     vm.powerdown().unwrap();
-    expect(&mut vm, "powering off", Duration::from_secs(120));
+    expect_line(&mut vm, "powering off", Duration::from_secs(120));
     let status = vm.wait_exit(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "QEMU exit: {status}");
 

@@ -41,17 +41,6 @@ fn vm_config(image: &Path, out: &Path) -> VmConfig {
     cfg
 }
 
-/// Waits for a console line containing `pattern`, failing with the console so far.
-fn expect(vm: &mut Vm, pattern: &str, timeout: Duration) -> String {
-    match vm.wait_for(pattern, timeout) {
-        Ok(m) => m.line,
-        Err(e) => panic!(
-            "{e}: no line with {pattern:?}; console:\n{}",
-            vm.console_lines().join("\n")
-        ),
-    }
-}
-
 /// `key=value` from a phase line's details.
 fn detail<'a>(line: &'a str, key: &str) -> &'a str {
     line.split_whitespace()
@@ -87,7 +76,7 @@ fn vm_node_runs_containers_restarts_containerd_keeps_var_across_reboot_and_power
     let mut vm = Vm::start(vm_config(&image, out.path())).unwrap();
 
     // First boot: every phase in order, var grown into the 4 GiB disk and formatted, DHCP from QEMU.
-    let ready = expect(&mut vm, "ingot: phase=ready ", BOOT);
+    let ready = expect_line(&mut vm, "ingot: phase=ready ", BOOT);
     let boot1 = vm.console_lines();
     assert_eq!(
         phases(&boot1),
@@ -169,23 +158,23 @@ fn vm_node_runs_containers_restarts_containerd_keeps_var_across_reboot_and_power
     // Ctrl-Alt-Del: an orderly reboot into the same disk.
     let keys = r#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"ctrl"},{"type":"qcode","data":"alt"},{"type":"qcode","data":"delete"}]}}"#;
     vm.qmp(keys).unwrap();
-    let var2 = expect(&mut vm, "ingot: phase=var ", BOOT);
+    let var2 = expect_line(&mut vm, "ingot: phase=var ", BOOT);
     assert_eq!(detail(&var2, "boot"), "2", "{var2}");
     assert!(!var2.contains("formatted"), "var was formatted again: {var2}");
     assert_eq!(detail(&var2, "machine-id"), detail(&var1, "machine-id"));
     assert_eq!(detail(&var2, "hostname"), detail(&var1, "hostname"));
-    expect(
+    expect_line(
         &mut vm,
         "persist| kept from the first boot: written-on-boot-1",
         BOOT,
     );
-    expect(&mut vm, "ingot: phase=ready ", BOOT);
+    expect_line(&mut vm, "ingot: phase=ready ", BOOT);
 
     // The power button: services stop in reverse order, file systems go, the VM powers off.
     vm.powerdown().unwrap();
-    expect(&mut vm, "ingot: power button pressed", Duration::from_secs(30));
-    expect(&mut vm, "ingot: stopped containerd", Duration::from_secs(60));
-    expect(&mut vm, "ingot: powering off", Duration::from_secs(60));
+    expect_line(&mut vm, "ingot: power button pressed", Duration::from_secs(30));
+    expect_line(&mut vm, "ingot: stopped containerd", Duration::from_secs(60));
+    expect_line(&mut vm, "ingot: powering off", Duration::from_secs(60));
     let status = vm.wait_exit(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "QEMU exit: {status:?}");
     let all = vm.console_lines();
@@ -239,14 +228,14 @@ fn vm_static_address_and_ntp_on_a_tap_device() {
     let mut cfg = vm_config(&image, out.path());
     netns.attach(&mut cfg);
     let mut vm = Vm::start(cfg).unwrap();
-    let net = expect(&mut vm, "ingot: phase=network ", BOOT);
+    let net = expect_line(&mut vm, "ingot: phase=network ", BOOT);
     assert!(
         net.contains("address=10.0.3.2/24") && net.contains("via=static"),
         "{net}"
     );
-    let clock = expect(&mut vm, "ingot: phase=clock ", Duration::from_secs(60));
+    let clock = expect_line(&mut vm, "ingot: phase=clock ", Duration::from_secs(60));
     assert!(clock.contains("synced server=10.0.3.1:123"), "{clock}");
-    expect(&mut vm, "ingot: phase=ready ", BOOT);
+    expect_line(&mut vm, "ingot: phase=ready ", BOOT);
     vm.kill();
     let _ = chronyd.kill();
     let _ = chronyd.wait();

@@ -70,3 +70,14 @@ pub fn have(tool: &str) -> bool {
 }
 
 pub mod kube_cluster;
+
+/// Waits for a console line containing `pattern` and returns it, failing with the whole console so far.
+pub fn expect_line(vm: &mut ingot_qemu::Vm, pattern: &str, timeout: std::time::Duration) -> String {
+    match vm.wait_for(pattern, timeout) {
+        Ok(m) => m.line,
+        Err(e) => panic!(
+            "{e}: no line with {pattern:?}; console:\n{}",
+            vm.console_lines().join("\n")
+        ),
+    }
+}
