@@ -37,7 +37,7 @@ use crate::event_loop::EventLoop;
 use crate::options::BootOptions;
 use crate::supervisor::{Event, Supervisor};
 use crate::sys::{self, Shutdown, Sys};
-use crate::{channels, clock, images, kube, modules, mounts, net, node, power_button, storage};
+use crate::{channels, clock, images, kube, modules, mounts, net, node, power_button, storage, verity};
 
 /// How long boot waits for the network before going on without it (it keeps trying).
 pub const NETWORK_WAIT: Duration = Duration::from_secs(30);
@@ -58,6 +58,9 @@ pub enum Error {
     Identity(#[from] node::Error),
     #[error("{}", .0.name())]
     Shutdown(Shutdown, #[source] io::Error),
+    /// The kernel reported a block of the root that does not match its verity tree.
+    #[error("the root failed dm-verity verification (kernel: {0:?})")]
+    RootCorrupted(String),
 }
 
 /// The network as stage 2 uses it.
@@ -193,10 +196,40 @@ impl Phases<'_> {
     }
 }
 
+/// Prints that the root is corrupted and returns the error that stops the node.
+fn root_corrupted(sys: &dyn Sys, report: &str) -> Error {
+    sys.console(&verity::stopping_line(report));
+    Error::RootCorrupted(report.to_owned())
+}
+
 pub fn run_with(sys: &dyn Sys, opts: &mut BootOptions, devices: &dyn Devices) -> Result<Infallible, Error> {
     crate::phase(sys, PHASE_STAGE2);
     // Already there after stage 1 (EBUSY); needed when the kernel boots this root without an initramfs.
     mounts::mount_all(sys, &mounts::API)?;
+    // From here on a fatal error may be a corrupted root showing as a read error: say so when it is.
+    let mut watch = verity::CorruptionWatch::open(sys);
+    match bring_up(sys, opts, devices, &mut watch) {
+        Err(e) if !matches!(e, Error::Shutdown(..) | Error::RootCorrupted(_)) => match watch.check_now(sys) {
+            Some(report) => Err(root_corrupted(sys, &report)),
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
+/// Stage 2 after the API mounts; `watch` takes part in every turn of the event loop, and a corruption it
+/// sees ends the boot (or the steady state) with [`Error::RootCorrupted`].
+fn bring_up(
+    sys: &dyn Sys,
+    opts: &mut BootOptions,
+    devices: &dyn Devices,
+    watch: &mut verity::CorruptionWatch,
+) -> Result<Infallible, Error> {
+    let corrupted = watch.found();
+    let check = || match corrupted.get() {
+        Some(report) => Err(root_corrupted(sys, report)),
+        None => Ok(()),
+    };
     *opts = BootOptions::load(sys);
     sys::set_panic_policy(opts.debug, opts.reboot_delay);
     mounts::mount_all(sys, &mounts::RUNTIME)?;
@@ -261,10 +294,11 @@ pub fn run_with(sys: &dyn Sys, opts: &mut BootOptions, devices: &dyn Devices) ->
     };
     let deadline = sys.boottime() + NETWORK_WAIT;
     while !network.configured() && sys.boottime() < deadline {
-        let others: &mut [&mut dyn Pollable] = &mut [&mut *network, &mut *button];
+        let others: &mut [&mut dyn Pollable] = &mut [&mut *network, &mut *button, &mut *watch];
         if let Some(how) = event_loop.turn(sys, &mut sup, others, Some(deadline)) {
             return Err(Error::Shutdown(how, event_loop.shutdown(sys, &mut sup, how)));
         }
+        check()?;
     }
     if network.configured() {
         phases.print(&mut sup, PHASE_NETWORK, &network.summary());
@@ -292,10 +326,11 @@ pub fn run_with(sys: &dyn Sys, opts: &mut BootOptions, devices: &dyn Devices) ->
     let mut clock = devices.clock(servers, sys.boottime());
     let deadline = sys.boottime() + clock::BOOT_WAIT + Duration::from_secs(2);
     while clock.boot_outcome().is_none() && sys.boottime() < deadline {
-        let others: &mut [&mut dyn Pollable] = &mut [&mut *network, &mut *clock, &mut *button];
+        let others: &mut [&mut dyn Pollable] = &mut [&mut *network, &mut *clock, &mut *button, &mut *watch];
         if let Some(how) = event_loop.turn(sys, &mut sup, others, Some(deadline)) {
             return Err(Error::Shutdown(how, event_loop.shutdown(sys, &mut sup, how)));
         }
+        check()?;
     }
     let outcome = clock
         .boot_outcome()
@@ -304,18 +339,19 @@ pub fn run_with(sys: &dyn Sys, opts: &mut BootOptions, devices: &dyn Devices) ->
 
     sup.start(sys);
     phases.events(&mut sup);
-    let others: &mut [&mut dyn Pollable] = &mut [&mut *network, &mut *clock, &mut *button];
-    let how = if opts.poweroff {
-        let deadline = sys.boottime() + POWEROFF_WAIT;
-        match event_loop.run_until(sys, &mut sup, others, Some(deadline), |sup| {
-            phases.events(sup);
-            sup.all_ready()
-        }) {
-            crate::event_loop::Outcome::Shutdown(how) => how,
-            _ => Shutdown::PowerOff,
-        }
-    } else {
-        event_loop.run(sys, &mut sup, others, |sup| phases.events(sup))
+    check()?;
+    let others: &mut [&mut dyn Pollable] = &mut [&mut *network, &mut *clock, &mut *button, &mut *watch];
+    // With `ingot.poweroff`, until every service is ready (or the wait ran out); else until a shutdown
+    // request. Either way a corruption report ends it.
+    let deadline = opts.poweroff.then(|| sys.boottime() + POWEROFF_WAIT);
+    let outcome = event_loop.run_until(sys, &mut sup, others, deadline, |sup| {
+        phases.events(sup);
+        corrupted.get().is_some() || (opts.poweroff && sup.all_ready())
+    });
+    check()?;
+    let how = match outcome {
+        crate::event_loop::Outcome::Shutdown(how) => how,
+        _ => Shutdown::PowerOff,
     };
     phases.events(&mut sup);
     Err(Error::Shutdown(how, event_loop.shutdown(sys, &mut sup, how)))
