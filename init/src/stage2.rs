@@ -230,6 +230,9 @@ fn bring_up(
         Some(report) => Err(root_corrupted(sys, report)),
         None => Ok(()),
     };
+    // A report from before stage 2 (stage 1's reads, the exec of this binary) stops it here.
+    watch.check_now(sys);
+    check()?;
     *opts = BootOptions::load(sys);
     sys::set_panic_policy(opts.debug, opts.reboot_delay);
     mounts::mount_all(sys, &mounts::RUNTIME)?;
@@ -337,9 +340,11 @@ fn bring_up(
         .unwrap_or_else(|| "unsynced: no answer yet, keeping the RTC time".to_owned());
     phases.print(&mut sup, PHASE_CLOCK, &outcome);
 
+    // No service starts on a root known to be corrupted.
+    watch.check_now(sys);
+    check()?;
     sup.start(sys);
     phases.events(&mut sup);
-    check()?;
     let others: &mut [&mut dyn Pollable] = &mut [&mut *network, &mut *clock, &mut *button, &mut *watch];
     // With `ingot.poweroff`, until every service is ready (or the wait ran out); else until a shutdown
     // request. Either way a corruption report ends it.
@@ -600,5 +605,101 @@ mod tests {
             crate::failure::chain(&err),
             "mounting tmpfs on /run: Read-only file system (os error 30)"
         );
+    }
+
+    const CORRUPTED: &str = "3,812,5123456,-;device-mapper: verity: 254:2: data block 57 is corrupted";
+    const STOPPING: &str = r#"ingot: verity: the root is corrupted (kernel: "device-mapper: verity: 254:2: data block 57 is corrupted"); stopping"#;
+
+    #[test]
+    fn a_corruption_report_while_running_stops_the_node_through_the_failure_policy() {
+        let sys = node(
+            "console=ttyS0 ingot.reboot_delay=7\n",
+            Some(r#"{"schema":1,"services":[{"name":"containerd","exec":["/usr/bin/containerd"]}]}"#),
+        );
+        let at = Duration::from_secs(120);
+        let mut opts = BootOptions::default();
+        let sys = std::rc::Rc::new(sys);
+        sys.kmsg("6,1,100,-;Linux version 6.1.0");
+        let corrupt_later = {
+            let sys = std::rc::Rc::clone(&sys);
+            move || sys.kmsg(CORRUPTED)
+        };
+        // The kernel logs the report at `at`, long after the node is ready: a power button stand-in with
+        // that deadline logs it.
+        struct LogsLater(Option<Box<dyn FnOnce()>>, Duration);
+        impl Pollable for LogsLater {
+            fn fds(&self) -> Vec<RawFd> {
+                Vec::new()
+            }
+            fn deadline(&self) -> Option<Duration> {
+                self.0.as_ref().map(|_| self.1)
+            }
+            fn wake(&mut self, _: &dyn Sys, _: Duration, _: &[RawFd]) {
+                if let Some(f) = self.0.take() {
+                    f();
+                }
+            }
+        }
+        struct Later(std::cell::RefCell<Option<Box<dyn FnOnce()>>>, Duration);
+        impl Devices for Later {
+            fn network(&self, sys: &dyn Sys, cfg: &config::Network, now: Duration) -> Result<Box<dyn Network>, String> {
+                Instant.network(sys, cfg, now)
+            }
+            fn clock(&self, servers: Vec<SocketAddr>, now: Duration) -> Box<dyn Clock> {
+                Instant.clock(servers, now)
+            }
+            fn power_button(&self, _: &dyn Sys) -> Box<dyn Pollable> {
+                Box::new(LogsLater(self.0.borrow_mut().take(), self.1))
+            }
+        }
+        let devices = Later(std::cell::RefCell::new(Some(Box::new(corrupt_later))), at);
+        let err = run_with(&*sys, &mut opts, &devices).unwrap_err();
+        assert!(matches!(err, Error::RootCorrupted(_)), "{err}");
+        crate::failure::after_error(&*sys, &opts, &err);
+        let console = sys.console_lines();
+        let ready = console.iter().position(|l| l.starts_with("ingot: phase=ready ")).unwrap();
+        let stop = console.iter().position(|l| l == STOPPING).unwrap();
+        assert!(ready < stop, "{console:#?}");
+        assert!(sys.now() >= at);
+        assert_eq!(
+            console[stop + 1],
+            r#"ingot: error the root failed dm-verity verification (kernel: "device-mapper: verity: 254:2: data block 57 is corrupted")"#
+        );
+        assert_eq!(sys.calls_matching(&["sleep 7s", "reboot"]), ["sleep 7s", "reboot reboot"]);
+    }
+
+    #[test]
+    fn a_report_logged_before_stage_2_started_stops_it_before_the_services() {
+        let sys = node(
+            "console=ttyS0\n",
+            Some(r#"{"schema":1,"services":[{"name":"containerd","exec":["/usr/bin/containerd"]}]}"#),
+        );
+        sys.kmsg(CORRUPTED);
+        let err = run_with(&sys, &mut BootOptions::default(), &Instant).unwrap_err();
+        assert!(matches!(err, Error::RootCorrupted(_)), "{err}");
+        assert!(sys.console_lines().contains(&STOPPING.to_owned()));
+        assert!(sys.spawned().is_empty(), "no service started on a corrupted root");
+        assert!(!phases(&sys).contains(&"ready".to_owned()));
+    }
+
+    #[test]
+    fn a_fatal_read_error_on_a_corrupted_root_is_blamed_on_the_corruption() {
+        let sys = node("console=ttyS0\n", Some(r#"{"schema":1}"#));
+        // What reading a file on a corrupted block looks like: EIO, and the kernel's report.
+        std::fs::remove_file(sys.host(config::INIT_CONFIG_PATH)).unwrap();
+        std::fs::create_dir(sys.host(config::INIT_CONFIG_PATH)).unwrap();
+        sys.kmsg(CORRUPTED);
+        let err = run_with(&sys, &mut BootOptions::default(), &Instant).unwrap_err();
+        assert!(matches!(err, Error::RootCorrupted(_)), "{err}");
+        assert_eq!(sys.console_lines().last().unwrap(), STOPPING);
+
+        // The same error without a report stays what it was.
+        let sys = node("console=ttyS0\n", Some(r#"{"schema":1}"#));
+        std::fs::remove_file(sys.host(config::INIT_CONFIG_PATH)).unwrap();
+        std::fs::create_dir(sys.host(config::INIT_CONFIG_PATH)).unwrap();
+        sys.kmsg("3,5,5,-;device-mapper: verity: 254:2: reached maximum errors");
+        let err = run_with(&sys, &mut BootOptions::default(), &Instant).unwrap_err();
+        assert!(matches!(err, Error::ReadConfig(_)), "{err}");
+        assert!(!sys.console_lines().iter().any(|l| l.starts_with("ingot: verity")));
     }
 }
