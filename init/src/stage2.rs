@@ -275,6 +275,10 @@ fn bring_up(
     let mut event_loop = EventLoop::new();
     let phases = Phases { sys, ready_phases };
 
+    // The modules and the node configuration were the first reads of the root: stop before var is
+    // formatted or mounted when one of them hit a corrupted block.
+    watch.check_now(sys);
+    check()?;
     let var = storage::prepare_var(sys)?;
     let id = node::establish_identity(sys, cfg.hostname.as_deref())?;
     phases.print(
