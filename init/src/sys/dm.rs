@@ -273,4 +273,170 @@ mod tests {
         };
         assert!(put_targets(&mut payload, &[long]).is_err());
     }
+
+    /// Why the root-only test cannot run here, if it cannot.
+    fn host_skip() -> Option<String> {
+        if !rustix::process::geteuid().is_root() {
+            return Some("not root".to_owned());
+        }
+        for tool in ["veritysetup", "losetup"] {
+            let found = std::process::Command::new(tool).arg("--version").output();
+            if !found.is_ok_and(|o| o.status.success()) {
+                return Some(format!("{tool} is missing (apt-get install cryptsetup-bin util-linux)"));
+            }
+        }
+        if !std::path::Path::new(CONTROL).exists() {
+            let _ = std::process::Command::new("modprobe").arg("dm_verity").output();
+        }
+        if !std::path::Path::new(CONTROL).exists() {
+            return Some(format!(
+                "the running kernel has no device mapper ({CONTROL} is missing; CONFIG_BLK_DEV_DM and CONFIG_DM_VERITY)"
+            ));
+        }
+        None
+    }
+
+    fn run(program: &str, args: &[&str]) -> String {
+        let out = std::process::Command::new(program).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A loop device over a file, detached when dropped.
+    struct Loop(String);
+
+    impl Loop {
+        fn attach(file: &std::path::Path) -> Loop {
+            let dev = run("losetup", &["--find", "--show", "--read-only", file.to_str().unwrap()]);
+            Loop(dev.trim().to_owned())
+        }
+
+        fn number(&self) -> DevNum {
+            let rdev = rustix::fs::stat(self.0.as_str()).unwrap().st_rdev;
+            DevNum {
+                major: rustix::fs::major(rdev),
+                minor: rustix::fs::minor(rdev),
+            }
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).output();
+        }
+    }
+
+    /// A device-mapper device made through this module, removed when dropped.
+    struct Mapping {
+        name: String,
+        node: std::path::PathBuf,
+    }
+
+    impl Mapping {
+        fn verity(name: &str, dir: &std::path::Path, sb: &Superblock, data: DevNum, hash: DevNum, root_hash: &[u8]) -> Mapping {
+            let dev = create(name).unwrap();
+            let mapping = Mapping {
+                name: name.to_owned(),
+                node: dir.join(format!("dm-{}", dev.minor)),
+            };
+            let params = crate::verity::table_params(sb, data, hash, root_hash);
+            let target = DmTarget {
+                start: 0,
+                sectors: sb.data_sectors(),
+                kind: "verity",
+                params: &params,
+            };
+            load_table(name, &[target], true).unwrap();
+            resume(name).unwrap();
+            // Our own node, so the test does not depend on devtmpfs being mounted on /dev.
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &mapping.node,
+                rustix::fs::FileType::BlockDevice,
+                Mode::from_raw_mode(0o600),
+                rustix::fs::makedev(dev.major, dev.minor),
+            )
+            .unwrap();
+            mapping
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            let _ = remove(&self.name);
+        }
+    }
+
+    use ingot_spec::verity::Superblock;
+    use std::os::unix::fs::FileExt as _;
+
+    #[test]
+    fn maps_verity_reads_the_data_and_fails_a_flipped_byte_with_eio_as_root() {
+        if let Some(why) = host_skip() {
+            eprintln!("skipping the device-mapper host test: {why}");
+            return;
+        }
+        use crate::sys::Sys as _;
+        let dir = tempfile::tempdir().unwrap();
+        let data_path = dir.path().join("data");
+        let hash_path = dir.path().join("hash");
+        let blocks = 300usize;
+        let data: Vec<u8> = (0..blocks * 4096).map(|i| (i * 7 + i / 4096) as u8).collect();
+        std::fs::write(&data_path, &data).unwrap();
+        let salt = "5a".repeat(32);
+        let out = run(
+            "veritysetup",
+            &["format", &format!("--salt={salt}"), data_path.to_str().unwrap(), hash_path.to_str().unwrap()],
+        );
+        let root_hash = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Root hash:"))
+            .map(|h| ingot_spec::verity::parse_root_hash(h.trim()).unwrap())
+            .unwrap();
+        let sb = Superblock::parse(&std::fs::read(&hash_path).unwrap()).unwrap();
+        assert_eq!(sb.data_blocks, blocks as u64);
+
+        let data_loop = Loop::attach(&data_path);
+        let hash_loop = Loop::attach(&hash_path);
+        let name = format!("ingot-test-{}", std::process::id());
+        {
+            let m = Mapping::verity(&name, dir.path(), &sb, data_loop.number(), hash_loop.number(), &root_hash);
+            assert_eq!(std::fs::read(&m.node).unwrap(), data, "the mapped device reads the data");
+        }
+        // Dropped: removed, so the name is free again.
+        assert!(remove(&name).is_err_and(|e| e.raw_os_error() == Some(libc::ENXIO)));
+
+        let flipped = 57 * 4096 + 123;
+        let f = std::fs::OpenOptions::new().write(true).open(&data_path).unwrap();
+        f.write_all_at(&[data[flipped] ^ 1], flipped as u64).unwrap();
+        f.sync_all().unwrap();
+        let m = Mapping::verity(&name, dir.path(), &sb, data_loop.number(), hash_loop.number(), &root_hash);
+        let dev = std::fs::File::open(&m.node).unwrap();
+        let mut block = vec![0u8; 4096];
+        dev.read_exact_at(&mut block, 10 * 4096).unwrap();
+        assert_eq!(block, data[10 * 4096..11 * 4096], "an untouched block still reads");
+        let err = dev.read_exact_at(&mut block, 57 * 4096).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+
+        let kmsg = super::super::Linux.open_kmsg().unwrap();
+        let mut reports = Vec::new();
+        loop {
+            let records = super::super::Linux.read_kmsg(std::os::fd::AsFd::as_fd(&kmsg)).unwrap();
+            if records.is_empty() {
+                break;
+            }
+            for r in records {
+                let Some(rec) = crate::kmsg::parse(&r) else { continue };
+                if let Some(c) = crate::verity::corruption(&rec) {
+                    reports.push((c.device.to_owned(), c.kind.to_owned(), c.block));
+                }
+            }
+        }
+        let want = (data_loop.number().to_string(), "data".to_owned(), 57);
+        assert!(reports.contains(&want), "no report {want:?} in {reports:?}");
+    }
 }
