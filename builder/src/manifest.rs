@@ -18,6 +18,9 @@ pub struct Manifest {
     pub image: ImageInfo,
     pub partitions: Vec<PartitionEntry>,
     pub uki: UkiInfo,
+    /// The dm-verity hash tree over root-a, whose root hash the UKI's command line carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<VerityInfo>,
     pub components: Vec<ComponentEntry>,
     /// Container image archives in the root, imported into containerd at boot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -68,6 +71,32 @@ pub struct UkiInfo {
     pub kernel_release: String,
     /// Kernel modules stage 1 loads, in order.
     pub initrd_modules: Vec<String>,
+}
+
+/// Everything `veritysetup format` records, so the tree can be rebuilt and checked from the manifest alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerityInfo {
+    /// The partition whose blocks the tree covers (root-a), by number.
+    pub data_partition: u32,
+    /// The partition holding the superblock and the tree (root-a-verity), by number.
+    pub hash_partition: u32,
+    /// Hash algorithm, always `sha256`.
+    pub algorithm: String,
+    pub data_block_size: u32,
+    pub hash_block_size: u32,
+    /// Data blocks covered, from the start of the data partition: the file system, not the whole partition.
+    pub data_blocks: u64,
+    /// Where the tree starts on the hash partition, in hash blocks (after the superblock).
+    pub hash_start_block: u64,
+    /// Bytes of the hash partition in use: superblock area and tree.
+    pub hash_size: u64,
+    /// Salt, hex.
+    pub salt: String,
+    /// The superblock's UUID.
+    pub uuid: String,
+    /// Root hash, hex; the UKI's command line carries it as `roothash=`.
+    pub root_hash: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +229,19 @@ mod tests {
                 kernel_release: "6.1.0-56-cloud-amd64".into(),
                 initrd_modules: vec!["virtio_blk".into()],
             },
+            verity: Some(VerityInfo {
+                data_partition: 2,
+                hash_partition: 3,
+                algorithm: "sha256".into(),
+                data_block_size: 4096,
+                hash_block_size: 4096,
+                data_blocks: 8192,
+                hash_start_block: 1,
+                hash_size: 4096 * 66,
+                salt: "5a".repeat(32),
+                uuid: "00000000-0000-0000-0000-000000000003".into(),
+                root_hash: "78".repeat(32),
+            }),
             components: vec![ComponentEntry {
                 name: "kernel".into(),
                 package: Some("linux-image-6.1.0-56-cloud-amd64".into()),

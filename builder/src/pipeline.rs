@@ -70,8 +70,9 @@ pub struct Inputs {
     /// whole, before the components, so a component's files win where both have a path.
     pub pulled: Vec<(String, PathBuf)>,
     pub pinned: Vec<ComponentEntry>,
-    /// Where finished boot artifacts (ESP image + UKI hash) are kept by the hash of their inputs, so a
-    /// build that changes only the root reuses them. `None` disables reuse.
+    /// Where finished boot artifacts (ESP image + UKI hash) are kept by the hash of their inputs (the
+    /// command line among them, which pins the root by its hash), so rebuilding an unchanged profile
+    /// reuses them. `None` disables reuse.
     pub artifact_cache: Option<PathBuf>,
 }
 
@@ -279,7 +280,16 @@ pub fn build(
         Ok(())
     })?;
 
-    let cmdline = kernel_cmdline(profile);
+    let verity_img = work.path().join("root.verity");
+    let verity = steps.run("hashing the root (dm-verity)", || {
+        root_verity(&root_img, &verity_img)
+    })?;
+    let cmdline = format!(
+        "{} {}={}",
+        kernel_cmdline(profile),
+        ingot_spec::cmdline::ROOT_HASH,
+        verity.root_hash
+    );
     let uki_name = esp::uki_file_name(&profile.name, &profile.version);
     let boot_key = boot_artifact_key(profile, inputs, &cmdline, &uki_name);
     let cached = inputs.artifact_cache.as_ref().map(|d| d.join(&boot_key));
@@ -315,7 +325,7 @@ pub fn build(
     let layout = disk::plan(&profile.partitions);
     let image = out_dir.join(format!("{}.raw", profile.name));
     let (tmp_image, disk) = steps.run("assembling the disk", || {
-        assemble_disk(profile, &layout, &esp_img, &root_img, out_dir)
+        assemble_disk(profile, &layout, &esp_img, &root_img, &verity_img, out_dir)
     })?;
     let mut ranges: Vec<(u64, u64)> = disk
         .partitions
@@ -349,6 +359,7 @@ pub fn build(
             kernel_release: kver.clone(),
             initrd_modules: modules.iter().map(|m| m.name.clone()).collect(),
         },
+        verity: Some(verity),
         components: inputs.pinned.clone(),
         images: crate::images::manifest_entries(&staged_images),
         data_ranges: disk.data_ranges,
@@ -404,6 +415,7 @@ fn assemble_disk(
     layout: &Layout,
     esp_img: &Path,
     root_img: &Path,
+    verity_img: &Path,
     out_dir: &Path,
 ) -> Result<(tempfile::NamedTempFile, AssembledDisk)> {
     let mut tmp = tempfile::Builder::new()
@@ -412,6 +424,12 @@ fn assemble_disk(
     tmp.as_file().set_len(layout.disk_size)?;
     let esp = disk::copy_into(esp_img, tmp.as_file(), layout.get(Role::Esp), "esp")?;
     let root = disk::copy_into(root_img, tmp.as_file(), layout.get(Role::RootA), "root")?;
+    let verity = disk::copy_into(
+        verity_img,
+        tmp.as_file(),
+        layout.get(Role::RootAVerity),
+        "root-a-verity",
+    )?;
 
     let mut seed = Sha256::new();
     seed.update(esp.sha256);
@@ -421,7 +439,8 @@ fn assemble_disk(
     let mut guids = BTreeMap::new();
     guids.insert(Role::Esp, disk::uuid_from_hash(&esp.sha256));
     guids.insert(Role::RootA, disk::uuid_from_hash(&root.sha256));
-    for role in [Role::RootAVerity, Role::RootB, Role::RootBVerity, Role::Var] {
+    guids.insert(Role::RootAVerity, disk::uuid_from_hash(&verity.sha256));
+    for role in [Role::RootB, Role::RootBVerity, Role::Var] {
         guids.insert(role, disk::derived_uuid(&disk_guid.to_string(), role.label()));
     }
     let path = tmp.path().to_path_buf();
@@ -431,7 +450,12 @@ fn assemble_disk(
     let mut data_ranges: Vec<[u64; 2]> = Vec::new();
     let gpt_tail = 33 * 512;
     data_ranges.push([0, 34 * 512]);
-    for (o, l) in esp.data_ranges.iter().chain(&root.data_ranges) {
+    for (o, l) in esp
+        .data_ranges
+        .iter()
+        .chain(&root.data_ranges)
+        .chain(&verity.data_ranges)
+    {
         data_ranges.push([*o, *l]);
     }
     data_ranges.push([layout.disk_size - gpt_tail, gpt_tail]);
@@ -440,6 +464,7 @@ fn assemble_disk(
         let (sha, hashed) = match p.role {
             Role::Esp => (esp.sha256, esp.hashed_bytes),
             Role::RootA => (root.sha256, root.hashed_bytes),
+            Role::RootAVerity => (verity.sha256, verity.hashed_bytes),
             _ => (Sha256::digest([]).into(), 0),
         };
         partitions.push(PartitionEntry {
@@ -459,6 +484,53 @@ fn assemble_disk(
         data_ranges,
     };
     Ok((tmp, disk))
+}
+
+/// Writes root-a's dm-verity hash device (superblock and tree) for the root image to `out` and returns
+/// what the manifest records. The tree covers the file system (padded to whole 4 KiB blocks), not the
+/// zeros after it in the partition. The salt is derived from the root's bytes, so it differs between
+/// images yet the same root always gets the same tree.
+fn root_verity(root_img: &Path, out: &Path) -> Result<crate::manifest::VerityInfo> {
+    let mut file = fs::OpenOptions::new().read(true).write(true).open(root_img)?;
+    let len = file.metadata()?.len();
+    let data_len = len.next_multiple_of(4096);
+    if data_len != len {
+        file.set_len(data_len)?;
+    }
+    let mut content = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        content.update(&buf[..n]);
+    }
+    let salt = Sha256::new()
+        .chain_update(b"ingot:verity-salt:")
+        .chain_update(content.finalize())
+        .finalize()
+        .to_vec();
+    let uuid = disk::uuid_from_hash(&Sha256::digest(&salt));
+    let params = crate::verity::VerityParams::new(salt, *uuid.as_bytes());
+    let mut hash_dev = std::io::BufWriter::new(fs::File::create(out)?);
+    std::io::Seek::rewind(&mut file)?;
+    let built = crate::verity::build(&mut file, data_len, &params, &mut hash_dev)
+        .context("building the dm-verity tree")?;
+    std::io::Write::flush(&mut hash_dev)?;
+    Ok(crate::manifest::VerityInfo {
+        data_partition: Role::RootA.number(),
+        hash_partition: Role::RootAVerity.number(),
+        algorithm: "sha256".into(),
+        data_block_size: params.data_block_size,
+        hash_block_size: params.hash_block_size,
+        data_blocks: built.data_blocks,
+        hash_start_block: built.hash_start_block,
+        hash_size: built.hash_size,
+        salt: hex(&params.salt),
+        uuid: uuid.to_string(),
+        root_hash: hex(&built.root_hash),
+    })
 }
 
 /// Builds the initramfs, the UKI and the ESP image; returns the ESP image and the UKI's sha256.

@@ -3,7 +3,10 @@
 //! Order: the signature over the manifest's bytes (nothing in an unsigned manifest is trusted), then the
 //! manifest's shape, the image's size, every partition (its sha256 over `hashed_bytes`, and zeros after
 //! that to the partition's end) and the bytes outside the partitions (protective MBR, both GPTs, alignment
-//! gaps), whose sha256 the manifest also carries. Partitions are checked in parallel, one thread each.
+//! gaps), whose sha256 the manifest also carries. Partitions are checked in parallel, one thread each,
+//! beside one that rebuilds root-a's dm-verity tree from its data blocks with the manifest's parameters
+//! and compares it with root-a-verity and the manifest's root hash. Last, once the ESP is proven, the UKI
+//! is read from it: its hash, its command line, and the `roothash=` there must be the manifest's.
 
 use std::fs::File;
 use std::io;
@@ -15,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::manifest::{Manifest, PartitionEntry};
 use crate::signing::{self, SignatureError};
+use crate::verity::{self, VerityParams};
 
 const CHUNK: usize = 4 << 20;
 
@@ -78,6 +82,50 @@ pub enum VerifyError {
         "the manifest does not record the hash of the bytes outside the partitions (built by an older ingot); rebuild the image"
     )]
     NoOutsideHash,
+    #[error("the manifest records no dm-verity tree (built by an older ingot); rebuild the image")]
+    NoVerity,
+    #[error("the manifest's verity entry is unusable: {0}")]
+    VerityParams(String),
+    #[error(
+        "dm-verity: the root hash of the tree rebuilt from partition {partition} is {found}, the manifest says {expected}"
+    )]
+    VerityRootHash {
+        partition: u32,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "dm-verity: partition {partition} differs from the tree rebuilt from partition {data_partition} at hash block {block} (bytes {offset}..{end} of the image)"
+    )]
+    VerityTree {
+        partition: u32,
+        data_partition: u32,
+        block: u64,
+        offset: u64,
+        end: u64,
+    },
+    #[error("reading the UKI {path} from the ESP: {message}")]
+    Uki { path: String, message: String },
+    #[error("the UKI {path} on the ESP has sha256 {found}, the manifest says {expected}")]
+    UkiHash {
+        path: String,
+        expected: String,
+        found: String,
+    },
+    #[error("the UKI {path} has the command line {found:?}, the manifest says {expected:?}")]
+    UkiCmdline {
+        path: String,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "the UKI {path} pins root hash {found} on its command line (`roothash=`), but the verity tree's root hash is {expected}"
+    )]
+    UkiRootHash {
+        path: String,
+        expected: String,
+        found: String,
+    },
 }
 
 /// What a successful verification covered.
@@ -149,6 +197,7 @@ pub fn verify(image: &Path, manifest_path: &Path, key: &VerifyingKey) -> Result<
             .iter()
             .map(|p| scope.spawn(|| check_partition(&file, image, p)))
             .collect();
+        let verity = scope.spawn(|| check_verity(&file, image, &manifest));
         let outside = outside_partitions_sha256(&file, size, &ranges).map_err(read_err);
         let mut results: Vec<Result<u64, VerifyError>> = handles
             .into_iter()
@@ -167,12 +216,20 @@ pub fn verify(image: &Path, manifest_path: &Path, key: &VerifyingKey) -> Result<
                 })
             }
         }));
+        results.push(
+            verity
+                .join()
+                .unwrap_or_else(|_| Err(read_err(io::Error::other("the verity thread failed"))))
+                .map(|()| 0),
+        );
         results
     });
     let mut bytes_hashed = 0;
     for r in results {
         bytes_hashed += r?;
     }
+    // Only now is the ESP known to be the signed one, so only now is its FAT worth parsing.
+    check_uki(image, &manifest)?;
     Ok(Verified {
         key_id: signing::key_id(key),
         partitions: manifest.partitions.len(),
@@ -239,6 +296,173 @@ fn check_partition(file: &File, image: &Path, p: &PartitionEntry) -> Result<u64,
         });
     }
     Ok(p.size)
+}
+
+/// Rebuilds root-a's dm-verity tree from its data blocks with the manifest's parameters and compares it,
+/// superblock included, with the hash partition, and its root hash with the manifest's.
+fn check_verity(file: &File, image: &Path, manifest: &Manifest) -> Result<(), VerifyError> {
+    let v = manifest.verity.as_ref().ok_or(VerifyError::NoVerity)?;
+    let bad = |m: String| VerifyError::VerityParams(m);
+    let partition = |number: u32| {
+        manifest
+            .partitions
+            .iter()
+            .find(|p| p.number == number)
+            .ok_or_else(|| {
+                bad(format!(
+                    "it names partition {number}, which the manifest does not list"
+                ))
+            })
+    };
+    let data = partition(v.data_partition)?;
+    let hash = partition(v.hash_partition)?;
+    if v.algorithm != "sha256" {
+        return Err(bad(format!("algorithm {:?}, expected \"sha256\"", v.algorithm)));
+    }
+    let salt = hex::decode(&v.salt).map_err(|e| bad(format!("salt: {e}")))?;
+    let uuid = uuid::Uuid::parse_str(&v.uuid).map_err(|e| bad(format!("uuid: {e}")))?;
+    let params = VerityParams {
+        data_block_size: v.data_block_size,
+        hash_block_size: v.hash_block_size,
+        salt,
+        uuid: *uuid.as_bytes(),
+    };
+    let data_len = v
+        .data_blocks
+        .checked_mul(u64::from(v.data_block_size))
+        .filter(|len| *len <= data.size)
+        .ok_or_else(|| {
+            bad(format!(
+                "{} blocks of {} bytes do not fit partition {} ({} bytes)",
+                v.data_blocks, v.data_block_size, data.number, data.size
+            ))
+        })?;
+    let tree_size = verity::hash_tree_size(data_len, &params).map_err(|e| bad(e.to_string()))?;
+    if tree_size != v.hash_size || v.hash_size > hash.size || v.hash_start_block != params.hash_start_block()
+    {
+        return Err(bad(format!(
+            "a tree over {} blocks takes {tree_size} bytes from hash block {}; the manifest says {} bytes from block {} in a {}-byte partition",
+            v.data_blocks,
+            params.hash_start_block(),
+            v.hash_size,
+            v.hash_start_block,
+            hash.size
+        )));
+    }
+    let mut rebuilt = Vec::with_capacity(usize::try_from(tree_size).unwrap_or(0));
+    let mut reader = RangeReader {
+        file,
+        at: data.offset,
+        end: data.offset + data_len,
+    };
+    let out = verity::build(&mut reader, data_len, &params, &mut rebuilt).map_err(|e| match e {
+        verity::VerityError::Read { source, .. } => VerifyError::Read {
+            path: image.to_path_buf(),
+            source,
+        },
+        e => bad(e.to_string()),
+    })?;
+    let found = hex::encode(out.root_hash);
+    if found != v.root_hash {
+        return Err(VerifyError::VerityRootHash {
+            partition: data.number,
+            expected: v.root_hash.clone(),
+            found,
+        });
+    }
+    let block = params.hash_block_size as usize;
+    let mut on_disk = vec![0u8; block];
+    for (i, ours) in rebuilt.chunks(block).enumerate() {
+        let offset = hash.offset + (i * block) as u64;
+        file.read_exact_at(&mut on_disk[..ours.len()], offset)
+            .map_err(|source| VerifyError::Read {
+                path: image.to_path_buf(),
+                source,
+            })?;
+        if on_disk[..ours.len()] != *ours {
+            return Err(VerifyError::VerityTree {
+                partition: hash.number,
+                data_partition: data.number,
+                block: i as u64,
+                offset,
+                end: offset + ours.len() as u64,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads the UKI from the (already verified) ESP and checks it is the manifest's, with the manifest's
+/// command line, pinning the verity root hash.
+fn check_uki(image: &Path, manifest: &Manifest) -> Result<(), VerifyError> {
+    let v = manifest.verity.as_ref().ok_or(VerifyError::NoVerity)?;
+    let path = manifest.uki.path.clone();
+    let esp = manifest
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == ingot_spec::partition::TYPE_ESP.to_string())
+        .ok_or_else(|| VerifyError::Uki {
+            path: path.clone(),
+            message: "the manifest lists no ESP".into(),
+        })?;
+    let bytes = crate::esp::read_file(image, esp.offset, &path).map_err(|e| VerifyError::Uki {
+        path: path.clone(),
+        message: format!("{e:#}"),
+    })?;
+    let found = hex::encode(Sha256::digest(&bytes));
+    if found != manifest.uki.sha256 {
+        return Err(VerifyError::UkiHash {
+            path,
+            expected: manifest.uki.sha256.clone(),
+            found,
+        });
+    }
+    let cmdline = crate::uki::cmdline(&bytes)
+        .map_err(|e| VerifyError::Uki {
+            path: path.clone(),
+            message: e.to_string(),
+        })?
+        .unwrap_or_default();
+    if cmdline != manifest.uki.cmdline {
+        return Err(VerifyError::UkiCmdline {
+            path,
+            expected: manifest.uki.cmdline.clone(),
+            found: cmdline,
+        });
+    }
+    let pinned: Vec<&str> = ingot_spec::cmdline::parse(&cmdline)
+        .into_iter()
+        .filter(|p| p.key == ingot_spec::cmdline::ROOT_HASH)
+        .map(|p| p.value.unwrap_or(""))
+        .collect();
+    match pinned.as_slice() {
+        [one] if *one == v.root_hash => Ok(()),
+        _ => Err(VerifyError::UkiRootHash {
+            path,
+            expected: v.root_hash.clone(),
+            found: if pinned.is_empty() {
+                "none".into()
+            } else {
+                pinned.join(", ")
+            },
+        }),
+    }
+}
+
+/// `Read` over `at..end` of a file, by positioned reads.
+struct RangeReader<'a> {
+    file: &'a File,
+    at: u64,
+    end: u64,
+}
+
+impl io::Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = usize::try_from(self.end - self.at).map_or(buf.len(), |left| left.min(buf.len()));
+        let n = self.file.read_at(&mut buf[..n], self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
 }
 
 fn sha256_range(file: &File, start: u64, end: u64) -> io::Result<String> {

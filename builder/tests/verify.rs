@@ -12,6 +12,7 @@ struct Signed {
     _dir: tempfile::TempDir,
     image: PathBuf,
     manifest: PathBuf,
+    key: PathBuf,
     public: PathBuf,
     other_public: PathBuf,
 }
@@ -30,6 +31,7 @@ fn signed_minimal() -> Signed {
     Signed {
         manifest: dir.path().join("out/minimal.manifest.json"),
         public: dir.path().join("site.pub"),
+        key,
         other_public: dir.path().join("other.pub"),
         image,
         _dir: dir,
@@ -154,7 +156,75 @@ fn a_signed_image_verifies_and_every_tampering_is_named() {
     assert!(e.contains(&format!("reading {}", sig.display())), "{e}");
     std::fs::write(&sig, sig_bytes).unwrap();
 
+    // A bit in the verity tree (root-a-verity's own hash catches it first).
+    let hash_part = part("root-a-verity");
+    with_flipped(&s.image, hash_part["offset"].as_u64().unwrap() + 4096 + 7, || {
+        let e = verify(&s.image, &s.public).unwrap_err();
+        assert!(e.contains("(root-a-verity), bytes"), "{e}");
+    });
+
     // Everything restored: it verifies again.
+    verify(&s.image, &s.public).unwrap();
+}
+
+/// Rewrites the manifest with `change` applied and signs it again with the image's own key, so only the
+/// checks after the signature can catch what changed.
+fn resigned(s: &Signed, change: impl FnOnce(&mut serde_json::Value)) -> Result<String, String> {
+    let original = std::fs::read(&s.manifest).unwrap();
+    let sig = verify_sig_path(s);
+    let original_sig = std::fs::read(&sig).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    change(&mut m);
+    let bytes = serde_json::to_vec_pretty(&m).unwrap();
+    let key = ingot::signing::load_signing_key(&s.key).unwrap();
+    std::fs::write(&s.manifest, &bytes).unwrap();
+    std::fs::write(&sig, ingot::signing::sign(&key, &bytes)).unwrap();
+    let result = verify(&s.image, &s.public);
+    std::fs::write(&s.manifest, original).unwrap();
+    std::fs::write(&sig, original_sig).unwrap();
+    result
+}
+
+fn verify_sig_path(s: &Signed) -> PathBuf {
+    PathBuf::from(format!("{}.sig", s.manifest.display()))
+}
+
+#[test]
+fn the_verity_tree_and_the_ukis_root_hash_are_checked_even_in_a_validly_signed_manifest() {
+    let s = signed_minimal();
+    verify(&s.image, &s.public).unwrap();
+    // A manifest claiming another root hash: the tree rebuilt from root-a disagrees.
+    let e = resigned(&s, |m| m["verity"]["root_hash"] = "00".repeat(32).into()).unwrap_err();
+    assert!(
+        e.contains("dm-verity: the root hash of the tree rebuilt from partition 2 is"),
+        "{e}"
+    );
+    // Another salt: the tree partition no longer matches what the manifest describes.
+    let e = resigned(&s, |m| m["verity"]["salt"] = "11".repeat(32).into()).unwrap_err();
+    assert!(e.contains("dm-verity: the root hash"), "{e}");
+    // Fewer blocks than the file system: the tree has another shape.
+    let e = resigned(&s, |m| {
+        let n = m["verity"]["data_blocks"].as_u64().unwrap();
+        m["verity"]["data_blocks"] = (n * 2).into();
+    })
+    .unwrap_err();
+    assert!(e.contains("the manifest's verity entry is unusable"), "{e}");
+    // The UKI's command line as the manifest claims it, with a different root hash.
+    let e = resigned(&s, |m| {
+        let c = m["uki"]["cmdline"]
+            .as_str()
+            .unwrap()
+            .replace("roothash=", "roothash=0");
+        m["uki"]["cmdline"] = c.into();
+    })
+    .unwrap_err();
+    assert!(e.contains("has the command line"), "{e}");
+    // No verity entry at all.
+    let e = resigned(&s, |m| {
+        m.as_object_mut().unwrap().remove("verity");
+    })
+    .unwrap_err();
+    assert!(e.contains("records no dm-verity tree"), "{e}");
     verify(&s.image, &s.public).unwrap();
 }
 

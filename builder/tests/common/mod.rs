@@ -44,7 +44,68 @@ pub fn build_minimal_with(out: &Path, extra: &[&str]) -> PathBuf {
         .arg(out)
         .args(extra));
     assert!(o.status.success(), "ingot build failed:\n{}", stderr(&o));
-    out.join("minimal.raw")
+    let image = out.join("minimal.raw");
+    veritysetup_agrees(&image);
+    image
+}
+
+/// Cross-checks an image's dm-verity tree with `veritysetup verify` (cryptsetup-bin): root-a's covered
+/// blocks and root-a-verity are copied out (veritysetup takes no data offset) and verified against the
+/// root hash on the UKI's command line as the manifest records it. Prints why when veritysetup is missing.
+pub fn veritysetup_agrees(image: &Path) {
+    use std::os::unix::fs::FileExt as _;
+    if !have("veritysetup") {
+        eprintln!("not cross-checking dm-verity: veritysetup is missing (apt-get install cryptsetup-bin)");
+        return;
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image.with_extension("manifest.json")).unwrap()).unwrap();
+    let v = &manifest["verity"];
+    let root_hash = v["root_hash"].as_str().unwrap();
+    let cmdline = manifest["uki"]["cmdline"].as_str().unwrap();
+    assert!(
+        cmdline.split(' ').any(|w| w == format!("roothash={root_hash}")),
+        "the UKI command line {cmdline:?} does not pin {root_hash}"
+    );
+    let part = |n: &serde_json::Value| {
+        manifest["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["number"] == *n)
+            .unwrap()["offset"]
+            .as_u64()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = std::fs::File::open(image).unwrap();
+    let copy = |name: &str, offset: u64, len: u64| {
+        let mut buf = vec![0u8; usize::try_from(len).unwrap()];
+        f.read_exact_at(&mut buf, offset).unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, buf).unwrap();
+        path
+    };
+    let data_len = v["data_blocks"].as_u64().unwrap() * v["data_block_size"].as_u64().unwrap();
+    let data = copy("data", part(&v["data_partition"]), data_len);
+    let hash = copy(
+        "hash",
+        part(&v["hash_partition"]),
+        v["hash_size"].as_u64().unwrap(),
+    );
+    let o = Command::new("veritysetup")
+        .arg("verify")
+        .arg(&data)
+        .arg(&hash)
+        .arg(root_hash)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "veritysetup verify rejects {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Names of the entries in a directory (to check nothing was left behind).
