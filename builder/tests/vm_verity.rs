@@ -88,7 +88,11 @@ fn init_json_offset(root_a: &[u8]) -> u64 {
         .filter(|(_, w)| *w == needle)
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(hits.len(), 1, "init.json's opening is not unique in root-a: {hits:?}");
+    assert_eq!(
+        hits.len(),
+        1,
+        "init.json's opening is not unique in root-a: {hits:?}"
+    );
     hits[0] as u64
 }
 
@@ -100,7 +104,11 @@ fn erofs_data_offset(fs: &Path, path: &str) -> u64 {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "dump.erofs {path}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dump.erofs {path}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // `   0:        0..    6193 |    6193 :      49152..     53248 |    4096`
     text.lines()
         .find_map(|l| {

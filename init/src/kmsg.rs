@@ -17,7 +17,7 @@ pub struct Record<'a> {
 
 impl Record<'_> {
     /// Whether the kernel wrote this record (not a process through `/dev/kmsg`).
-    pub fn from_kernel(&self) -> bool {
+    pub fn is_from_kernel(&self) -> bool {
         self.facility == 0
     }
 }
@@ -64,11 +64,11 @@ mod tests {
                 text: "device-mapper: verity: 254:2: data block 57 is corrupted",
             }
         );
-        assert!(r.from_kernel());
+        assert!(r.is_from_kernel());
         // A process's record (facility LOG_USER), with a caller field and a dictionary line.
         let r = parse("14,9,100,-,caller=T1;hello; world\n SUBSYSTEM=block\n").unwrap();
         assert_eq!((r.facility, r.level, r.text), (1, 6, "hello; world"));
-        assert!(!r.from_kernel());
+        assert!(!r.is_from_kernel());
     }
 
     #[test]

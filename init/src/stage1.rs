@@ -39,7 +39,9 @@ pub enum Error {
     #[error("finding the root partition")]
     Root(#[from] block::Error),
     /// Details are on the `ingot: verity:` line printed before.
-    #[error("refusing to boot: the root could not be set up through dm-verity, and it is never mounted unverified")]
+    #[error(
+        "refusing to boot: the root could not be set up through dm-verity, and it is never mounted unverified"
+    )]
     Verity(verity::Error),
     #[error("mounting {device} on {NEW_ROOT} as {ROOT_FS_TYPE}")]
     MountRoot {
@@ -98,11 +100,7 @@ pub fn run(sys: &dyn Sys, opts: &mut BootOptions) -> Result<Infallible, Error> {
     let verified = match verity::open_root(sys, &root) {
         Ok(v) => v,
         Err(e) => {
-            sys.console(&format!(
-                "{PREFIX}{}{}",
-                verity::LINE,
-                crate::failure::chain(&e)
-            ));
+            sys.console(&format!("{PREFIX}{}{}", verity::LINE, crate::failure::chain(&e)));
             return Err(Error::Verity(e));
         }
     };
@@ -141,7 +139,6 @@ pub fn run(sys: &dyn Sys, opts: &mut BootOptions) -> Result<Infallible, Error> {
     }
     err
 }
-
 
 /// What util-linux `switch_root` does: delete the initramfs (files on its own device only), move the API
 /// mounts into the new root, make it `/`, and exec the next init there (keeping PID 1).
@@ -194,7 +191,10 @@ mod tests {
     const ROOT_HASH: &str = "4f3c2b1a00ffee99887766554433221100112233445566778899aabbccddeeff";
 
     fn initramfs(sys: &FakeSys) {
-        initramfs_with(sys, &format!("console=ttyS0 roothash={ROOT_HASH} ingot.reboot_delay=5\n"));
+        initramfs_with(
+            sys,
+            &format!("console=ttyS0 roothash={ROOT_HASH} ingot.reboot_delay=5\n"),
+        );
     }
 
     fn initramfs_with(sys: &FakeSys, cmdline: &str) {
@@ -221,7 +221,10 @@ mod tests {
     fn verity_partitions(sys: &FakeSys, disk: &str, first: u32, hash: &[u8]) {
         sys.write(&format!("/sys/class/block/{disk}2/dev"), format!("254:{first}\n"));
         sys.write(&format!("/sys/class/block/{disk}2/size"), "2048\n");
-        sys.write(&format!("/sys/class/block/{disk}3/dev"), format!("254:{}\n", first + 1));
+        sys.write(
+            &format!("/sys/class/block/{disk}3/dev"),
+            format!("254:{}\n", first + 1),
+        );
         sys.write(&format!("/sys/class/block/{disk}3/size"), "2048\n");
         sys.write(&format!("/dev/{disk}3"), hash);
     }
@@ -254,11 +257,15 @@ mod tests {
         let err = run(sys, &mut opts).unwrap_err();
         failure::after_error(sys, &opts, &err);
         assert!(
-            sys.calls_matching(&["mount /dev/vda", "mount /dev/dm-", "exec"]).is_empty(),
+            sys.calls_matching(&["mount /dev/vda", "mount /dev/dm-", "exec"])
+                .is_empty(),
             "{:#?}",
             sys.calls()
         );
-        assert_eq!(sys.calls_matching(&["sleep 5s", "reboot"]), ["sleep 5s", "reboot reboot"]);
+        assert_eq!(
+            sys.calls_matching(&["sleep 5s", "reboot"]),
+            ["sleep 5s", "reboot reboot"]
+        );
         let console = sys.console_lines();
         assert!(
             console.iter().any(|l| l.starts_with("ingot: error ")),
@@ -363,7 +370,9 @@ mod tests {
             "{console:?}"
         );
         assert!(
-            console.contains(&"ingot: verity root 4f3c2b1a00ff… over /dev/vdb2 (200 blocks, salt 32 bytes)".to_owned()),
+            console.contains(
+                &"ingot: verity root 4f3c2b1a00ff… over /dev/vdb2 (200 blocks, salt 32 bytes)".to_owned()
+            ),
             "{console:?}"
         );
         // The fake's exec fails: stage 1 says whether corruption explains it.
@@ -449,7 +458,9 @@ mod tests {
             .find(|l| l.starts_with("ingot: verity: "))
             .unwrap();
         assert!(
-            line.ends_with(r#"(the kernel reported: "device-mapper: verity: 254:2: data block 0 is corrupted")"#),
+            line.ends_with(
+                r#"(the kernel reported: "device-mapper: verity: 254:2: data block 0 is corrupted")"#
+            ),
             "{line}"
         );
     }
@@ -460,7 +471,9 @@ mod tests {
         initramfs_with(&sys, "console=ttyS0 ingot.reboot_delay=5\n");
         assert_eq!(
             fails_closed(&sys),
-            ["ingot: verity: the kernel command line has no roothash= (expected roothash=<64 lowercase hex digits>, the root's dm-verity root hash)"]
+            [
+                "ingot: verity: the kernel command line has no roothash= (expected roothash=<64 lowercase hex digits>, the root's dm-verity root hash)"
+            ]
         );
         assert!(sys.calls_matching(&["dm-"]).is_empty());
     }
@@ -472,7 +485,9 @@ mod tests {
         initramfs_with(&sys, &format!("roothash={upper} ingot.reboot_delay=5"));
         assert_eq!(
             fails_closed(&sys),
-            [format!("ingot: verity: roothash={upper:?} is not a root hash: expected 64 lowercase hex digits")]
+            [format!(
+                "ingot: verity: roothash={upper:?} is not a root hash: expected 64 lowercase hex digits"
+            )]
         );
         assert!(sys.calls_matching(&["dm-"]).is_empty());
     }
@@ -483,9 +498,13 @@ mod tests {
         initramfs(&sys);
         let mut layout = ingot_layout(0x10);
         layout.retain(|(_, r, _)| *r != Role::RootAVerity);
-        add_disk(&sys.host("/"), "vda", &gpt_image(&layout), &[1, 2, 4, 5, 6], |n| {
-            format!("vda{n}")
-        });
+        add_disk(
+            &sys.host("/"),
+            "vda",
+            &gpt_image(&layout),
+            &[1, 2, 4, 5, 6],
+            |n| format!("vda{n}"),
+        );
         let lines = fails_closed(&sys);
         assert_eq!(lines.len(), 1);
         assert!(
@@ -501,7 +520,9 @@ mod tests {
         let sys = one_disk(&[0u8; 4096]);
         assert_eq!(
             fails_closed(&sys),
-            [r#"ingot: verity: /dev/vda3 does not start with the verity superblock ingot images have: magic: expected "verity\x00\x00", found "\x00\x00\x00\x00\x00\x00\x00\x00""#]
+            [
+                r#"ingot: verity: /dev/vda3 does not start with the verity superblock ingot images have: magic: expected "verity\x00\x00", found "\x00\x00\x00\x00\x00\x00\x00\x00""#
+            ]
         );
 
         let mut sha1 = hash_partition(&superblock());
@@ -509,13 +530,17 @@ mod tests {
         let sys = one_disk(&sha1);
         assert_eq!(
             fails_closed(&sys),
-            [r#"ingot: verity: /dev/vda3 does not start with the verity superblock ingot images have: algorithm: expected "sha256", found "sha1""#]
+            [
+                r#"ingot: verity: /dev/vda3 does not start with the verity superblock ingot images have: algorithm: expected "sha256", found "sha1""#
+            ]
         );
 
         let sys = one_disk(b"verity");
         assert_eq!(
             fails_closed(&sys),
-            ["ingot: verity: /dev/vda3 does not start with the verity superblock ingot images have: the superblock is 6 bytes, expected 512"]
+            [
+                "ingot: verity: /dev/vda3 does not start with the verity superblock ingot images have: the superblock is 6 bytes, expected 512"
+            ]
         );
         assert!(sys.calls_matching(&["dm-"]).is_empty());
     }
@@ -538,7 +563,9 @@ mod tests {
         sys.fail("dm-create", Errno::NOENT);
         assert_eq!(
             fails_closed(&sys),
-            ["ingot: verity: creating the device-mapper device \"root\" through /dev/mapper/control (loaded by dm_mod): No such file or directory (os error 2)"]
+            [
+                "ingot: verity: creating the device-mapper device \"root\" through /dev/mapper/control (loaded by dm_mod): No such file or directory (os error 2)"
+            ]
         );
         assert!(sys.calls_matching(&["dm-remove"]).is_empty());
     }
@@ -569,7 +596,10 @@ mod tests {
         let sys = one_disk(&hash_partition(&superblock()));
         sys.fail("dm-resume", Errno::NXIO);
         let lines = fails_closed(&sys);
-        assert!(lines[0].starts_with("ingot: verity: resuming \"root\" with its verity table: "), "{lines:?}");
+        assert!(
+            lines[0].starts_with("ingot: verity: resuming \"root\" with its verity table: "),
+            "{lines:?}"
+        );
         assert_eq!(sys.calls_matching(&["dm-remove"]), ["dm-remove root"]);
     }
 

@@ -646,7 +646,12 @@ mod tests {
         }
         struct Later(std::cell::RefCell<Option<Box<dyn FnOnce()>>>, Duration);
         impl Devices for Later {
-            fn network(&self, sys: &dyn Sys, cfg: &config::Network, now: Duration) -> Result<Box<dyn Network>, String> {
+            fn network(
+                &self,
+                sys: &dyn Sys,
+                cfg: &config::Network,
+                now: Duration,
+            ) -> Result<Box<dyn Network>, String> {
                 Instant.network(sys, cfg, now)
             }
             fn clock(&self, servers: Vec<SocketAddr>, now: Duration) -> Box<dyn Clock> {
@@ -661,7 +666,10 @@ mod tests {
         assert!(matches!(err, Error::RootCorrupted(_)), "{err}");
         crate::failure::after_error(&*sys, &opts, &err);
         let console = sys.console_lines();
-        let ready = console.iter().position(|l| l.starts_with("ingot: phase=ready ")).unwrap();
+        let ready = console
+            .iter()
+            .position(|l| l.starts_with("ingot: phase=ready "))
+            .unwrap();
         let stop = console.iter().position(|l| l == STOPPING).unwrap();
         assert!(ready < stop, "{console:#?}");
         assert!(sys.now() >= at);
@@ -669,7 +677,10 @@ mod tests {
             console[stop + 1],
             r#"ingot: error the root failed dm-verity verification (kernel: "device-mapper: verity: 254:2: data block 57 is corrupted")"#
         );
-        assert_eq!(sys.calls_matching(&["sleep 7s", "reboot"]), ["sleep 7s", "reboot reboot"]);
+        assert_eq!(
+            sys.calls_matching(&["sleep 7s", "reboot"]),
+            ["sleep 7s", "reboot reboot"]
+        );
     }
 
     #[test]

@@ -76,14 +76,15 @@ pub enum Error {
         source: io::Error,
     },
     #[error("the verity superblock covers {needed} sectors of {device}, which holds only {has}")]
-    DataTooSmall {
-        device: String,
-        needed: u64,
-        has: u64,
-    },
-    #[error("creating the device-mapper device {DEVICE_NAME:?} through {} (loaded by dm_mod)", dm::CONTROL)]
+    DataTooSmall { device: String, needed: u64, has: u64 },
+    #[error(
+        "creating the device-mapper device {DEVICE_NAME:?} through {} (loaded by dm_mod)",
+        dm::CONTROL
+    )]
     Create(#[source] io::Error),
-    #[error("loading the table `{table}` into {DEVICE_NAME:?} (the kernel needs dm_verity and must accept the table)")]
+    #[error(
+        "loading the table `{table}` into {DEVICE_NAME:?} (the kernel needs dm_verity and must accept the table)"
+    )]
     Load {
         table: String,
         #[source]
@@ -155,7 +156,12 @@ fn sysfs_invalid(node: &str, attr: &str, value: &str) -> Error {
 fn dev_num(sys: &dyn Sys, node: &str) -> Result<DevNum, Error> {
     let s = sysfs(sys, node, "dev")?;
     s.split_once(':')
-        .and_then(|(a, b)| Some(DevNum { major: a.parse().ok()?, minor: b.parse().ok()? }))
+        .and_then(|(a, b)| {
+            Some(DevNum {
+                major: a.parse().ok()?,
+                minor: b.parse().ok()?,
+            })
+        })
         .ok_or_else(|| sysfs_invalid(node, "dev", &s))
 }
 
@@ -279,7 +285,7 @@ pub struct Corruption<'a> {
 /// Recognises dm-verity's `device-mapper: verity: <maj>:<min>: (data|metadata) block <n> is corrupted`
 /// in a record the kernel itself logged.
 pub fn corruption<'a>(record: &kmsg::Record<'a>) -> Option<Corruption<'a>> {
-    if !record.from_kernel() {
+    if !record.is_from_kernel() {
         return None;
     }
     let rest = record.text.strip_prefix("device-mapper: verity: ")?;
@@ -293,11 +299,7 @@ pub fn corruption<'a>(record: &kmsg::Record<'a>) -> Option<Corruption<'a>> {
         return None;
     }
     let block = rest.strip_suffix(" is corrupted")?.parse().ok()?;
-    Some(Corruption {
-        device,
-        kind,
-        block,
-    })
+    Some(Corruption { device, kind, block })
 }
 
 /// The text of the first corruption report in `records`.
@@ -456,8 +458,10 @@ mod tests {
             })
         );
         assert_eq!(
-            corruption(&rec("3,1,1,-;device-mapper: verity: 7:0: metadata block 3 is corrupted"))
-                .map(|c| c.kind),
+            corruption(&rec(
+                "3,1,1,-;device-mapper: verity: 7:0: metadata block 3 is corrupted"
+            ))
+            .map(|c| c.kind),
             Some("metadata")
         );
         for other in [
@@ -525,7 +529,10 @@ mod tests {
             table_params(&sb, dev(254, 2), dev(254, 3), &hash),
             format!("1 254:2 254:3 4096 4096 10 1 sha256 {} ab01", "11".repeat(32))
         );
-        let unsalted = Superblock { salt: Vec::new(), ..sb };
+        let unsalted = Superblock {
+            salt: Vec::new(),
+            ..sb
+        };
         assert!(table_params(&unsalted, dev(8, 1), dev(8, 2), &hash).ends_with(" -"));
     }
 

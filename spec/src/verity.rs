@@ -125,11 +125,7 @@ impl Superblock {
         }
         let hash_type = u32_at(b, OFF_HASH_TYPE);
         if hash_type != HASH_TYPE {
-            return Err(field(
-                "hash type",
-                format!("{HASH_TYPE} (normal)"),
-                hash_type,
-            ));
+            return Err(field("hash type", format!("{HASH_TYPE} (normal)"), hash_type));
         }
         let algorithm = &b[OFF_ALGORITHM..OFF_ALGORITHM + ALGORITHM_LEN];
         let name_len = algorithm.iter().position(|&c| c == 0).unwrap_or(ALGORITHM_LEN);
@@ -150,19 +146,11 @@ impl Superblock {
         // The table counts 512-byte sectors in 64 bits.
         let max_blocks = u64::MAX / u64::from(data_block_size / 512);
         if data_blocks == 0 || data_blocks > max_blocks {
-            return Err(field(
-                "data blocks",
-                format!("1 to {max_blocks}"),
-                data_blocks,
-            ));
+            return Err(field("data blocks", format!("1 to {max_blocks}"), data_blocks));
         }
         let salt_len = usize::from(u16_at(b, OFF_SALT_SIZE));
         if salt_len > MAX_SALT_LEN {
-            return Err(field(
-                "salt size",
-                format!("at most {MAX_SALT_LEN}"),
-                salt_len,
-            ));
+            return Err(field("salt size", format!("at most {MAX_SALT_LEN}"), salt_len));
         }
         zeros(&b[OFF_PAD1..OFF_SALT], "padding after the salt size")?;
         zeros(&b[OFF_SALT + salt_len..OFF_PAD2], "salt bytes past the salt size")?;
@@ -373,10 +361,7 @@ mod tests {
             &format!("{}é", &h[..62]),
         ] {
             let e = parse_root_hash(bad).unwrap_err();
-            assert!(
-                e.to_string().ends_with("expected 64 lowercase hex digits"),
-                "{e}"
-            );
+            assert!(e.to_string().ends_with("expected 64 lowercase hex digits"), "{e}");
         }
     }
 

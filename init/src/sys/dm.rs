@@ -282,7 +282,9 @@ mod tests {
         for tool in ["veritysetup", "losetup"] {
             let found = std::process::Command::new(tool).arg("--version").output();
             if !found.is_ok_and(|o| o.status.success()) {
-                return Some(format!("{tool} is missing (apt-get install cryptsetup-bin util-linux)"));
+                return Some(format!(
+                    "{tool} is missing (apt-get install cryptsetup-bin util-linux)"
+                ));
             }
         }
         if !std::path::Path::new(CONTROL).exists() {
@@ -311,7 +313,10 @@ mod tests {
 
     impl Loop {
         fn attach(file: &std::path::Path) -> Loop {
-            let dev = run("losetup", &["--find", "--show", "--read-only", file.to_str().unwrap()]);
+            let dev = run(
+                "losetup",
+                &["--find", "--show", "--read-only", file.to_str().unwrap()],
+            );
             Loop(dev.trim().to_owned())
         }
 
@@ -326,7 +331,9 @@ mod tests {
 
     impl Drop for Loop {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).output();
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .output();
         }
     }
 
@@ -337,7 +344,14 @@ mod tests {
     }
 
     impl Mapping {
-        fn verity(name: &str, dir: &std::path::Path, sb: &Superblock, data: DevNum, hash: DevNum, root_hash: &[u8]) -> Mapping {
+        fn verity(
+            name: &str,
+            dir: &std::path::Path,
+            sb: &Superblock,
+            data: DevNum,
+            hash: DevNum,
+            root_hash: &[u8],
+        ) -> Mapping {
             let dev = create(name).unwrap();
             let mapping = Mapping {
                 name: name.to_owned(),
@@ -390,7 +404,12 @@ mod tests {
         let salt = "5a".repeat(32);
         let out = run(
             "veritysetup",
-            &["format", &format!("--salt={salt}"), data_path.to_str().unwrap(), hash_path.to_str().unwrap()],
+            &[
+                "format",
+                &format!("--salt={salt}"),
+                data_path.to_str().unwrap(),
+                hash_path.to_str().unwrap(),
+            ],
         );
         let root_hash = out
             .lines()
@@ -404,8 +423,19 @@ mod tests {
         let hash_loop = Loop::attach(&hash_path);
         let name = format!("ingot-test-{}", std::process::id());
         {
-            let m = Mapping::verity(&name, dir.path(), &sb, data_loop.number(), hash_loop.number(), &root_hash);
-            assert_eq!(std::fs::read(&m.node).unwrap(), data, "the mapped device reads the data");
+            let m = Mapping::verity(
+                &name,
+                dir.path(),
+                &sb,
+                data_loop.number(),
+                hash_loop.number(),
+                &root_hash,
+            );
+            assert_eq!(
+                std::fs::read(&m.node).unwrap(),
+                data,
+                "the mapped device reads the data"
+            );
         }
         // Dropped: removed, so the name is free again.
         assert!(remove(&name).is_err_and(|e| e.raw_os_error() == Some(libc::ENXIO)));
@@ -414,23 +444,38 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&data_path).unwrap();
         f.write_all_at(&[data[flipped] ^ 1], flipped as u64).unwrap();
         f.sync_all().unwrap();
-        let m = Mapping::verity(&name, dir.path(), &sb, data_loop.number(), hash_loop.number(), &root_hash);
+        let m = Mapping::verity(
+            &name,
+            dir.path(),
+            &sb,
+            data_loop.number(),
+            hash_loop.number(),
+            &root_hash,
+        );
         let dev = std::fs::File::open(&m.node).unwrap();
         let mut block = vec![0u8; 4096];
         dev.read_exact_at(&mut block, 10 * 4096).unwrap();
-        assert_eq!(block, data[10 * 4096..11 * 4096], "an untouched block still reads");
+        assert_eq!(
+            block,
+            data[10 * 4096..11 * 4096],
+            "an untouched block still reads"
+        );
         let err = dev.read_exact_at(&mut block, 57 * 4096).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
 
         let kmsg = super::super::Linux.open_kmsg().unwrap();
         let mut reports = Vec::new();
         loop {
-            let records = super::super::Linux.read_kmsg(std::os::fd::AsFd::as_fd(&kmsg)).unwrap();
+            let records = super::super::Linux
+                .read_kmsg(std::os::fd::AsFd::as_fd(&kmsg))
+                .unwrap();
             if records.is_empty() {
                 break;
             }
             for r in records {
-                let Some(rec) = crate::kmsg::parse(&r) else { continue };
+                let Some(rec) = crate::kmsg::parse(&r) else {
+                    continue;
+                };
                 if let Some(c) = crate::verity::corruption(&rec) {
                     reports.push((c.device.to_owned(), c.kind.to_owned(), c.block));
                 }

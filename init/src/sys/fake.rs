@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    AppendFile, Command, DevNum, DmTarget, Errno, Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal, Spawned,
-    Sys, fd,
+    AppendFile, Command, DevNum, DmTarget, Errno, Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal,
+    Spawned, Sys, fd,
 };
 
 enum Event {

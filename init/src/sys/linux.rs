@@ -17,7 +17,8 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 use rustix::mount::MountFlags;
 
 use super::{
-    AppendFile, Command, DevNum, DmTarget, Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal, Spawned, Sys, fd,
+    AppendFile, Command, DevNum, DmTarget, Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal, Spawned,
+    Sys, fd,
 };
 
 /// The running kernel.
