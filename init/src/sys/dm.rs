@@ -382,6 +382,7 @@ mod tests {
     impl Drop for Mapping {
         fn drop(&mut self) {
             let _ = remove(&self.name);
+            let _ = std::fs::remove_file(&self.node);
         }
     }
 
