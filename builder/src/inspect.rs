@@ -25,6 +25,8 @@ pub struct Report {
     pub uki: Option<UkiReport>,
     /// `None` when there is no manifest next to the image.
     pub manifest: Option<PathBuf>,
+    /// root-a's dm-verity parameters, from the manifest.
+    pub verity: Option<crate::manifest::VerityInfo>,
     pub components: Vec<ComponentEntry>,
 }
 
@@ -138,6 +140,7 @@ pub fn inspect(image: &Path) -> Result<Report> {
         partitions,
         uki,
         manifest: manifest.as_ref().map(|_| manifest_path),
+        verity: manifest.as_ref().and_then(|m| m.verity.clone()),
         components: manifest.map(|m| m.components).unwrap_or_default(),
     })
 }
@@ -235,6 +238,35 @@ pub fn render(r: &Report) -> String {
                 let _ = writeln!(s, "  os       {}", pretty.trim_matches('"'));
             }
         }
+    }
+    if let Some(v) = &r.verity {
+        let pinned = r.uki.as_ref().is_some_and(|u| {
+            ingot_spec::cmdline::parse(&u.cmdline)
+                .iter()
+                .any(|p| p.key == ingot_spec::cmdline::ROOT_HASH && p.value == Some(v.root_hash.as_str()))
+        });
+        let _ = writeln!(
+            s,
+            "\nverity     root hash {}{}",
+            v.root_hash,
+            if pinned {
+                "  (pinned by the UKI's roothash=)"
+            } else {
+                "  NOT on the UKI's command line"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  covers   partition {}: {} blocks of {} bytes ({}); tree in partition {} ({}), {}, salt {}",
+            v.data_partition,
+            v.data_blocks,
+            v.data_block_size,
+            human(v.data_blocks * u64::from(v.data_block_size)),
+            v.hash_partition,
+            human(v.hash_size),
+            v.algorithm,
+            v.salt
+        );
     }
     match &r.manifest {
         None => {

@@ -238,6 +238,7 @@ fn lock_and_build() -> Built {
         .arg("--keep-work")
         .arg(dir.join("work")));
     assert!(o.status.success(), "ingot build failed:\n{}", stderr(&o));
+    veritysetup_agrees(&dir.join("out/oci.raw"));
     let manifest = Manifest::load(&dir.join("out/oci.manifest.json")).unwrap();
     Built {
         _dir: d,

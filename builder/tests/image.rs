@@ -120,4 +120,11 @@ fn minimal_image_is_valid_reproducible_and_inspectable() {
         table.contains("root-a") && table.contains("cmdline") && table.contains("linux-image-"),
         "{table}"
     );
+    let root_hash = &m.verity.as_ref().unwrap().root_hash;
+    assert!(
+        table.contains(&format!(
+            "verity     root hash {root_hash}  (pinned by the UKI's roothash=)"
+        )),
+        "{table}"
+    );
 }

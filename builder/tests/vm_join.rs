@@ -67,7 +67,9 @@ fn build(profile: &str, dir: &Path, extra: &str) -> PathBuf {
         .arg("--out")
         .arg(dir.join("out")));
     assert!(o.status.success(), "ingot build failed:\n{}", stderr(&o));
-    dir.join("out/node.raw")
+    let image = dir.join("out/node.raw");
+    veritysetup_agrees(&image);
+    image
 }
 
 /// Every spelling of the token a leak could take.

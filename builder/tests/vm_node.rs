@@ -29,7 +29,9 @@ fn build(profile: &str, out: &Path) -> PathBuf {
         "ingot build {profile} failed:\n{}",
         stderr(&o)
     );
-    out.join(format!("{profile}.raw"))
+    let image = out.join(format!("{profile}.raw"));
+    veritysetup_agrees(&image);
+    image
 }
 
 fn vm_config(image: &Path, out: &Path) -> VmConfig {
