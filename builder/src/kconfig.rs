@@ -355,6 +355,7 @@ mod tests {
             "rook",
             "topolvm",
             "ipvs",
+            "verity-root",
         ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }

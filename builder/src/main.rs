@@ -261,7 +261,7 @@ enum KernelCommand {
         ingot kernel check linux-image-6.1.0-50-cloud-amd64_6.1.176-1_amd64.deb --feature cilium\n  \
         ingot kernel check --profile minimal --feature containers --feature kubelet\n  \
         ingot kernel check .config --json | jq '.features[] | select(.complete | not) | .missing'\n\n\
-        Features: containers, kubelet, kube-proxy, bridge-cni, vxlan, cilium, calico, longhorn, rook, topolvm, ipvs, node-config")]
+        Features: containers, kubelet, kube-proxy, bridge-cni, vxlan, cilium, calico, longhorn, rook, topolvm, ipvs, node-config, verity-root")]
     #[command(group = clap::ArgGroup::new("input").required(true).args(["config", "profile"]))]
     Check {
         /// Kernel configuration file or kernel .deb.

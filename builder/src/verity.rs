@@ -8,11 +8,10 @@
 
 use std::io::{Read, Write};
 
+use ingot_spec::verity::{MAX_SALT_LEN, SUPERBLOCK_LEN, Superblock};
 use sha2::{Digest, Sha256};
 
 const DIGEST_LEN: usize = 32;
-const SUPERBLOCK_LEN: usize = 512;
-const MAX_SALT_LEN: usize = 256;
 /// Bytes of data read and hashed per step (two such buffers are alive: one read while the other is hashed).
 const CHUNK_LEN: usize = 32 << 20;
 
@@ -141,7 +140,7 @@ pub fn build(
     let mut root_hash = [0u8; 32];
     root_hash.copy_from_slice(&level);
 
-    let mut head = superblock(params, data_blocks);
+    let mut head = superblock(params, data_blocks)?;
     head.resize(params.hash_start_block() as usize * hash_block, 0);
     out.write_all(&head).map_err(VerityError::Write)?;
     for level in levels.iter().rev() {
@@ -222,26 +221,19 @@ fn hash_blocks(level: &[u8], block: usize, salt: &[u8]) -> Vec<u8> {
     digests
 }
 
-/// veritysetup's `struct verity_sb` (little-endian, 512 bytes).
-fn superblock(params: &VerityParams, data_blocks: u64) -> Vec<u8> {
-    let mut sb = Vec::with_capacity(SUPERBLOCK_LEN);
-    sb.extend_from_slice(b"verity\0\0");
-    sb.extend_from_slice(&1u32.to_le_bytes()); // superblock version
-    sb.extend_from_slice(&1u32.to_le_bytes()); // hash type: normal (not Chrome OS)
-    sb.extend_from_slice(&params.uuid);
-    let mut algorithm = [0u8; 32];
-    algorithm[..6].copy_from_slice(b"sha256");
-    sb.extend_from_slice(&algorithm);
-    sb.extend_from_slice(&params.data_block_size.to_le_bytes());
-    sb.extend_from_slice(&params.hash_block_size.to_le_bytes());
-    sb.extend_from_slice(&data_blocks.to_le_bytes());
-    sb.extend_from_slice(&(params.salt.len() as u16).to_le_bytes());
-    sb.extend_from_slice(&[0; 6]);
-    let mut salt = [0u8; MAX_SALT_LEN];
-    salt[..params.salt.len()].copy_from_slice(&params.salt);
-    sb.extend_from_slice(&salt);
-    sb.resize(SUPERBLOCK_LEN, 0);
-    sb
+/// veritysetup's `struct verity_sb` (little-endian, 512 bytes), as stage 1 reads it back.
+fn superblock(params: &VerityParams, data_blocks: u64) -> Result<Vec<u8>, VerityError> {
+    let sb = Superblock {
+        uuid: params.uuid,
+        data_block_size: params.data_block_size,
+        hash_block_size: params.hash_block_size,
+        data_blocks,
+        salt: params.salt.clone(),
+    };
+    let bytes = sb
+        .to_bytes()
+        .map_err(|_| VerityError::SaltTooLong(params.salt.len()))?;
+    Ok(bytes.to_vec())
 }
 
 #[cfg(test)]

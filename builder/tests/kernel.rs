@@ -44,7 +44,7 @@ fn exit_status_follows_the_requested_features() {
         "{text}"
     );
     assert!(
-        text.contains("11 of 12 features complete; incomplete: longhorn"),
+        text.contains("12 of 13 features complete; incomplete: longhorn"),
         "{text}"
     );
 

@@ -21,6 +21,7 @@ mod event;
 mod event_loop;
 mod failure;
 mod images;
+mod kmsg;
 mod kube;
 mod modules;
 mod mounts;
@@ -33,6 +34,7 @@ mod stage2;
 mod storage;
 mod supervisor;
 mod sys;
+mod verity;
 
 use std::error::Error;
 use std::path::Path;

@@ -1,7 +1,11 @@
-//! Stage 1, in the initramfs: API file systems, console, modules, find the boot disk, mount root-a
-//! read-only on [`NEW_ROOT`], `switch_root`, exec stage 2.
+//! Stage 1, in the initramfs: API file systems, console, modules, find the boot disk, map root-a through
+//! dm-verity with the command line's `roothash=` ([`verity`]), mount that read-only on [`NEW_ROOT`],
+//! `switch_root`, exec stage 2.
 //!
-//! Not yet: dm-verity (`roothash=`), slot b, the `var` partition.
+//! The root is never mounted unverified: without `roothash=`, with a broken hash partition or a table the
+//! kernel refuses, stage 1 prints `ingot: verity: <what was expected>` and fails.
+//!
+//! Not yet: slot b.
 
 use std::convert::Infallible;
 use std::io;
@@ -13,7 +17,7 @@ use ingot_spec::partition::ROOT_FS_TYPE;
 use crate::block::{self, BootDisk};
 use crate::options::BootOptions;
 use crate::sys::{self, Mount, MountFlags, Sys};
-use crate::{efi, modules, mounts};
+use crate::{efi, modules, mounts, verity};
 
 /// Marks the initramfs (UAPI `initrd-release`): its presence selects stage 1.
 pub const INITRD_RELEASE: &str = "/etc/initrd-release";
@@ -34,6 +38,11 @@ pub enum Error {
     Efi(#[from] efi::Error),
     #[error("finding the root partition")]
     Root(#[from] block::Error),
+    /// Details are on the `ingot: verity:` line printed before.
+    #[error(
+        "refusing to boot: the root could not be set up through dm-verity, and it is never mounted unverified"
+    )]
+    Verity(verity::Error),
     #[error("mounting {device} on {NEW_ROOT} as {ROOT_FS_TYPE}")]
     MountRoot {
         device: String,
@@ -88,22 +97,47 @@ pub fn run(sys: &dyn Sys, opts: &mut BootOptions) -> Result<Infallible, Error> {
         root.device, root.partition.number, root.partition.name, root.partition.part_guid, root.disk
     ));
 
+    let verified = match verity::open_root(sys, &root) {
+        Ok(v) => v,
+        Err(e) => {
+            sys.console(&format!("{PREFIX}{}{}", verity::LINE, crate::failure::chain(&e)));
+            return Err(Error::Verity(e));
+        }
+    };
+    sys.console(&format!("{PREFIX}verity root {}", verified.summary));
+
     let mount_root = Mount {
-        source: &root.device,
+        source: &verified.device,
         target: NEW_ROOT,
         fstype: ROOT_FS_TYPE,
         flags: MountFlags::RDONLY,
         data: None,
     };
-    let mount_err = |source| Error::MountRoot {
-        device: root.device.clone(),
-        source,
-    };
-    sys.mkdir(NEW_ROOT).map_err(mount_err)?;
-    sys.mount(&mount_root).map_err(mount_err)?;
+    let mounted = sys.mkdir(NEW_ROOT).and_then(|()| sys.mount(&mount_root));
+    if let Err(source) = mounted {
+        let kernel = match verity::reported_corruption(sys) {
+            Ok(Some(report)) => format!("the kernel reported: {report:?}"),
+            Ok(None) => "the kernel reported no verity corruption".to_owned(),
+            Err(e) => format!("reading /dev/kmsg: {e}"),
+        };
+        sys.console(&format!(
+            "{PREFIX}{}mounting {} on {NEW_ROOT}: {source}; expected {ROOT_FS_TYPE} on the verified root ({kernel})",
+            verity::LINE,
+            verified.device
+        ));
+        verity::remove(sys);
+        return Err(Error::MountRoot {
+            device: verified.device,
+            source,
+        });
+    }
     crate::phase(sys, PHASE_ROOT);
 
-    switch_root(sys, NEW_ROOT)
+    let err = switch_root(sys, NEW_ROOT);
+    if let Err(Error::Exec(_)) = &err {
+        verity::explain_exec_failure(sys, NEXT_INIT);
+    }
+    err
 }
 
 /// What util-linux `switch_root` does: delete the initramfs (files on its own device only), move the API
@@ -151,14 +185,96 @@ mod tests {
     use crate::failure;
     use crate::sys::Errno;
     use crate::sys::fake::FakeSys;
+    use ingot_spec::partition::Role;
+    use ingot_spec::verity::Superblock;
+
+    const ROOT_HASH: &str = "4f3c2b1a00ffee99887766554433221100112233445566778899aabbccddeeff";
 
     fn initramfs(sys: &FakeSys) {
+        initramfs_with(
+            sys,
+            &format!("console=ttyS0 roothash={ROOT_HASH} ingot.reboot_delay=5\n"),
+        );
+    }
+
+    fn initramfs_with(sys: &FakeSys, cmdline: &str) {
         sys.write(INITRD_RELEASE, "");
-        sys.write("/proc/cmdline", "console=ttyS0 ingot.reboot_delay=5\n");
+        sys.write("/proc/cmdline", cmdline);
         sys.write(
             modules::LIST_PATH,
             "kernel/virtio_ring.ko\nkernel/virtio.ko\nkernel/virtio_blk.ko\nkernel/erofs.ko\n",
         );
+    }
+
+    fn superblock() -> Superblock {
+        Superblock {
+            uuid: [3; 16],
+            data_block_size: 4096,
+            hash_block_size: 4096,
+            data_blocks: 200,
+            salt: vec![0xab; 32],
+        }
+    }
+
+    /// What the kernel shows of root-a (`254:<first>`, 2048 sectors) and root-a-verity (`254:<first + 1>`,
+    /// holding `hash`) of `disk`.
+    fn verity_partitions(sys: &FakeSys, disk: &str, first: u32, hash: &[u8]) {
+        sys.write(&format!("/sys/class/block/{disk}2/dev"), format!("254:{first}\n"));
+        sys.write(&format!("/sys/class/block/{disk}2/size"), "2048\n");
+        sys.write(
+            &format!("/sys/class/block/{disk}3/dev"),
+            format!("254:{}\n", first + 1),
+        );
+        sys.write(&format!("/sys/class/block/{disk}3/size"), "2048\n");
+        sys.write(&format!("/dev/{disk}3"), hash);
+    }
+
+    fn hash_partition(sb: &Superblock) -> Vec<u8> {
+        let mut block = sb.to_bytes().unwrap().to_vec();
+        block.resize(4096, 0);
+        block
+    }
+
+    /// A node with one ingot disk `vda` whose root-a-verity holds `hash`.
+    fn one_disk(hash: &[u8]) -> FakeSys {
+        let sys = FakeSys::new();
+        initramfs(&sys);
+        add_disk(
+            &sys.host("/"),
+            "vda",
+            &gpt_image(&ingot_layout(0x10)),
+            &[1, 2, 3, 4, 5, 6],
+            |n| format!("vda{n}"),
+        );
+        verity_partitions(&sys, "vda", 2, hash);
+        sys
+    }
+
+    /// Runs stage 1 and the failure policy; checks the root was never mounted, neither raw nor verified,
+    /// and that the node reboots after the delay. Returns the `ingot: verity:` lines.
+    fn fails_closed(sys: &FakeSys) -> Vec<String> {
+        let mut opts = BootOptions::default();
+        let err = run(sys, &mut opts).unwrap_err();
+        failure::after_error(sys, &opts, &err);
+        assert!(
+            sys.calls_matching(&["mount /dev/vda", "mount /dev/dm-", "exec"])
+                .is_empty(),
+            "{:#?}",
+            sys.calls()
+        );
+        assert_eq!(
+            sys.calls_matching(&["sleep 5s", "reboot"]),
+            ["sleep 5s", "reboot reboot"]
+        );
+        let console = sys.console_lines();
+        assert!(
+            console.iter().any(|l| l.starts_with("ingot: error ")),
+            "{console:#?}"
+        );
+        console
+            .into_iter()
+            .filter(|l| l.starts_with("ingot: verity: "))
+            .collect()
     }
 
     fn efi_var(part: ingot_spec::Uuid) -> Vec<u8> {
@@ -171,6 +287,7 @@ mod tests {
 
     const SEQUENCE: &[&str] = &[
         "mount",
+        "dm-",
         "load",
         "move",
         "chdir",
@@ -199,6 +316,8 @@ mod tests {
             &[1, 2, 3, 4, 5, 6],
             |n| format!("vdb{n}"),
         );
+        verity_partitions(&sys, "vda", 2, b"");
+        verity_partitions(&sys, "vdb", 18, &hash_partition(&superblock()));
         sys.write(
             LOADER_DEVICE_PART_UUID,
             efi_var(ingot_spec::Uuid::from_u128(0x21)),
@@ -219,8 +338,14 @@ mod tests {
                 "load /lib/modules/6.1.0-test/kernel/virtio_blk.ko",
                 "load /lib/modules/6.1.0-test/kernel/erofs.ko",
                 "mount efivarfs /sys/firmware/efi/efivars efivarfs nodev,noexec,nosuid -",
+                "dm-create root",
+                &format!(
+                    "dm-load root ro 0 1600 verity 1 254:18 254:19 4096 4096 200 1 sha256 {ROOT_HASH} {}",
+                    "ab".repeat(32)
+                ),
+                "dm-resume root",
                 "mkdir /sysroot",
-                "mount /dev/vdb2 /sysroot erofs rdonly -",
+                "mount /dev/dm-0 /sysroot erofs rdonly -",
                 "remove-same-device /",
                 "move /dev /sysroot/dev",
                 "move /proc /sysroot/proc",
@@ -244,25 +369,28 @@ mod tests {
                 .any(|l| l.starts_with("ingot: root /dev/vdb2 (partition 2 \"root-a\"")),
             "{console:?}"
         );
+        assert!(
+            console.contains(
+                &"ingot: verity root 4f3c2b1a00ff… over /dev/vdb2 (200 blocks, salt 32 bytes)".to_owned()
+            ),
+            "{console:?}"
+        );
+        // The fake's exec fails: stage 1 says whether corruption explains it.
+        assert_eq!(
+            console.last().unwrap(),
+            "ingot: verity: the kernel reported no corruption of the root"
+        );
     }
 
     #[test]
     fn without_the_efi_variable_falls_back_and_says_so() {
-        let sys = FakeSys::new();
-        initramfs(&sys);
-        add_disk(
-            &sys.host("/"),
-            "vda",
-            &gpt_image(&ingot_layout(0x10)),
-            &[1, 2, 3, 4, 5, 6],
-            |n| format!("vda{n}"),
-        );
+        let sys = one_disk(&hash_partition(&superblock()));
         let err = run(&sys, &mut BootOptions::default()).unwrap_err();
         assert!(matches!(err, Error::Exec(_)), "{err}");
         assert!(sys.calls_matching(&["mount efivarfs"]).is_empty());
         assert!(
             sys.calls()
-                .contains(&"mount /dev/vda2 /sysroot erofs rdonly -".to_owned())
+                .contains(&"mount /dev/dm-0 /sysroot erofs rdonly -".to_owned())
         );
         assert!(
             sys.console_lines()
@@ -290,30 +418,215 @@ mod tests {
 
     #[test]
     fn a_failed_root_mount_reports_the_chain_and_reboots_after_the_delay() {
-        let sys = FakeSys::new();
-        initramfs(&sys);
-        add_disk(
-            &sys.host("/"),
-            "vda",
-            &gpt_image(&ingot_layout(0x10)),
-            &[1, 2, 3, 4, 5, 6],
-            |n| format!("vda{n}"),
-        );
-        sys.fail("mount /dev/vda2", Errno::NODEV);
+        let sys = one_disk(&hash_partition(&superblock()));
+        sys.fail("mount /dev/dm-0", Errno::NODEV);
         let mut opts = BootOptions::default();
         let err = run(&sys, &mut opts).unwrap_err();
         failure::after_error(&sys, &opts, &err);
         let console = sys.console_lines();
         assert!(
             console.contains(
-                &"ingot: error mounting /dev/vda2 on /sysroot as erofs: No such device (os error 19)"
+                &"ingot: error mounting /dev/dm-0 on /sysroot as erofs: No such device (os error 19)"
+                    .to_owned()
+            ),
+            "{console:?}"
+        );
+        assert!(
+            console.contains(
+                &"ingot: verity: mounting /dev/dm-0 on /sysroot: No such device (os error 19); expected erofs on the verified root (the kernel reported no verity corruption)"
                     .to_owned()
             ),
             "{console:?}"
         );
         assert_eq!(
-            sys.calls_matching(&["sleep 5s", "reboot", "exec", "move"]),
-            ["sleep 5s", "reboot reboot"]
+            sys.calls_matching(&["sleep 5s", "reboot", "exec", "move", "dm-remove"]),
+            ["dm-remove root", "sleep 5s", "reboot reboot"]
+        );
+    }
+
+    #[test]
+    fn a_mount_failing_on_a_corrupted_block_quotes_the_kernel() {
+        let sys = one_disk(&hash_partition(&superblock()));
+        sys.fail("mount /dev/dm-0", Errno::IO);
+        sys.kmsg("3,900,2100000,-;device-mapper: verity: 254:2: data block 0 is corrupted");
+        let mut opts = BootOptions::default();
+        let err = run(&sys, &mut opts).unwrap_err();
+        assert!(matches!(err, Error::MountRoot { .. }), "{err}");
+        let line = sys
+            .console_lines()
+            .into_iter()
+            .find(|l| l.starts_with("ingot: verity: "))
+            .unwrap();
+        assert!(
+            line.ends_with(
+                r#"(the kernel reported: "device-mapper: verity: 254:2: data block 0 is corrupted")"#
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn without_roothash_the_root_is_not_mounted() {
+        let sys = one_disk(&hash_partition(&superblock()));
+        initramfs_with(&sys, "console=ttyS0 ingot.reboot_delay=5\n");
+        assert_eq!(
+            fails_closed(&sys),
+            [
+                "ingot: verity: the kernel command line has no roothash= (expected roothash=<64 lowercase hex digits>, the root's dm-verity root hash)"
+            ]
+        );
+        assert!(sys.calls_matching(&["dm-"]).is_empty());
+    }
+
+    #[test]
+    fn a_malformed_roothash_is_refused() {
+        let sys = one_disk(&hash_partition(&superblock()));
+        let upper = ROOT_HASH.to_uppercase();
+        initramfs_with(&sys, &format!("roothash={upper} ingot.reboot_delay=5"));
+        assert_eq!(
+            fails_closed(&sys),
+            [format!(
+                "ingot: verity: roothash={upper:?} is not a root hash: expected 64 lowercase hex digits"
+            )]
+        );
+        assert!(sys.calls_matching(&["dm-"]).is_empty());
+    }
+
+    #[test]
+    fn a_disk_without_root_a_verity_is_refused() {
+        let sys = FakeSys::new();
+        initramfs(&sys);
+        let mut layout = ingot_layout(0x10);
+        layout.retain(|(_, r, _)| *r != Role::RootAVerity);
+        add_disk(
+            &sys.host("/"),
+            "vda",
+            &gpt_image(&layout),
+            &[1, 2, 4, 5, 6],
+            |n| format!("vda{n}"),
+        );
+        let lines = fails_closed(&sys);
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with(
+                "ingot: verity: disk vda has no partition of type 2c7357ed-ebd2-46d9-aec1-23d437ec2bf5 named \"root-a-verity\" (partitions: 1 \"esp\""
+            ),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_garbled_superblock_is_refused_naming_the_field() {
+        let sys = one_disk(&[0u8; 4096]);
+        assert_eq!(
+            fails_closed(&sys),
+            [
+                r#"ingot: verity: /dev/vda3 does not start with the verity superblock ingot images have: magic: expected "verity\x00\x00", found "\x00\x00\x00\x00\x00\x00\x00\x00""#
+            ]
+        );
+
+        let mut sha1 = hash_partition(&superblock());
+        sha1[32..38].copy_from_slice(b"sha1\0\0");
+        let sys = one_disk(&sha1);
+        assert_eq!(
+            fails_closed(&sys),
+            [
+                r#"ingot: verity: /dev/vda3 does not start with the verity superblock ingot images have: algorithm: expected "sha256", found "sha1""#
+            ]
+        );
+
+        let sys = one_disk(b"verity");
+        assert_eq!(
+            fails_closed(&sys),
+            [
+                "ingot: verity: /dev/vda3 does not start with the verity superblock ingot images have: the superblock is 6 bytes, expected 512"
+            ]
+        );
+        assert!(sys.calls_matching(&["dm-"]).is_empty());
+    }
+
+    #[test]
+    fn a_superblock_covering_more_than_root_a_is_refused() {
+        let sys = one_disk(&hash_partition(&Superblock {
+            data_blocks: 257,
+            ..superblock()
+        }));
+        assert_eq!(
+            fails_closed(&sys),
+            ["ingot: verity: the verity superblock covers 2056 sectors of /dev/vda2, which holds only 2048"]
+        );
+    }
+
+    #[test]
+    fn without_the_device_mapper_nothing_is_left_to_remove() {
+        let sys = one_disk(&hash_partition(&superblock()));
+        sys.fail("dm-create", Errno::NOENT);
+        assert_eq!(
+            fails_closed(&sys),
+            [
+                "ingot: verity: creating the device-mapper device \"root\" through /dev/mapper/control (loaded by dm_mod): No such file or directory (os error 2)"
+            ]
+        );
+        assert!(sys.calls_matching(&["dm-remove"]).is_empty());
+    }
+
+    #[test]
+    fn a_refused_table_removes_the_device_and_shows_the_table() {
+        let sys = one_disk(&hash_partition(&superblock()));
+        sys.fail("dm-load", Errno::INVAL);
+        let lines = fails_closed(&sys);
+        assert_eq!(
+            lines,
+            [format!(
+                "ingot: verity: loading the table `0 1600 verity 1 254:2 254:3 4096 4096 200 1 sha256 {ROOT_HASH} {}` into \"root\" (the kernel needs dm_verity and must accept the table): Invalid argument (os error 22)",
+                "ab".repeat(32)
+            )]
+        );
+        assert_eq!(
+            sys.calls_matching(&["dm-"])
+                .iter()
+                .map(|c| c.split(' ').next().unwrap())
+                .collect::<Vec<_>>(),
+            ["dm-create", "dm-load", "dm-remove"]
+        );
+    }
+
+    #[test]
+    fn a_failed_resume_removes_the_device() {
+        let sys = one_disk(&hash_partition(&superblock()));
+        sys.fail("dm-resume", Errno::NXIO);
+        let lines = fails_closed(&sys);
+        assert!(
+            lines[0].starts_with("ingot: verity: resuming \"root\" with its verity table: "),
+            "{lines:?}"
+        );
+        assert_eq!(sys.calls_matching(&["dm-remove"]), ["dm-remove root"]);
+    }
+
+    #[test]
+    fn a_device_node_that_never_appears_times_out_and_removes_the_device() {
+        let sys = one_disk(&hash_partition(&superblock()));
+        sys.dm_nodes_appear.set(false);
+        let start = sys.now();
+        let lines = fails_closed(&sys);
+        assert_eq!(
+            lines,
+            ["ingot: verity: /dev/dm-0 did not appear within 10 s of resuming \"root\""]
+        );
+        assert!(sys.now() - start >= verity::NODE_WAIT);
+        assert_eq!(sys.calls_matching(&["dm-remove"]), ["dm-remove root"]);
+    }
+
+    #[test]
+    fn a_failed_exec_says_when_the_kernel_reported_corruption() {
+        let sys = one_disk(&hash_partition(&superblock()));
+        sys.kmsg("6,1,100,-;Linux version 6.1.0-test");
+        sys.kmsg("3,812,5123456,-;device-mapper: verity: 254:2: data block 1234 is corrupted");
+        let err = run(&sys, &mut BootOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::Exec(_)), "{err}");
+        assert_eq!(
+            sys.console_lines().last().unwrap(),
+            r#"ingot: verity: the root is corrupted (kernel: "device-mapper: verity: 254:2: data block 1234 is corrupted"), which is why /sbin/init could not be executed"#
         );
     }
 

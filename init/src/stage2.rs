@@ -37,7 +37,7 @@ use crate::event_loop::EventLoop;
 use crate::options::BootOptions;
 use crate::supervisor::{Event, Supervisor};
 use crate::sys::{self, Shutdown, Sys};
-use crate::{channels, clock, images, kube, modules, mounts, net, node, power_button, storage};
+use crate::{channels, clock, images, kube, modules, mounts, net, node, power_button, storage, verity};
 
 /// How long boot waits for the network before going on without it (it keeps trying).
 pub const NETWORK_WAIT: Duration = Duration::from_secs(30);
@@ -58,6 +58,9 @@ pub enum Error {
     Identity(#[from] node::Error),
     #[error("{}", .0.name())]
     Shutdown(Shutdown, #[source] io::Error),
+    /// The kernel reported a block of the root that does not match its verity tree.
+    #[error("the root failed dm-verity verification (kernel: {0:?})")]
+    RootCorrupted(String),
 }
 
 /// The network as stage 2 uses it.
@@ -193,10 +196,43 @@ impl Phases<'_> {
     }
 }
 
+/// Prints that the root is corrupted and returns the error that stops the node.
+fn root_corrupted(sys: &dyn Sys, report: &str) -> Error {
+    sys.console(&verity::stopping_line(report));
+    Error::RootCorrupted(report.to_owned())
+}
+
 pub fn run_with(sys: &dyn Sys, opts: &mut BootOptions, devices: &dyn Devices) -> Result<Infallible, Error> {
     crate::phase(sys, PHASE_STAGE2);
     // Already there after stage 1 (EBUSY); needed when the kernel boots this root without an initramfs.
     mounts::mount_all(sys, &mounts::API)?;
+    // From here on a fatal error may be a corrupted root showing as a read error: say so when it is.
+    let mut watch = verity::CorruptionWatch::open(sys);
+    match bring_up(sys, opts, devices, &mut watch) {
+        Err(e) if !matches!(e, Error::Shutdown(..) | Error::RootCorrupted(_)) => match watch.check_now(sys) {
+            Some(report) => Err(root_corrupted(sys, &report)),
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
+/// Stage 2 after the API mounts; `watch` takes part in every turn of the event loop, and a corruption it
+/// sees ends the boot (or the steady state) with [`Error::RootCorrupted`].
+fn bring_up(
+    sys: &dyn Sys,
+    opts: &mut BootOptions,
+    devices: &dyn Devices,
+    watch: &mut verity::CorruptionWatch,
+) -> Result<Infallible, Error> {
+    let corrupted = watch.found();
+    let check = || match corrupted.get() {
+        Some(report) => Err(root_corrupted(sys, report)),
+        None => Ok(()),
+    };
+    // A report from before stage 2 (stage 1's reads, the exec of this binary) stops it here.
+    watch.check_now(sys);
+    check()?;
     *opts = BootOptions::load(sys);
     sys::set_panic_policy(opts.debug, opts.reboot_delay);
     mounts::mount_all(sys, &mounts::RUNTIME)?;
@@ -239,6 +275,10 @@ pub fn run_with(sys: &dyn Sys, opts: &mut BootOptions, devices: &dyn Devices) ->
     let mut event_loop = EventLoop::new();
     let phases = Phases { sys, ready_phases };
 
+    // The modules and the node configuration were the first reads of the root: stop before var is
+    // formatted or mounted when one of them hit a corrupted block.
+    watch.check_now(sys);
+    check()?;
     let var = storage::prepare_var(sys)?;
     let id = node::establish_identity(sys, cfg.hostname.as_deref())?;
     phases.print(
@@ -261,10 +301,11 @@ pub fn run_with(sys: &dyn Sys, opts: &mut BootOptions, devices: &dyn Devices) ->
     };
     let deadline = sys.boottime() + NETWORK_WAIT;
     while !network.configured() && sys.boottime() < deadline {
-        let others: &mut [&mut dyn Pollable] = &mut [&mut *network, &mut *button];
+        let others: &mut [&mut dyn Pollable] = &mut [&mut *network, &mut *button, &mut *watch];
         if let Some(how) = event_loop.turn(sys, &mut sup, others, Some(deadline)) {
             return Err(Error::Shutdown(how, event_loop.shutdown(sys, &mut sup, how)));
         }
+        check()?;
     }
     if network.configured() {
         phases.print(&mut sup, PHASE_NETWORK, &network.summary());
@@ -292,30 +333,34 @@ pub fn run_with(sys: &dyn Sys, opts: &mut BootOptions, devices: &dyn Devices) ->
     let mut clock = devices.clock(servers, sys.boottime());
     let deadline = sys.boottime() + clock::BOOT_WAIT + Duration::from_secs(2);
     while clock.boot_outcome().is_none() && sys.boottime() < deadline {
-        let others: &mut [&mut dyn Pollable] = &mut [&mut *network, &mut *clock, &mut *button];
+        let others: &mut [&mut dyn Pollable] = &mut [&mut *network, &mut *clock, &mut *button, &mut *watch];
         if let Some(how) = event_loop.turn(sys, &mut sup, others, Some(deadline)) {
             return Err(Error::Shutdown(how, event_loop.shutdown(sys, &mut sup, how)));
         }
+        check()?;
     }
     let outcome = clock
         .boot_outcome()
         .unwrap_or_else(|| "unsynced: no answer yet, keeping the RTC time".to_owned());
     phases.print(&mut sup, PHASE_CLOCK, &outcome);
 
+    // No service starts on a root known to be corrupted.
+    watch.check_now(sys);
+    check()?;
     sup.start(sys);
     phases.events(&mut sup);
-    let others: &mut [&mut dyn Pollable] = &mut [&mut *network, &mut *clock, &mut *button];
-    let how = if opts.poweroff {
-        let deadline = sys.boottime() + POWEROFF_WAIT;
-        match event_loop.run_until(sys, &mut sup, others, Some(deadline), |sup| {
-            phases.events(sup);
-            sup.all_ready()
-        }) {
-            crate::event_loop::Outcome::Shutdown(how) => how,
-            _ => Shutdown::PowerOff,
-        }
-    } else {
-        event_loop.run(sys, &mut sup, others, |sup| phases.events(sup))
+    let others: &mut [&mut dyn Pollable] = &mut [&mut *network, &mut *clock, &mut *button, &mut *watch];
+    // With `ingot.poweroff`, until every service is ready (or the wait ran out); else until a shutdown
+    // request. Either way a corruption report ends it.
+    let deadline = opts.poweroff.then(|| sys.boottime() + POWEROFF_WAIT);
+    let outcome = event_loop.run_until(sys, &mut sup, others, deadline, |sup| {
+        phases.events(sup);
+        corrupted.get().is_some() || (opts.poweroff && sup.all_ready())
+    });
+    check()?;
+    let how = match outcome {
+        crate::event_loop::Outcome::Shutdown(how) => how,
+        _ => Shutdown::PowerOff,
     };
     phases.events(&mut sup);
     Err(Error::Shutdown(how, event_loop.shutdown(sys, &mut sup, how)))
@@ -564,5 +609,112 @@ mod tests {
             crate::failure::chain(&err),
             "mounting tmpfs on /run: Read-only file system (os error 30)"
         );
+    }
+
+    const CORRUPTED: &str = "3,812,5123456,-;device-mapper: verity: 254:2: data block 57 is corrupted";
+    const STOPPING: &str = r#"ingot: verity: the root is corrupted (kernel: "device-mapper: verity: 254:2: data block 57 is corrupted"); stopping"#;
+
+    #[test]
+    fn a_corruption_report_while_running_stops_the_node_through_the_failure_policy() {
+        let sys = node(
+            "console=ttyS0 ingot.reboot_delay=7\n",
+            Some(r#"{"schema":1,"services":[{"name":"containerd","exec":["/usr/bin/containerd"]}]}"#),
+        );
+        let at = Duration::from_secs(120);
+        let mut opts = BootOptions::default();
+        let sys = std::rc::Rc::new(sys);
+        sys.kmsg("6,1,100,-;Linux version 6.1.0");
+        let corrupt_later = {
+            let sys = std::rc::Rc::clone(&sys);
+            move || sys.kmsg(CORRUPTED)
+        };
+        // The kernel logs the report at `at`, long after the node is ready: a power button stand-in with
+        // that deadline logs it.
+        struct LogsLater(Option<Box<dyn FnOnce()>>, Duration);
+        impl Pollable for LogsLater {
+            fn fds(&self) -> Vec<RawFd> {
+                Vec::new()
+            }
+            fn deadline(&self) -> Option<Duration> {
+                self.0.as_ref().map(|_| self.1)
+            }
+            fn wake(&mut self, _: &dyn Sys, _: Duration, _: &[RawFd]) {
+                if let Some(f) = self.0.take() {
+                    f();
+                }
+            }
+        }
+        struct Later(std::cell::RefCell<Option<Box<dyn FnOnce()>>>, Duration);
+        impl Devices for Later {
+            fn network(
+                &self,
+                sys: &dyn Sys,
+                cfg: &config::Network,
+                now: Duration,
+            ) -> Result<Box<dyn Network>, String> {
+                Instant.network(sys, cfg, now)
+            }
+            fn clock(&self, servers: Vec<SocketAddr>, now: Duration) -> Box<dyn Clock> {
+                Instant.clock(servers, now)
+            }
+            fn power_button(&self, _: &dyn Sys) -> Box<dyn Pollable> {
+                Box::new(LogsLater(self.0.borrow_mut().take(), self.1))
+            }
+        }
+        let devices = Later(std::cell::RefCell::new(Some(Box::new(corrupt_later))), at);
+        let err = run_with(&*sys, &mut opts, &devices).unwrap_err();
+        assert!(matches!(err, Error::RootCorrupted(_)), "{err}");
+        crate::failure::after_error(&*sys, &opts, &err);
+        let console = sys.console_lines();
+        let ready = console
+            .iter()
+            .position(|l| l.starts_with("ingot: phase=ready "))
+            .unwrap();
+        let stop = console.iter().position(|l| l == STOPPING).unwrap();
+        assert!(ready < stop, "{console:#?}");
+        assert!(sys.now() >= at);
+        assert_eq!(
+            console[stop + 1],
+            r#"ingot: error the root failed dm-verity verification (kernel: "device-mapper: verity: 254:2: data block 57 is corrupted")"#
+        );
+        assert_eq!(
+            sys.calls_matching(&["sleep 7s", "reboot"]),
+            ["sleep 7s", "reboot reboot"]
+        );
+    }
+
+    #[test]
+    fn a_report_logged_before_stage_2_started_stops_it_before_the_services() {
+        let sys = node(
+            "console=ttyS0\n",
+            Some(r#"{"schema":1,"services":[{"name":"containerd","exec":["/usr/bin/containerd"]}]}"#),
+        );
+        sys.kmsg(CORRUPTED);
+        let err = run_with(&sys, &mut BootOptions::default(), &Instant).unwrap_err();
+        assert!(matches!(err, Error::RootCorrupted(_)), "{err}");
+        assert!(sys.console_lines().contains(&STOPPING.to_owned()));
+        assert!(sys.spawned().is_empty(), "no service started on a corrupted root");
+        assert!(!phases(&sys).contains(&"ready".to_owned()));
+    }
+
+    #[test]
+    fn a_fatal_read_error_on_a_corrupted_root_is_blamed_on_the_corruption() {
+        let sys = node("console=ttyS0\n", Some(r#"{"schema":1}"#));
+        // What reading a file on a corrupted block looks like: EIO, and the kernel's report.
+        std::fs::remove_file(sys.host(config::INIT_CONFIG_PATH)).unwrap();
+        std::fs::create_dir(sys.host(config::INIT_CONFIG_PATH)).unwrap();
+        sys.kmsg(CORRUPTED);
+        let err = run_with(&sys, &mut BootOptions::default(), &Instant).unwrap_err();
+        assert!(matches!(err, Error::RootCorrupted(_)), "{err}");
+        assert_eq!(sys.console_lines().last().unwrap(), STOPPING);
+
+        // The same error without a report stays what it was.
+        let sys = node("console=ttyS0\n", Some(r#"{"schema":1}"#));
+        std::fs::remove_file(sys.host(config::INIT_CONFIG_PATH)).unwrap();
+        std::fs::create_dir(sys.host(config::INIT_CONFIG_PATH)).unwrap();
+        sys.kmsg("3,5,5,-;device-mapper: verity: 254:2: reached maximum errors");
+        let err = run_with(&sys, &mut BootOptions::default(), &Instant).unwrap_err();
+        assert!(matches!(err, Error::ReadConfig(_)), "{err}");
+        assert!(!sys.console_lines().iter().any(|l| l.starts_with("ingot: verity")));
     }
 }

@@ -152,7 +152,9 @@ fn io_err(what: &'static str, disk: &str, source: io::Error) -> Error {
     }
 }
 
-/// The disk (`vda`) and partition (`vda2`) holding `/`, from its device number and sysfs.
+/// The disk (`vda`) and partition (`vda2`) holding `/`, from its device number and sysfs. A device-mapper
+/// root (the verity device `dm-0`) is followed to the partitions under it (`slaves/`: root-a, then its hash
+/// partition), the first of which names the disk.
 pub(crate) fn root_disk(sys: &dyn Sys) -> Result<(String, String), Error> {
     let dev = sys.device_of("/").map_err(Error::RootDisk)?;
     let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
@@ -165,6 +167,11 @@ pub(crate) fn root_disk(sys: &dyn Sys) -> Result<(String, String), Error> {
         .find_map(|l| l.strip_prefix("DEVNAME="))
         .ok_or_else(|| Error::NotAPartition(format!("device {major}:{minor}")))?
         .to_owned();
+    let slaves = Path::new(block::SYS_CLASS_BLOCK).join(&part).join("slaves");
+    let part = match sys.read_dir(&slaves).ok().and_then(|s| s.into_iter().next()) {
+        Some(under) => under.to_string_lossy().into_owned(),
+        None => part,
+    };
     for disk in block::disks(sys).map_err(Error::RootDisk)? {
         if sys.exists(&Path::new(block::SYS_CLASS_BLOCK).join(&disk).join(&part)) {
             return Ok((disk, part));
@@ -291,6 +298,25 @@ pub mod tests {
             part[EXT4_MAGIC_OFFSET as usize..EXT4_MAGIC_OFFSET as usize + 2].copy_from_slice(&EXT4_MAGIC);
         }
         sys.write("/dev/vda6", part);
+    }
+
+    #[test]
+    fn a_root_on_a_verity_device_is_followed_to_its_disk() {
+        let sys = node(131_072, true);
+        sys.write(
+            "/sys/dev/block/253:0/uevent",
+            "MAJOR=253\nMINOR=0\nDEVNAME=dm-0\nDEVTYPE=disk\n",
+        );
+        sys.write("/sys/class/block/dm-0/slaves/vda3", "");
+        sys.write("/sys/class/block/dm-0/slaves/vda2", "");
+        sys.root_device.set(rustix::fs::makedev(253, 0));
+        assert_eq!(root_disk(&sys).unwrap(), ("vda".to_owned(), "vda2".to_owned()));
+        let var = prepare_var(&sys).unwrap();
+        assert!(var.summary().contains("device=/dev/vda6"), "{}", var.summary());
+
+        // A device-mapper root over nothing ingot knows is still refused.
+        std::fs::remove_dir_all(sys.host("/sys/class/block/dm-0/slaves")).unwrap();
+        assert!(matches!(root_disk(&sys), Err(Error::NotAPartition(p)) if p == "dm-0"));
     }
 
     #[test]

@@ -10,7 +10,8 @@ pub const REBOOT_DELAY: &str = "ingot.reboot_delay";
 /// builder wrote to `/etc/ingot/modules`; a debugging aid for trying a driver without rebuilding.
 pub const MODULES: &str = "ingot.modules";
 /// The dm-verity root hash of the root this command line may boot (systemd's key name), 64 lowercase hex
-/// digits; the builder adds it to the UKI's command line, so the signed UKI pins its root.
+/// digits; the builder adds it to the UKI's command line, so the signed UKI pins its root. Stage 1 mounts
+/// the root only through a verity device with this root hash, and refuses to boot without it.
 pub const ROOT_HASH: &str = "roothash";
 /// Default delay before a reboot after a fatal error.
 pub const DEFAULT_REBOOT_DELAY_SECS: u64 = 10;

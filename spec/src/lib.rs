@@ -13,5 +13,6 @@ pub mod marker;
 pub mod node_config;
 pub mod partition;
 pub mod time;
+pub mod verity;
 
 pub use uuid::Uuid;

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    AppendFile, Command, Errno, Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal, Spawned, Sys, fd,
+    AppendFile, Command, DevNum, DmTarget, Errno, Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal,
+    Spawned, Sys, fd,
 };
 
 enum Event {
@@ -64,7 +65,18 @@ pub struct FakeSys {
     pub new_root_device: Cell<u64>,
     /// `st_dev` of `/`.
     pub root_device: Cell<u64>,
+    /// Whether `/dev/dm-<minor>` appears when a device-mapper device is resumed (devtmpfs does that).
+    pub dm_nodes_appear: Cell<bool>,
+    /// Device-mapper devices by name: their minor numbers.
+    dm_devices: RefCell<BTreeMap<String, u32>>,
+    next_dm_minor: Cell<u32>,
+    /// Kernel log records so far, and the write ends of the `/dev/kmsg` stand-ins opened.
+    kmsg: RefCell<Vec<String>>,
+    kmsg_readers: RefCell<Vec<OwnedFd>>,
 }
+
+/// The major number the fake gives device-mapper devices.
+pub const DM_MAJOR: u32 = 254;
 
 impl FakeSys {
     pub fn new() -> Self {
@@ -84,6 +96,21 @@ impl FakeSys {
             ram_root: Cell::new(true),
             new_root_device: Cell::new(2),
             root_device: Cell::new(1),
+            dm_nodes_appear: Cell::new(true),
+            dm_devices: RefCell::default(),
+            next_dm_minor: Cell::new(0),
+            kmsg: RefCell::default(),
+            kmsg_readers: RefCell::default(),
+        }
+    }
+
+    /// The kernel logs `record` (in `/dev/kmsg`'s format); readers opened before and after see it.
+    pub fn kmsg(&self, record: &str) {
+        self.kmsg.borrow_mut().push(record.to_owned());
+        for w in self.kmsg_readers.borrow().iter() {
+            std::fs::File::from(w.try_clone().unwrap())
+                .write_all(format!("{record}\n").as_bytes())
+                .unwrap();
         }
     }
 
@@ -403,6 +430,69 @@ impl Sys for FakeSys {
 
     fn load_module(&self, path: &Path) -> io::Result<()> {
         self.record(format!("load {}", path.display()))
+    }
+
+    fn dm_create(&self, name: &str) -> io::Result<DevNum> {
+        self.record(format!("dm-create {name}"))?;
+        let minor = self.next_dm_minor.get();
+        self.next_dm_minor.set(minor + 1);
+        self.dm_devices.borrow_mut().insert(name.to_owned(), minor);
+        Ok(DevNum {
+            major: DM_MAJOR,
+            minor,
+        })
+    }
+
+    fn dm_load_table(&self, name: &str, targets: &[DmTarget<'_>], read_only: bool) -> io::Result<()> {
+        let table: Vec<String> = targets
+            .iter()
+            .map(|t| format!("{} {} {} {}", t.start, t.sectors, t.kind, t.params))
+            .collect();
+        let mode = if read_only { "ro" } else { "rw" };
+        self.record(format!("dm-load {name} {mode} {}", table.join("; ")))
+    }
+
+    fn dm_resume(&self, name: &str) -> io::Result<()> {
+        self.record(format!("dm-resume {name}"))?;
+        let minor = self.dm_devices.borrow().get(name).copied();
+        if let Some(minor) = minor
+            && self.dm_nodes_appear.get()
+        {
+            self.write(&format!("/dev/dm-{minor}"), "");
+        }
+        Ok(())
+    }
+
+    fn dm_remove(&self, name: &str) -> io::Result<()> {
+        self.record(format!("dm-remove {name}"))?;
+        if let Some(minor) = self.dm_devices.borrow_mut().remove(name) {
+            let _ = std::fs::remove_file(self.host(format!("/dev/dm-{minor}")));
+        }
+        Ok(())
+    }
+
+    fn open_kmsg(&self) -> io::Result<OwnedFd> {
+        self.fail_only("open-kmsg".to_owned())?;
+        let (read, write) = fd::output_pipe()?;
+        let mut w = std::fs::File::from(write.try_clone()?);
+        for record in self.kmsg.borrow().iter() {
+            w.write_all(format!("{record}\n").as_bytes())?;
+        }
+        self.kmsg_readers.borrow_mut().push(write);
+        Ok(read)
+    }
+
+    fn read_kmsg(&self, fd: BorrowedFd<'_>) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut bytes = Vec::new();
+        while let fd::Read::Data(n) = fd::read_nonblocking(fd, &mut buf)? {
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            out.push(line.to_owned());
+        }
+        Ok(out)
     }
 
     fn exec(&self, path: &str) -> io::Error {

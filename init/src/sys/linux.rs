@@ -16,7 +16,10 @@ use std::time::Duration;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 use rustix::mount::MountFlags;
 
-use super::{AppendFile, Command, Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal, Spawned, Sys, fd};
+use super::{
+    AppendFile, Command, DevNum, DmTarget, Exit, ExitStatus, KillSignal, Mount, Shutdown, Signal, Spawned,
+    Sys, fd,
+};
 
 /// The running kernel.
 #[derive(Debug, Default)]
@@ -254,6 +257,48 @@ impl Sys for Linux {
         let compressed = path.extension().is_some_and(|e| e != "ko");
         rustix::system::finit_module(&fd, c"", if compressed { 4 } else { 0 })?;
         Ok(())
+    }
+
+    fn dm_create(&self, name: &str) -> io::Result<DevNum> {
+        super::dm::create(name)
+    }
+
+    fn dm_load_table(&self, name: &str, targets: &[DmTarget<'_>], read_only: bool) -> io::Result<()> {
+        super::dm::load_table(name, targets, read_only)
+    }
+
+    fn dm_resume(&self, name: &str) -> io::Result<()> {
+        super::dm::resume(name)
+    }
+
+    fn dm_remove(&self, name: &str) -> io::Result<()> {
+        super::dm::remove(name)
+    }
+
+    fn open_kmsg(&self) -> io::Result<OwnedFd> {
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        Ok(rustix::fs::open("/dev/kmsg", flags, Mode::empty())?)
+    }
+
+    fn read_kmsg(&self, fd: BorrowedFd<'_>) -> io::Result<Vec<String>> {
+        // One read returns one record; records are at most about 8 KiB with their dictionary.
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut out = Vec::new();
+        while out.len() < super::KMSG_BATCH {
+            match rustix::io::read(fd, &mut buf[..]) {
+                Ok(0) | Err(rustix::io::Errno::AGAIN) => break,
+                Ok(n) => {
+                    let record = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
+                    if let Some(first) = record.lines().next() {
+                        out.push(first.to_owned());
+                    }
+                }
+                // EPIPE: the ring overwrote records we had not read; the next read continues after them.
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::PIPE) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
     }
 
     fn exec(&self, path: &str) -> io::Error {

@@ -12,6 +12,7 @@
 #![allow(unsafe_code)]
 
 pub mod clock;
+pub mod dm;
 #[cfg(test)]
 pub mod fake;
 pub mod fd;
@@ -112,6 +113,33 @@ pub struct Spawned {
     pub output: OwnedFd,
 }
 
+/// A block device number, written `major:minor` (as device-mapper tables and sysfs `dev` files spell it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevNum {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl std::fmt::Display for DevNum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+/// One line of a device-mapper table: `sectors` 512-byte sectors from sector `start` mapped by the target
+/// `kind` (`verity`) with its parameter string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmTarget<'a> {
+    pub start: u64,
+    pub sectors: u64,
+    pub kind: &'a str,
+    pub params: &'a str,
+}
+
+/// How many kernel log records one [`Sys::read_kmsg`] returns at most, so a full ring does not hold up the
+/// event loop; the descriptor stays readable for the rest.
+pub const KMSG_BATCH: usize = 512;
+
 /// The system calls PID-1 logic needs. Object safe: the logic takes `&dyn Sys`.
 pub trait Sys {
     // --- reads -------------------------------------------------------------------------------------
@@ -155,6 +183,23 @@ pub trait Sys {
     // --- kernel ------------------------------------------------------------------------------------
     /// `finit_module(2)` of the file at `path`, without parameters.
     fn load_module(&self, path: &Path) -> io::Result<()>;
+    /// Device mapper (`DM_VERSION`, then `DM_DEV_CREATE`): a new device `name` without a table; returns
+    /// its device number (the node appears as `/dev/dm-<minor>` once a table is live).
+    fn dm_create(&self, name: &str) -> io::Result<DevNum>;
+    /// `DM_TABLE_LOAD`: `targets` become the inactive table of `name`; `read_only` opens the underlying
+    /// devices read-only and makes the mapped device read-only.
+    fn dm_load_table(&self, name: &str, targets: &[DmTarget<'_>], read_only: bool) -> io::Result<()>;
+    /// `DM_DEV_SUSPEND` without the suspend flag: resumes `name`, making its loaded table live.
+    fn dm_resume(&self, name: &str) -> io::Result<()>;
+    /// `DM_DEV_REMOVE`.
+    fn dm_remove(&self, name: &str) -> io::Result<()>;
+    /// Opens `/dev/kmsg` for reading (nonblocking, close-on-exec), positioned at the oldest record the
+    /// kernel's ring still holds.
+    fn open_kmsg(&self) -> io::Result<OwnedFd>;
+    /// The next kernel log records from a [`Sys::open_kmsg`] descriptor, each in `/dev/kmsg`'s format
+    /// (`<prefix>,<seq>,<usec>,<flags>;<text>`, continuation lines dropped), at most [`KMSG_BATCH`]; empty
+    /// when there is nothing new. Records the ring overwrote before they were read are skipped.
+    fn read_kmsg(&self, fd: BorrowedFd<'_>) -> io::Result<Vec<String>>;
 
     // --- processes and signals ---------------------------------------------------------------------
     /// Replaces this process image (keeps PID 1). Returns only on failure.
