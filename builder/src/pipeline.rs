@@ -134,6 +134,24 @@ pub fn channel_modules(index: &ModuleIndex) -> (Vec<&'static str>, Vec<&'static 
         .partition(|m| index.is_builtin(m) || index.relative_path(m).is_some())
 }
 
+/// Stage 1's modules: the profile's `kernel.initrd_modules`, then dm-verity's (stage 1 mounts the root only
+/// through a verity device) unless the profile lists them or the kernel has them built in.
+fn stage1_modules(profile: &Profile, index: &ModuleIndex) -> Result<Vec<String>> {
+    let mut wanted = profile.kernel.initrd_modules.clone();
+    let verity = "dm_verity";
+    if index.is_builtin(verity) || wanted.iter().any(|m| crate::kmod::normalize_name(m) == verity) {
+        return Ok(wanted);
+    }
+    if index.relative_path(verity).is_none() {
+        bail!(
+            "kernel {} has no dm_verity module and does not build it in (CONFIG_DM_VERITY): stage 1 mounts the root only through dm-verity",
+            index.kernel_version()
+        );
+    }
+    wanted.push(verity.into());
+    Ok(wanted)
+}
+
 /// The modules of the root: `kernel.root_modules`, `node.modules` and the node configuration channels'
 /// modules the kernel has, with their dependencies (and `softdep=pre:` modules), under
 /// `/usr/lib/modules/<kver>/` with `modules.dep`, `modules.softdep` and the kernel's `modules.builtin`.
@@ -220,7 +238,7 @@ pub fn build(
         );
     }
     let modules = steps.run("resolving stage 1 modules", || {
-        Ok(index.resolve(&profile.kernel.initrd_modules, SoftDeps::Pre)?)
+        Ok(index.resolve(&stage1_modules(profile, &index)?, SoftDeps::Pre)?)
     })?;
 
     let root_img = work.path().join("root.erofs");
