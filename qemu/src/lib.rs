@@ -89,7 +89,10 @@ pub use config::{
 };
 pub use console::{ConsoleLine, LineSplitter, is_os_line};
 pub use error::{NetnsError, QemuError, WaitError, WaitFailure};
-pub use host::{ACCEL_ENV, OVMF_CODE_ENV, OVMF_VARS_ENV, find_ovmf, find_qemu, find_tool, kvm_usable};
+pub use host::{
+    ACCEL_ENV, OVMF_CODE_ENV, OVMF_SECURE_BOOT_CODE, OVMF_SECURE_BOOT_VARS_TEMPLATE, OVMF_VARS_ENV, find_ovmf,
+    find_qemu, find_tool, kvm_usable,
+};
 pub use netns::{NetnsOptions, TestNetns};
 pub use qmp::QMP_TIMEOUT;
 pub use vm::{Match, Vm};
