@@ -124,7 +124,8 @@ enum Command {
     /// Checks, in order: the manifest's signature (`<manifest>.sig`) against the public key, the image's
     /// size, every partition's sha256 (and that the rest of each partition is zeros), and the sha256 of the
     /// bytes outside the partitions (MBR, both GPTs, gaps). Partitions are hashed in parallel. The first
-    /// failure is reported with the partition and byte range; the exit code is non-zero.
+    /// failure is reported with the partition and byte range; the exit code is non-zero. Then it says
+    /// whether the boot loader and the UKI carry Authenticode signatures for Secure Boot, and whose.
     Verify {
         /// The raw disk image.
         image: PathBuf,
@@ -423,6 +424,10 @@ fn main() -> ExitCode {
                 v.bytes_hashed >> 20,
                 started.elapsed().as_secs_f64()
             );
+            // Secure Boot signatures are the firmware's to enforce; verify reports them.
+            for b in ingot::inspect::boot_signatures(&image)? {
+                println!("  {}: {}", b.path, b.signature);
+            }
             Ok(())
         })(),
         Command::Run {

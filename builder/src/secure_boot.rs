@@ -748,3 +748,238 @@ pub fn enrolled_vars(dir: &Path, cache_dir: &Path) -> Result<PathBuf> {
     tmp.persist(&out).map_err(|e| werr(e.error))?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uki::tests::{inputs, tiny_stub};
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    /// One key set per test process (RSA key generation is the slow part).
+    fn keys() -> &'static Path {
+        static KEYS: OnceLock<tempfile::TempDir> = OnceLock::new();
+        KEYS.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            keygen(&dir.path().join("keys"), "test", false).unwrap();
+            dir
+        })
+        .path()
+        .join("keys")
+        .leak()
+    }
+
+    fn signer() -> &'static Signer {
+        static SIGNER: OnceLock<Signer> = OnceLock::new();
+        SIGNER.get_or_init(|| Signer::load(&keys().join("db")).unwrap())
+    }
+
+    fn uki() -> Vec<u8> {
+        crate::uki::assemble(&inputs(&tiny_stub())).unwrap()
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    /// The security directory entry (offset, size) of a PE32+ image.
+    fn security_entry(b: &[u8]) -> (u32, u32) {
+        let pe = PeFile64::parse(b).unwrap();
+        let at = pe.offsets().unwrap().security_data_dir;
+        (u32_at(b, at), u32_at(b, at + 4))
+    }
+
+    #[test]
+    fn a_signed_image_carries_a_win_certificate_at_its_aligned_end() {
+        let unsigned = uki();
+        let signed = signer().sign_pe(&unsigned, "the UKI").unwrap();
+        let padded = unsigned.len().next_multiple_of(8);
+        let (offset, size) = security_entry(&signed);
+        let entry = PeFile64::parse(signed.as_slice()).unwrap().offsets().unwrap().security_data_dir;
+        let mut head = signed[..unsigned.len()].to_vec();
+        head[entry..entry + 8].fill(0);
+        assert!(head == unsigned, "only the security directory entry changes, the rest is appended");
+        assert_eq!(offset as usize, padded);
+        assert_eq!(offset as usize + size as usize, signed.len());
+        assert_eq!(signed.len() % 8, 0);
+        let length = u32_at(&signed, padded) as usize;
+        assert!(length <= size as usize && size as usize - length < 8);
+        assert_eq!(&signed[padded + 4..padded + 8], &[0x00, 0x02, 0x02, 0x00]);
+        assert_eq!(
+            signature_state(&signed),
+            SignatureState::Signed {
+                signer: "CN=ingot test db".into()
+            }
+        );
+        assert_eq!(signature_state(&unsigned), SignatureState::Unsigned);
+    }
+
+    #[test]
+    fn signing_is_deterministic() {
+        let a = signer().sign_pe(&uki(), "the UKI").unwrap();
+        let b = Signer::load(keys()).unwrap().sign_pe(&uki(), "the UKI").unwrap();
+        assert!(a == b, "two signatures of the same bytes differ");
+    }
+
+    #[test]
+    fn the_signature_holds_the_authenticode_digest_of_the_image() {
+        let signed = signer().sign_pe(&uki(), "the UKI").unwrap();
+        let pe = PeFile64::parse(signed.as_slice()).unwrap();
+        let cert = AttributeCertificateIterator::new(&pe).unwrap().unwrap().next().unwrap().unwrap();
+        let sig = cert.get_authenticode_signature().unwrap();
+        let mut h = Sha256::new();
+        authenticode::authenticode_digest(&pe, &mut h).unwrap();
+        assert_eq!(sig.digest(), h.finalize().as_slice());
+        // Only contentType and messageDigest are signed: no signing time.
+        let oids: Vec<String> = sig
+            .signer_info()
+            .signed_attrs
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|a| a.oid.to_string())
+            .collect();
+        assert_eq!(oids, ["1.2.840.113549.1.9.3", "1.2.840.113549.1.9.4"]);
+    }
+
+    #[test]
+    fn a_signed_image_is_refused() {
+        let signed = signer().sign_pe(&uki(), "the UKI").unwrap();
+        let err = signer().sign_pe(&signed, "the UKI").unwrap_err();
+        assert!(matches!(err, SecureBootError::AlreadySigned { .. }), "{err}");
+        assert!(err.to_string().contains("the UKI is already signed"), "{err}");
+        let err = signer().sign_pe(b"MZ not a PE", "systemd-boot").unwrap_err();
+        assert!(err.to_string().starts_with("systemd-boot: not a PE32+ image"), "{err}");
+    }
+
+    #[test]
+    fn a_changed_byte_breaks_the_signature() {
+        let mut signed = signer().sign_pe(&uki(), "the UKI").unwrap();
+        let cmdline = crate::uki::read_sections(&signed)
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == ".cmdline")
+            .unwrap();
+        signed[cmdline.data.start] ^= 1;
+        let SignatureState::Invalid { reason } = signature_state(&signed) else {
+            panic!("still valid")
+        };
+        assert!(reason.contains("changed after signing"), "{reason}");
+    }
+
+    #[test]
+    fn sbverify_accepts_the_signature_with_the_db_certificate() {
+        if ingot_qemu::find_tool("sbverify").is_none() {
+            eprintln!("skipping: sbverify not installed (apt-get install sbsigntool)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("uki.efi");
+        fs::write(&file, signer().sign_pe(&uki(), "the UKI").unwrap()).unwrap();
+        let check = |cert: &str| {
+            Command::new("sbverify")
+                .arg("--cert")
+                .arg(keys().join(cert))
+                .arg(&file)
+                .output()
+                .unwrap()
+        };
+        let o = check("db.crt");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(!check("KEK.crt").status.success(), "another certificate verifies it");
+    }
+
+    #[test]
+    fn keygen_writes_a_key_set_and_keeps_it_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("sb");
+        let set = keygen(&out, "lab, west", false).unwrap();
+        assert_eq!(
+            fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(owner_guid(&out).unwrap(), set.owner_guid);
+        for (name, subject, files) in &set.keys {
+            assert_eq!(*subject, format!("CN=ingot lab\\, west {name}"));
+            assert_eq!(
+                fs::metadata(&files.key).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            let pem = read_certificate(&files.pem).unwrap();
+            let der = Certificate::from_der(&fs::read(&files.der).unwrap()).unwrap();
+            assert!(pem == der, "{} and {} differ", files.pem.display(), files.der.display());
+            assert_eq!(pem.tbs_certificate.subject, pem.tbs_certificate.issuer);
+            assert_eq!(pem.tbs_certificate.subject.to_string(), *subject);
+            // Self-signed: its own key verifies it.
+            let public =
+                RsaPublicKey::try_from(pem.tbs_certificate.subject_public_key_info.owned_to_ref()).unwrap();
+            let sig = pkcs1v15::Signature::try_from(pem.signature.raw_bytes()).unwrap();
+            pkcs1v15::VerifyingKey::<Sha256>::new(public)
+                .verify(&pem.tbs_certificate.to_der().unwrap(), &sig)
+                .unwrap();
+            let years = (pem.tbs_certificate.validity.not_after.to_unix_duration()
+                - pem.tbs_certificate.validity.not_before.to_unix_duration())
+            .as_secs()
+                / (365 * 86_400);
+            assert_eq!(years, VALIDITY_YEARS);
+            let pem_text = fs::read_to_string(&files.key).unwrap();
+            assert!(pem_text.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+        }
+        let before = fs::read(out.join("db.key")).unwrap();
+        let err = keygen(&out, "lab", false).unwrap_err();
+        assert!(matches!(err, SecureBootError::Exists { .. }), "{err}");
+        assert!(fs::read(out.join("db.key")).unwrap() == before, "the key was replaced without force");
+        let leftovers: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let again = keygen(&out, "lab", true).unwrap();
+        assert!(fs::read(out.join("db.key")).unwrap() != before, "--force kept the old key");
+        assert_ne!(again.owner_guid, set.owner_guid);
+    }
+
+    #[test]
+    fn loading_a_signer_checks_the_certificate_belongs_to_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["db.key", "KEK.crt"] {
+            fs::copy(keys().join(f), dir.path().join(f)).unwrap();
+        }
+        fs::copy(keys().join("KEK.crt"), dir.path().join("db.crt")).unwrap();
+        let err = Signer::load(dir.path()).unwrap_err();
+        assert!(matches!(err, SecureBootError::KeyMismatch { .. }), "{err}");
+        fs::write(dir.path().join("db.key"), "ingot-key v1 ed25519 private\nAAAA\n").unwrap();
+        let err = Signer::load(&dir.path().join("db")).unwrap_err();
+        assert!(err.to_string().contains("expected an RSA private key in PEM PKCS#8"), "{err}");
+        assert_eq!(signer().subject(), "CN=ingot test db");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn reading_signatures_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = signature_state(&bytes);
+        }
+
+        #[test]
+        fn a_mutated_signed_image_never_panics_and_changed_content_is_never_valid(
+            at in any::<prop::sample::Index>(),
+            xor in 1u8..,
+        ) {
+            let signed = signer().sign_pe(&uki(), "the UKI").unwrap();
+            let mut m = signed.clone();
+            let i = at.index(m.len());
+            m[i] ^= xor;
+            let state = signature_state(&m);
+            let (offset, _) = security_entry(&signed);
+            let pe = PeFile64::parse(signed.as_slice()).unwrap();
+            let o = pe.offsets().unwrap();
+            let hashed = i >= o.after_security_data_dir && i < offset as usize;
+            if hashed {
+                prop_assert!(!matches!(state, SignatureState::Signed { .. }), "byte {i}: {state:?}");
+            }
+        }
+    }
+}
