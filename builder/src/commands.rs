@@ -599,6 +599,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
     cfg.disk_size = opts.disk_size;
     cfg.exit_on_reboot = !opts.allow_reboot;
     if let Some(dir) = &opts.secure_boot {
+        if let Some((_, Channel::Cmdline)) = &node_config {
+            bail!(
+                "--config-channel cmdline boots the UKI's kernel directly with a changed command line, which \
+                 Secure Boot refuses (the UKI's signature covers its command line); use fw_cfg, smbios or esp"
+            );
+        }
         cfg.firmware = secure_boot_firmware(dir)?;
     }
     // Scratch files (the configuration, an image copy, the kernel) live until the VM is gone.
@@ -666,7 +672,10 @@ pub fn secure_boot_firmware(dir: &Path) -> Result<ingot_qemu::Firmware> {
     let cache = crate::fetch::Cache::from_env()?;
     let vars = crate::secure_boot::enrolled_vars(dir, &cache.root().join("secure-boot-vars"))
         .with_context(|| format!("enrolling the Secure Boot keys of {}", dir.display()))?;
-    Ok(ingot_qemu::Firmware::OvmfSecureBoot(ingot_qemu::OvmfPaths { code, vars }))
+    Ok(ingot_qemu::Firmware::OvmfSecureBoot(ingot_qemu::OvmfPaths {
+        code,
+        vars,
+    }))
 }
 
 /// `ingot node-config from-join-command`: writes the configuration the join command describes to `out`

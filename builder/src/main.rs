@@ -388,7 +388,12 @@ fn main() -> ExitCode {
             });
             let set = ingot::secure_boot::keygen(&out, &name, force)?;
             for (_, _, files) in &set.keys {
-                println!("{}\n{}\n{}", files.key.display(), files.pem.display(), files.der.display());
+                println!(
+                    "{}\n{}\n{}",
+                    files.key.display(),
+                    files.pem.display(),
+                    files.der.display()
+                );
             }
             println!("{}", out.join(ingot::secure_boot::OWNER_GUID_FILE).display());
             for (key, subject, _) in &set.keys {

@@ -111,7 +111,9 @@ pub enum SecureBootError {
     Generate(#[source] rsa::Error),
     #[error("making the {name} certificate: {reason}")]
     Certificate { name: String, reason: String },
-    #[error("{path}: expected an RSA private key in PEM PKCS#8 (\"BEGIN PRIVATE KEY\"), as `ingot keygen --secure-boot` writes: {reason}")]
+    #[error(
+        "{path}: expected an RSA private key in PEM PKCS#8 (\"BEGIN PRIVATE KEY\"), as `ingot keygen --secure-boot` writes: {reason}"
+    )]
     KeyFormat { path: PathBuf, reason: String },
     #[error("{path}: expected a PEM X.509 certificate (\"BEGIN CERTIFICATE\"): {reason}")]
     CertificateFormat { path: PathBuf, reason: String },
@@ -229,7 +231,8 @@ pub fn keygen(dir: &Path, set_name: &str, force: bool) -> Result<KeySet> {
     let owner_guid = uuid::Builder::from_random_bytes(guid).into_uuid();
     let mut keys = Vec::new();
     for (name, f) in KEY_NAMES.iter().zip(files) {
-        let key = RsaPrivateKey::new(&mut rsa::rand_core::OsRng, RSA_BITS).map_err(SecureBootError::Generate)?;
+        let key =
+            RsaPrivateKey::new(&mut rsa::rand_core::OsRng, RSA_BITS).map_err(SecureBootError::Generate)?;
         let subject = subject(set_name, name);
         let cert = self_signed(&key, &subject, name)?;
         let enc = |e: x509_cert::der::Error| SecureBootError::Certificate {
@@ -243,7 +246,12 @@ pub fn keygen(dir: &Path, set_name: &str, force: bool) -> Result<KeySet> {
                 reason: format!("encoding the private key: {e}"),
             })?;
         write_file(&f.key, pem.as_bytes(), 0o600, force)?;
-        write_file(&f.pem, cert.to_pem(LineEnding::LF).map_err(enc)?.as_bytes(), 0o644, force)?;
+        write_file(
+            &f.pem,
+            cert.to_pem(LineEnding::LF).map_err(enc)?.as_bytes(),
+            0o644,
+            force,
+        )?;
         write_file(&f.der, &cert.to_der().map_err(enc)?, 0o644, force)?;
         keys.push((*name, subject, f));
     }
@@ -267,11 +275,22 @@ fn self_signed(key: &RsaPrivateKey, subject: &str, name: &str) -> Result<Certifi
     serial[0] &= 0x7f; // positive
     serial[0] |= 0x40; // and 16 bytes long in DER
     let serial = SerialNumber::new(&serial).map_err(|e| err(e.to_string()))?;
-    let validity = Validity::from_now(Duration::from_secs(VALIDITY_YEARS * 365 * 86_400 + VALIDITY_YEARS / 4 * 86_400))
-        .map_err(|e| err(e.to_string()))?;
-    let subject: Name = subject.parse().map_err(|e: x509_cert::der::Error| err(e.to_string()))?;
-    let mut builder = CertificateBuilder::new(Profile::Manual { issuer: None }, serial, validity, subject, spki, &signer)
-        .map_err(|e| err(e.to_string()))?;
+    let validity = Validity::from_now(Duration::from_secs(
+        VALIDITY_YEARS * 365 * 86_400 + VALIDITY_YEARS / 4 * 86_400,
+    ))
+    .map_err(|e| err(e.to_string()))?;
+    let subject: Name = subject
+        .parse()
+        .map_err(|e: x509_cert::der::Error| err(e.to_string()))?;
+    let mut builder = CertificateBuilder::new(
+        Profile::Manual { issuer: None },
+        serial,
+        validity,
+        subject,
+        spki,
+        &signer,
+    )
+    .map_err(|e| err(e.to_string()))?;
     builder
         .add_extension(&BasicConstraints {
             ca: true,
@@ -285,7 +304,9 @@ fn self_signed(key: &RsaPrivateKey, subject: &str, name: &str) -> Result<Certifi
     )
     .map_err(|e| err(e.to_string()))?;
     builder.add_extension(&ski).map_err(|e| err(e.to_string()))?;
-    builder.build::<pkcs1v15::Signature>().map_err(|e| err(e.to_string()))
+    builder
+        .build::<pkcs1v15::Signature>()
+        .map_err(|e| err(e.to_string()))
 }
 
 /// Writes `bytes` to `path` through a synced temp file in the same directory, then renames it into
@@ -295,8 +316,14 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<()> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .permissions(fs::Permissions::from_mode(mode))
@@ -305,7 +332,9 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<()> {
     tmp.write_all(bytes).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
     // The mode given at creation is filtered by the umask; set it exactly.
-    tmp.as_file().set_permissions(fs::Permissions::from_mode(mode)).map_err(err)?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(err)?;
     if force {
         tmp.persist(path).map_err(|e| err(e.error))?;
     } else {
@@ -329,7 +358,9 @@ pub fn owner_guid(dir: &Path) -> Result<uuid::Uuid> {
         path: path.clone(),
         source,
     })?;
-    text.trim().parse().map_err(|_| SecureBootError::OwnerGuid { path })
+    text.trim()
+        .parse()
+        .map_err(|_| SecureBootError::OwnerGuid { path })
 }
 
 fn read_certificate(path: &Path) -> Result<Certificate> {
@@ -353,7 +384,9 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("subject", &self.subject).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
     }
 }
 
@@ -391,7 +424,9 @@ impl Signer {
                 cert: files.pem,
             });
         }
-        let cert_der = cert.to_der().map_err(|e| SecureBootError::Encode(e.to_string()))?;
+        let cert_der = cert
+            .to_der()
+            .map_err(|e| SecureBootError::Encode(e.to_string()))?;
         Ok(Signer {
             key: pkcs1v15::SigningKey::new(key),
             subject: cert.tbs_certificate.subject.to_string(),
@@ -453,13 +488,19 @@ impl Signer {
         let signature = self.signed_data(&digest)?;
         let length = 8 + signature.len();
         let table = length.next_multiple_of(8);
-        let (Ok(table_at), Ok(table_len), Ok(length)) =
-            (u32::try_from(out.len()), u32::try_from(table), u32::try_from(length))
-        else {
-            return Err(SecureBootError::TooLarge { what: what.to_string() });
+        let (Ok(table_at), Ok(table_len), Ok(length)) = (
+            u32::try_from(out.len()),
+            u32::try_from(table),
+            u32::try_from(length),
+        ) else {
+            return Err(SecureBootError::TooLarge {
+                what: what.to_string(),
+            });
         };
         if table_at.checked_add(table_len).is_none() {
-            return Err(SecureBootError::TooLarge { what: what.to_string() });
+            return Err(SecureBootError::TooLarge {
+                what: what.to_string(),
+            });
         }
         out.extend_from_slice(&length.to_le_bytes());
         out.extend_from_slice(&WIN_CERT_REVISION_2_0.to_le_bytes());
@@ -499,7 +540,10 @@ impl Signer {
             })
         };
         let signed_attrs = SetOfVec::try_from(vec![
-            attribute(rfc5911::ID_CONTENT_TYPE, Any::encode_from(&SPC_INDIRECT_DATA_OBJID).map_err(enc)?)?,
+            attribute(
+                rfc5911::ID_CONTENT_TYPE,
+                Any::encode_from(&SPC_INDIRECT_DATA_OBJID).map_err(enc)?,
+            )?,
             attribute(
                 rfc5911::ID_MESSAGE_DIGEST,
                 Any::encode_from(&OctetString::new(content_digest.as_slice()).map_err(enc)?).map_err(enc)?,
@@ -604,7 +648,10 @@ pub fn signature_state(image: &[u8]) -> SignatureState {
 fn check_signature(pe: &PeFile64<'_>, der: &[u8]) -> Result<String, String> {
     let auth = AuthenticodeSignature::from_bytes(der).map_err(|e| e.to_string())?;
     if auth.digest_algorithm().oid != rfc5912::ID_SHA_256 {
-        return Err(format!("digest algorithm {}, expected SHA-256", auth.digest_algorithm().oid));
+        return Err(format!(
+            "digest algorithm {}, expected SHA-256",
+            auth.digest_algorithm().oid
+        ));
     }
     let mut hasher = Sha256::new();
     authenticode::authenticode_digest(pe, &mut hasher).map_err(|e| e.to_string())?;
@@ -625,7 +672,8 @@ fn check_signature(pe: &PeFile64<'_>, der: &[u8]) -> Result<String, String> {
         .flat_map(|set| set.0.iter())
         .find_map(|c| match c {
             CertificateChoices::Certificate(c)
-                if c.tbs_certificate.issuer == sid.issuer && c.tbs_certificate.serial_number == sid.serial_number =>
+                if c.tbs_certificate.issuer == sid.issuer
+                    && c.tbs_certificate.serial_number == sid.serial_number =>
             {
                 Some(c)
             }
@@ -795,10 +843,17 @@ mod tests {
         let signed = signer().sign_pe(&unsigned, "the UKI").unwrap();
         let padded = unsigned.len().next_multiple_of(8);
         let (offset, size) = security_entry(&signed);
-        let entry = PeFile64::parse(signed.as_slice()).unwrap().offsets().unwrap().security_data_dir;
+        let entry = PeFile64::parse(signed.as_slice())
+            .unwrap()
+            .offsets()
+            .unwrap()
+            .security_data_dir;
         let mut head = signed[..unsigned.len()].to_vec();
         head[entry..entry + 8].fill(0);
-        assert!(head == unsigned, "only the security directory entry changes, the rest is appended");
+        assert!(
+            head == unsigned,
+            "only the security directory entry changes, the rest is appended"
+        );
         assert_eq!(offset as usize, padded);
         assert_eq!(offset as usize + size as usize, signed.len());
         assert_eq!(signed.len() % 8, 0);
@@ -825,7 +880,12 @@ mod tests {
     fn the_signature_holds_the_authenticode_digest_of_the_image() {
         let signed = signer().sign_pe(&uki(), "the UKI").unwrap();
         let pe = PeFile64::parse(signed.as_slice()).unwrap();
-        let cert = AttributeCertificateIterator::new(&pe).unwrap().unwrap().next().unwrap().unwrap();
+        let cert = AttributeCertificateIterator::new(&pe)
+            .unwrap()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
         let sig = cert.get_authenticode_signature().unwrap();
         let mut h = Sha256::new();
         authenticode::authenticode_digest(&pe, &mut h).unwrap();
@@ -849,7 +909,10 @@ mod tests {
         assert!(matches!(err, SecureBootError::AlreadySigned { .. }), "{err}");
         assert!(err.to_string().contains("the UKI is already signed"), "{err}");
         let err = signer().sign_pe(b"MZ not a PE", "systemd-boot").unwrap_err();
-        assert!(err.to_string().starts_with("systemd-boot: not a PE32+ image"), "{err}");
+        assert!(
+            err.to_string().starts_with("systemd-boot: not a PE32+ image"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -886,7 +949,10 @@ mod tests {
         };
         let o = check("db.crt");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(!check("KEK.crt").status.success(), "another certificate verifies it");
+        assert!(
+            !check("KEK.crt").status.success(),
+            "another certificate verifies it"
+        );
     }
 
     #[test]
@@ -894,10 +960,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("sb");
         let set = keygen(&out, "lab, west", false).unwrap();
-        assert_eq!(
-            fs::metadata(&out).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(owner_guid(&out).unwrap(), set.owner_guid);
         for (name, subject, files) in &set.keys {
             assert_eq!(*subject, format!("CN=ingot lab\\, west {name}"));
@@ -907,7 +970,12 @@ mod tests {
             );
             let pem = read_certificate(&files.pem).unwrap();
             let der = Certificate::from_der(&fs::read(&files.der).unwrap()).unwrap();
-            assert!(pem == der, "{} and {} differ", files.pem.display(), files.der.display());
+            assert!(
+                pem == der,
+                "{} and {} differ",
+                files.pem.display(),
+                files.der.display()
+            );
             assert_eq!(pem.tbs_certificate.subject, pem.tbs_certificate.issuer);
             assert_eq!(pem.tbs_certificate.subject.to_string(), *subject);
             // Self-signed: its own key verifies it.
@@ -928,7 +996,10 @@ mod tests {
         let before = fs::read(out.join("db.key")).unwrap();
         let err = keygen(&out, "lab", false).unwrap_err();
         assert!(matches!(err, SecureBootError::Exists { .. }), "{err}");
-        assert!(fs::read(out.join("db.key")).unwrap() == before, "the key was replaced without force");
+        assert!(
+            fs::read(out.join("db.key")).unwrap() == before,
+            "the key was replaced without force"
+        );
         let leftovers: Vec<_> = fs::read_dir(&out)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -936,7 +1007,10 @@ mod tests {
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         let again = keygen(&out, "lab", true).unwrap();
-        assert!(fs::read(out.join("db.key")).unwrap() != before, "--force kept the old key");
+        assert!(
+            fs::read(out.join("db.key")).unwrap() != before,
+            "--force kept the old key"
+        );
         assert_ne!(again.owner_guid, set.owner_guid);
     }
 
@@ -951,7 +1025,11 @@ mod tests {
         assert!(matches!(err, SecureBootError::KeyMismatch { .. }), "{err}");
         fs::write(dir.path().join("db.key"), "ingot-key v1 ed25519 private\nAAAA\n").unwrap();
         let err = Signer::load(&dir.path().join("db")).unwrap_err();
-        assert!(err.to_string().contains("expected an RSA private key in PEM PKCS#8"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("expected an RSA private key in PEM PKCS#8"),
+            "{err}"
+        );
         assert_eq!(signer().subject(), "CN=ingot test db");
     }
 

@@ -41,7 +41,11 @@ fn esp_file(image: &Path, esp_offset: u64, path: &str, to: &Path) {
         .arg(to)
         .output()
         .unwrap();
-    assert!(o.status.success(), "mcopy {path}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "mcopy {path}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
@@ -54,9 +58,16 @@ fn secure_boot_keygen_writes_the_key_set_and_keeps_it_without_force() {
     for name in ["PK", "KEK", "db"] {
         for ext in ["key", "crt", "cer"] {
             let p = keys.join(format!("{name}.{ext}"));
-            assert!(listed.contains(&p.display().to_string()), "{p:?} not listed: {listed:?}");
+            assert!(
+                listed.contains(&p.display().to_string()),
+                "{p:?} not listed: {listed:?}"
+            );
         }
-        assert!(stderr(&o).contains(&format!("CN=ingot test {name}")), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("CN=ingot test {name}")),
+            "{}",
+            stderr(&o)
+        );
     }
     let guid = std::fs::read_to_string(keys.join("owner-guid.txt")).unwrap();
     assert!(uuid::Uuid::parse_str(guid.trim()).is_ok(), "{guid:?}");
@@ -64,13 +75,28 @@ fn secure_boot_keygen_writes_the_key_set_and_keeps_it_without_force() {
 
     let o = keygen(&keys, &[]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("already exists; pass --force"), "{}", stderr(&o));
-    assert!(std::fs::read(keys.join("db.key")).unwrap() == db, "replaced without --force");
+    assert!(
+        stderr(&o).contains("already exists; pass --force"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        std::fs::read(keys.join("db.key")).unwrap() == db,
+        "replaced without --force"
+    );
 
     let o = keygen(&keys, &["--force"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(std::fs::read(keys.join("db.key")).unwrap() != db, "--force kept the old key");
-    assert_eq!(dir_entries(&keys).len(), 10, "temp files left behind: {:?}", dir_entries(&keys));
+    assert!(
+        std::fs::read(keys.join("db.key")).unwrap() != db,
+        "--force kept the old key"
+    );
+    assert_eq!(
+        dir_entries(&keys).len(),
+        10,
+        "temp files left behind: {:?}",
+        dir_entries(&keys)
+    );
 }
 
 #[test]
@@ -94,10 +120,16 @@ fn signed_builds_are_reproducible_sbverify_clean_and_cached_apart_from_unsigned_
     let (b, log_b) = build(&dir.path().join("b"), &signed_args);
     assert!(log_b.contains("reusing initramfs, UKI and ESP"), "{log_b}");
     // And made anew they are the same bytes.
-    let (c, log_c) = build(&dir.path().join("c"), &[&signed_args[..], &["--rebuild"]].concat());
+    let (c, log_c) = build(
+        &dir.path().join("c"),
+        &[&signed_args[..], &["--rebuild"]].concat(),
+    );
     assert!(log_c.contains("signing for Secure Boot"), "{log_c}");
     let bytes = std::fs::read(&a).unwrap();
-    assert!(std::fs::read(&b).unwrap() == bytes, "a cached signed build differs");
+    assert!(
+        std::fs::read(&b).unwrap() == bytes,
+        "a cached signed build differs"
+    );
     assert!(std::fs::read(&c).unwrap() == bytes, "two signed builds differ");
 
     let report = inspect(&a);
@@ -140,8 +172,14 @@ fn signed_builds_are_reproducible_sbverify_clean_and_cached_apart_from_unsigned_
         .arg(dir.path().join("site.pub")));
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("EFI/BOOT/BOOTX64.EFI: signed by CN=ingot test db"), "{out}");
-    assert!(out.contains(&format!("{uki_path}: signed by CN=ingot test db")), "{out}");
+    assert!(
+        out.contains("EFI/BOOT/BOOTX64.EFI: signed by CN=ingot test db"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{uki_path}: signed by CN=ingot test db")),
+        "{out}"
+    );
 
     if !have("sbverify") {
         eprintln!("skipping the sbverify cross-check: sbverify not installed (apt-get install sbsigntool)");
@@ -166,7 +204,11 @@ fn signed_builds_are_reproducible_sbverify_clean_and_cached_apart_from_unsigned_
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
-        assert!(!check("PK.crt").status.success(), "{} verifies with PK", file.display());
+        assert!(
+            !check("PK.crt").status.success(),
+            "{} verifies with PK",
+            file.display()
+        );
     }
 }
 

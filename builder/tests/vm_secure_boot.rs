@@ -86,9 +86,19 @@ fn with_changed_cmdline(image: &Path, dir: &Path) -> PathBuf {
     let uki = dir.join("uki.efi");
     let mtools = |args: &[&std::ffi::OsStr]| {
         let o = std::process::Command::new("mcopy").args(args).output().unwrap();
-        assert!(o.status.success(), "mcopy: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "mcopy: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
-    mtools(&["-n".as_ref(), "-i".as_ref(), esp.as_ref(), on_esp.as_ref(), uki.as_ref()]);
+    mtools(&[
+        "-n".as_ref(),
+        "-i".as_ref(),
+        esp.as_ref(),
+        on_esp.as_ref(),
+        uki.as_ref(),
+    ]);
     let mut bytes = std::fs::read(&uki).unwrap();
     let cmdline = ingot::uki::read_sections(&bytes)
         .unwrap()
@@ -100,7 +110,13 @@ fn with_changed_cmdline(image: &Path, dir: &Path) -> PathBuf {
     assert_eq!(bytes[at], b'0');
     bytes[at] = b'1';
     std::fs::write(&uki, &bytes).unwrap();
-    mtools(&["-o".as_ref(), "-i".as_ref(), esp.as_ref(), uki.as_ref(), on_esp.as_ref()]);
+    mtools(&[
+        "-o".as_ref(),
+        "-i".as_ref(),
+        esp.as_ref(),
+        uki.as_ref(),
+        on_esp.as_ref(),
+    ]);
     copy
 }
 
@@ -120,7 +136,14 @@ fn vm_secure_boot_signed_image_boots_to_ready_with_secure_boot_on() {
     let log = dir.path().join("serial.log");
     let o = run(ingot()
         .env("INGOT_QEMU_ACCEL", "tcg")
-        .args(["run", "--expect", "ingot: phase=ready", "--timeout", "240", "--secure-boot"])
+        .args([
+            "run",
+            "--expect",
+            "ingot: phase=ready",
+            "--timeout",
+            "240",
+            "--secure-boot",
+        ])
         .arg(&keys)
         .arg("--serial-log")
         .arg(&log)
@@ -129,7 +152,10 @@ fn vm_secure_boot_signed_image_boots_to_ready_with_secure_boot_on() {
     assert!(o.status.success(), "no ready marker:\n{}\n{console}", stderr(&o));
     assert!(console.contains("ingot: secure boot enabled"), "{console}");
     // The Debian kernel locks itself down under Secure Boot; its signed modules still load.
-    assert!(console.contains("Kernel is locked down from EFI Secure Boot"), "{console}");
+    assert!(
+        console.contains("Kernel is locked down from EFI Secure Boot"),
+        "{console}"
+    );
     assert!(console.contains("ingot: modules: "), "{console}");
     assert!(!console.contains("Loading of unsigned module"), "{console}");
 }
@@ -165,7 +191,9 @@ fn vm_secure_boot_firmware_refuses_a_changed_uki_and_an_unsigned_image() {
     let mut vm = secure_vm(&unsigned, &keys, &dir.path().join("unsigned.log"));
     let lines = refused(&mut vm, "failed to load Boot0001");
     assert!(
-        lines.iter().any(|l| l.contains("failed to load Boot0001") && l.contains("Access Denied")),
+        lines
+            .iter()
+            .any(|l| l.contains("failed to load Boot0001") && l.contains("Access Denied")),
         "{}",
         lines.join("\n")
     );

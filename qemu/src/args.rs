@@ -47,7 +47,13 @@ pub(crate) fn qemu_args(l: &Launch<'_>) -> Result<Vec<OsString>, QemuError> {
     }
     let mut a = Args::default();
     a.flag("-nodefaults").flag("-no-user-config");
-    let secure_boot = matches!(l.firmware, ResolvedFirmware::Ovmf { secure_boot: true, .. });
+    let secure_boot = matches!(
+        l.firmware,
+        ResolvedFirmware::Ovmf {
+            secure_boot: true,
+            ..
+        }
+    );
     a.opt("-machine", if secure_boot { "q35,smm=on" } else { "q35" });
     if secure_boot {
         a.opt("-global", "driver=cfi.pflash01,property=secure,value=on");
