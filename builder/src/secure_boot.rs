@@ -53,7 +53,7 @@ use object_pe::read::pe::PeFile64;
 use rsa::pkcs1v15;
 use rsa::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
 use rsa::sha2::{Digest as _, Sha256};
-use rsa::signature::{Keypair as _, SignatureEncoding as _, Signer as _, Verifier as _};
+use rsa::signature::{SignatureEncoding as _, Signer as _, Verifier as _};
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use x509_cert::Certificate;
 use x509_cert::builder::{Builder as _, CertificateBuilder, Profile};
@@ -137,6 +137,8 @@ pub enum SecureBootError {
         "virt-fw-vars (from the virt-firmware Python package: `pip install virt-firmware`) is not on PATH; it enrolls the keys into the firmware's variable store"
     )]
     NoVirtFwVars,
+    #[error("running virt-fw-vars")]
+    RunVirtFwVars(#[source] std::io::Error),
     #[error("virt-fw-vars failed ({status}) enrolling {dir}: {stderr}")]
     VirtFwVars {
         dir: PathBuf,
@@ -229,31 +231,30 @@ pub fn keygen(dir: &Path, set_name: &str, force: bool) -> Result<KeySet> {
     let mut guid = [0u8; 16];
     random_bytes(&mut guid)?;
     let owner_guid = uuid::Builder::from_random_bytes(guid).into_uuid();
-    let mut keys = Vec::new();
-    for (name, f) in KEY_NAMES.iter().zip(files) {
+    // Everything is made before the first file is written, so a failure leaves no half-new set.
+    let mut made = Vec::new();
+    for name in KEY_NAMES {
         let key =
             RsaPrivateKey::new(&mut rsa::rand_core::OsRng, RSA_BITS).map_err(SecureBootError::Generate)?;
         let subject = subject(set_name, name);
         let cert = self_signed(&key, &subject, name)?;
-        let enc = |e: x509_cert::der::Error| SecureBootError::Certificate {
+        let err = |what: &str, e: &dyn std::fmt::Display| SecureBootError::Certificate {
             name: name.to_string(),
-            reason: e.to_string(),
+            reason: format!("encoding the {what}: {e}"),
         };
-        let pem = key
+        let key_pem = key
             .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| SecureBootError::Certificate {
-                name: name.to_string(),
-                reason: format!("encoding the private key: {e}"),
-            })?;
-        write_file(&f.key, pem.as_bytes(), 0o600, force)?;
-        write_file(
-            &f.pem,
-            cert.to_pem(LineEnding::LF).map_err(enc)?.as_bytes(),
-            0o644,
-            force,
-        )?;
-        write_file(&f.der, &cert.to_der().map_err(enc)?, 0o644, force)?;
-        keys.push((*name, subject, f));
+            .map_err(|e| err("private key", &e))?;
+        let cert_pem = cert.to_pem(LineEnding::LF).map_err(|e| err("certificate", &e))?;
+        let cert_der = cert.to_der().map_err(|e| err("certificate", &e))?;
+        made.push((name, subject, key_pem, cert_pem, cert_der));
+    }
+    let mut keys = Vec::new();
+    for ((name, subject, key_pem, cert_pem, cert_der), f) in made.into_iter().zip(files) {
+        write_file(&f.key, key_pem.as_bytes(), 0o600, force)?;
+        write_file(&f.pem, cert_pem.as_bytes(), 0o644, force)?;
+        write_file(&f.der, &cert_der, 0o644, force)?;
+        keys.push((name, subject, f));
     }
     write_file(&guid_path, format!("{owner_guid}\n").as_bytes(), 0o644, force)?;
     Ok(KeySet {
@@ -586,11 +587,6 @@ impl Signer {
         .to_der()
         .map_err(enc)
     }
-
-    /// The public key the signatures verify with.
-    pub fn public_key(&self) -> RsaPublicKey {
-        self.key.verifying_key().into()
-    }
 }
 
 /// What a PE image says about its Authenticode signature.
@@ -781,10 +777,7 @@ pub fn enrolled_vars(dir: &Path, cache_dir: &Path) -> Result<PathBuf> {
         .arg(&certs[2])
         .arg("--secure-boot")
         .output()
-        .map_err(|source| SecureBootError::Read {
-            path: PathBuf::from("virt-fw-vars"),
-            source,
-        })?;
+        .map_err(SecureBootError::RunVirtFwVars)?;
     if !o.status.success() {
         return Err(SecureBootError::VirtFwVars {
             dir: dir.to_path_buf(),
