@@ -263,6 +263,9 @@ pub struct BuildOptions<'a> {
     pub node_config: Option<&'a Path>,
     /// Sign the manifest with this key (`ingot keygen`): `<manifest>.sig`.
     pub sign_key: Option<&'a Path>,
+    /// Sign systemd-boot and the UKI for Secure Boot with this db key (`ingot keygen --secure-boot`): its
+    /// path prefix (`DIR/db`) or the key set's directory.
+    pub secure_boot_key: Option<&'a Path>,
 }
 
 /// `ingot build`: checks the lock, fetches (or takes from the cache) every input, and builds the image.
@@ -274,9 +277,13 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         keep_work,
         node_config,
         sign_key,
+        secure_boot_key,
     } = opts;
     // A bad key or a broken configuration fails the build before anything is read or fetched.
     let sign_key = sign_key.map(crate::signing::load_signing_key).transpose()?;
+    let secure_boot = secure_boot_key
+        .map(crate::secure_boot::Signer::load)
+        .transpose()?;
     let baked = node_config.map(crate::node_config::load).transpose()?;
     let mut profile = load_profile(profile_arg)?;
     if let Some(file) = &baked {
@@ -386,6 +393,7 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         pulled,
         pinned,
         artifact_cache: (!rebuild).then(|| fetcher.cache().root().join("artifacts")),
+        secure_boot,
     };
     let report = pipeline::build(&profile, &inputs, out_dir, quiet, keep_work)?;
     if let Some(key) = &sign_key {
@@ -560,6 +568,8 @@ pub struct RunOptions {
     pub allow_reboot: bool,
     /// A node configuration to hand to the guest, and the channel to hand it on.
     pub node_config: Option<(PathBuf, Channel)>,
+    /// Boot with Secure Boot on, trusting this key set (`ingot keygen --secure-boot`).
+    pub secure_boot: Option<PathBuf>,
 }
 
 /// What the kernel prints when the guest reboots.
@@ -588,6 +598,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
     cfg.serial_log = opts.serial_log.clone();
     cfg.disk_size = opts.disk_size;
     cfg.exit_on_reboot = !opts.allow_reboot;
+    if let Some(dir) = &opts.secure_boot {
+        if let Some((_, Channel::Cmdline)) = &node_config {
+            bail!(
+                "--config-channel cmdline boots the UKI's kernel directly with a changed command line, which \
+                 Secure Boot refuses (the UKI's signature covers its command line); use fw_cfg, smbios or esp"
+            );
+        }
+        cfg.firmware = secure_boot_firmware(dir)?;
+    }
     // Scratch files (the configuration, an image copy, the kernel) live until the VM is gone.
     let _delivery = match &node_config {
         Some((file, channel)) => {
@@ -636,6 +655,27 @@ pub fn run(opts: RunOptions) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// OVMF with Secure Boot and a variable store trusting the key set in `dir`, made once per key set in the
+/// cache (`<cache>/secure-boot-vars/`).
+pub fn secure_boot_firmware(dir: &Path) -> Result<ingot_qemu::Firmware> {
+    let code = PathBuf::from(ingot_qemu::OVMF_SECURE_BOOT_CODE);
+    for f in [&code, &PathBuf::from(crate::secure_boot::OVMF_VARS_TEMPLATE)] {
+        if !f.is_file() {
+            bail!(
+                "{} is missing: Secure Boot under QEMU needs Debian's OVMF built with it (apt-get install ovmf)",
+                f.display()
+            );
+        }
+    }
+    let cache = crate::fetch::Cache::from_env()?;
+    let vars = crate::secure_boot::enrolled_vars(dir, &cache.root().join("secure-boot-vars"))
+        .with_context(|| format!("enrolling the Secure Boot keys of {}", dir.display()))?;
+    Ok(ingot_qemu::Firmware::OvmfSecureBoot(ingot_qemu::OvmfPaths {
+        code,
+        vars,
+    }))
 }
 
 /// `ingot node-config from-join-command`: writes the configuration the join command describes to `out`

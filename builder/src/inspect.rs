@@ -1,6 +1,7 @@
 //! `ingot inspect`: what an image holds, read from the image itself — the partition table, each
 //! partition's hash, the UKI's command line and os-release — plus the pinned components from the manifest
-//! beside it, with every partition hash checked against that manifest.
+//! beside it, with every partition hash checked against that manifest — and whether the boot loader and
+//! the UKI carry Authenticode signatures for Secure Boot ([`boot_signatures`]).
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -12,6 +13,7 @@ use ingot_spec::partition::Role;
 use serde::Serialize;
 
 use crate::manifest::{ComponentEntry, Manifest};
+use crate::secure_boot::{SignatureState, signature_state};
 use crate::{disk, esp, uki};
 
 #[derive(Debug, Serialize)]
@@ -23,6 +25,8 @@ pub struct Report {
     pub disk_guid: String,
     pub partitions: Vec<PartitionReport>,
     pub uki: Option<UkiReport>,
+    /// systemd-boot on the ESP (`EFI/BOOT/BOOTX64.EFI`), when there.
+    pub boot_loader: Option<SignedBinary>,
     /// `None` when there is no manifest next to the image.
     pub manifest: Option<PathBuf>,
     /// root-a's dm-verity parameters, from the manifest.
@@ -53,6 +57,15 @@ pub struct UkiReport {
     pub cmdline: String,
     pub kernel_release: Option<String>,
     pub os_release: Option<String>,
+    /// Its Authenticode signature.
+    pub signature: SignatureState,
+}
+
+/// An EFI binary on the ESP and its Authenticode signature.
+#[derive(Debug, Serialize)]
+pub struct SignedBinary {
+    pub path: String,
+    pub signature: SignatureState,
 }
 
 fn kind(type_guid: &uuid::Uuid) -> &'static str {
@@ -65,9 +78,8 @@ fn kind(type_guid: &uuid::Uuid) -> &'static str {
     }
 }
 
-pub fn inspect(image: &Path) -> Result<Report> {
-    let f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
-    let meta = f.metadata()?;
+/// The image's partition table.
+fn read_table(image: &Path, f: &File) -> Result<(gpt::Header, Vec<gpt::Partition>)> {
     let mut head = vec![0u8; 1024];
     f.read_exact_at(&mut head, 0)
         .with_context(|| format!("{} is too small to hold a GPT", image.display()))?;
@@ -85,6 +97,13 @@ pub fn inspect(image: &Path) -> Result<Report> {
     })?;
     let parts = gpt::parse_entries(&header, &array)
         .with_context(|| format!("reading the GPT of {}", image.display()))?;
+    Ok((header, parts))
+}
+
+pub fn inspect(image: &Path) -> Result<Report> {
+    let f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let meta = f.metadata()?;
+    let (header, parts) = read_table(image, &f)?;
 
     let manifest_path = crate::manifest::path_for_image(image);
     let manifest = if manifest_path.exists() {
@@ -128,9 +147,12 @@ pub fn inspect(image: &Path) -> Result<Report> {
         });
     }
 
-    let uki = match parts.iter().find(|p| p.type_guid == Role::Esp.type_guid()) {
-        None => None,
-        Some(esp_part) => read_uki(image, esp_part.offset_bytes())?,
+    let (uki, boot_loader) = match parts.iter().find(|p| p.type_guid == Role::Esp.type_guid()) {
+        None => (None, None),
+        Some(esp_part) => (
+            read_uki(image, esp_part.offset_bytes())?,
+            read_boot_loader(image, esp_part.offset_bytes())?,
+        ),
     };
     Ok(Report {
         image: image.to_path_buf(),
@@ -139,6 +161,7 @@ pub fn inspect(image: &Path) -> Result<Report> {
         disk_guid: header.disk_guid.to_string(),
         partitions,
         uki,
+        boot_loader,
         manifest: manifest.as_ref().map(|_| manifest_path),
         verity: manifest.as_ref().and_then(|m| m.verity.clone()),
         components: manifest.map(|m| m.components).unwrap_or_default(),
@@ -167,8 +190,40 @@ fn read_uki(image: &Path, offset: u64) -> Result<Option<UkiReport>> {
         cmdline,
         kernel_release: uki::uname(&bytes).ok().flatten(),
         os_release: uki::os_release(&bytes).ok().flatten(),
+        signature: signature_state(&bytes),
         path,
     }))
+}
+
+fn read_boot_loader(image: &Path, offset: u64) -> Result<Option<SignedBinary>> {
+    let bytes = match esp::read_file(image, offset, esp::BOOT_LOADER_PATH) {
+        Ok(b) => b,
+        Err(esp::EspError::Tool { stderr, .. }) if stderr.contains("not found") => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {} on the ESP", esp::BOOT_LOADER_PATH)),
+    };
+    Ok(Some(SignedBinary {
+        path: esp::BOOT_LOADER_PATH.into(),
+        signature: signature_state(&bytes),
+    }))
+}
+
+/// The Authenticode signatures of the boot loader and the UKI on an image's ESP, read without hashing the
+/// partitions (for `ingot verify`).
+pub fn boot_signatures(image: &Path) -> Result<Vec<SignedBinary>> {
+    let f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let (_, parts) = read_table(image, &f)?;
+    let Some(esp_part) = parts.iter().find(|p| p.type_guid == Role::Esp.type_guid()) else {
+        return Ok(Vec::new());
+    };
+    let offset = esp_part.offset_bytes();
+    let mut found: Vec<SignedBinary> = read_boot_loader(image, offset)?.into_iter().collect();
+    if let Some(u) = read_uki(image, offset)? {
+        found.push(SignedBinary {
+            path: u.path,
+            signature: u.signature,
+        });
+    }
+    Ok(found)
 }
 
 fn human(bytes: u64) -> String {
@@ -220,12 +275,21 @@ pub fn render(r: &Report) -> String {
             human(p.hashed_bytes)
         );
     }
+    match &r.boot_loader {
+        None => {
+            let _ = writeln!(s, "\nloader     none found on the ESP");
+        }
+        Some(b) => {
+            let _ = writeln!(s, "\nloader     {}  {}", b.path, b.signature);
+        }
+    }
     match &r.uki {
         None => {
-            let _ = writeln!(s, "\nUKI        none found on the ESP");
+            let _ = writeln!(s, "UKI        none found on the ESP");
         }
         Some(u) => {
-            let _ = writeln!(s, "\nUKI        {}  sha256 {}", u.path, u.sha256);
+            let _ = writeln!(s, "UKI        {}  sha256 {}", u.path, u.sha256);
+            let _ = writeln!(s, "  signature {}", u.signature);
             let _ = writeln!(s, "  cmdline  {}", u.cmdline);
             if let Some(k) = &u.kernel_release {
                 let _ = writeln!(s, "  kernel   {k}");

@@ -21,6 +21,7 @@ pub mod oci;
 pub mod pipeline;
 pub mod profile;
 pub mod rootfs;
+pub mod secure_boot;
 pub mod signing;
 pub mod uki;
 pub mod verify;

@@ -82,23 +82,50 @@ enum Command {
         /// next to it as `<name>.manifest.json.sig`. `ingot verify` checks image, manifest and signature.
         #[arg(long, value_name = "KEY")]
         sign_key: Option<PathBuf>,
+        /// Sign systemd-boot and the UKI with Authenticode for UEFI Secure Boot, with this db key made by
+        /// `ingot keygen --secure-boot`: its path prefix (DIR/db: DIR/db.key + DIR/db.crt) or the key set's
+        /// directory. Signatures are deterministic: the same key and inputs give the same image.
+        #[arg(long, value_name = "KEY")]
+        secure_boot_key: Option<PathBuf>,
     },
-    /// Make an Ed25519 key pair for signing images: OUT.key (private, mode 0600) and OUT.pub.
+    /// Make an Ed25519 key pair for signing images (OUT.key, OUT.pub), or with --secure-boot the owner's
+    /// Secure Boot keys (a directory).
     ///
-    /// Both are two-line text files: `ingot-key v1 ed25519 private|public`, then the base64 of the 32-byte
-    /// key. Keep OUT.key offline; give OUT.pub to whoever checks images (`ingot verify --key OUT.pub`).
-    /// Existing files are never overwritten.
+    /// Image keys: two-line text files, `ingot-key v1 ed25519 private|public`, then the base64 of the
+    /// 32-byte key. Keep OUT.key offline; give OUT.pub to whoever checks images (`ingot verify --key
+    /// OUT.pub`). Existing files are never overwritten.
+    ///
+    /// Secure Boot keys (--secure-boot, --out is a directory, created with mode 0700): PK (platform key),
+    /// KEK (key exchange key) and db (signature database; it signs the boot binaries), each as
+    ///   OUT/NAME.key  RSA-2048 private key, PEM PKCS#8 ("BEGIN PRIVATE KEY", unencrypted), mode 0600
+    ///   OUT/NAME.crt  self-signed X.509 certificate, PEM; subject CN=ingot <--name> NAME; SHA-256 with
+    ///                 RSA; valid 30 years from now
+    ///   OUT/NAME.cer  the same certificate, DER (what firmware setup menus import)
+    /// and OUT/owner-guid.txt, the random EFI GUID that owns the enrolled entries. RSA-2048 with SHA-256 is
+    /// what UEFI firmware verifies. Enroll the .cer files (or let `ingot run --secure-boot OUT` do it for
+    /// QEMU) and sign images with `ingot build --secure-boot-key OUT/db`. Every file is written to a temp
+    /// file, synced and renamed; existing ones are kept unless --force.
     Keygen {
-        /// Path prefix of the two files.
-        #[arg(long, default_value = "ingot")]
-        out: PathBuf,
+        /// Path prefix of the two files; with --secure-boot, the directory of the key set.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Make the Secure Boot key set (PK, KEK, db) instead of an image signing key.
+        #[arg(long)]
+        secure_boot: bool,
+        /// The name in the Secure Boot certificates' subjects (default: the directory's name).
+        #[arg(long, requires = "secure_boot")]
+        name: Option<String>,
+        /// Replace an existing Secure Boot key set.
+        #[arg(long, requires = "secure_boot")]
+        force: bool,
     },
     /// Prove an image is exactly what its signed manifest describes.
     ///
     /// Checks, in order: the manifest's signature (`<manifest>.sig`) against the public key, the image's
     /// size, every partition's sha256 (and that the rest of each partition is zeros), and the sha256 of the
     /// bytes outside the partitions (MBR, both GPTs, gaps). Partitions are hashed in parallel. The first
-    /// failure is reported with the partition and byte range; the exit code is non-zero.
+    /// failure is reported with the partition and byte range; the exit code is non-zero. Then it says
+    /// whether the boot loader and the UKI carry Authenticode signatures for Secure Boot, and whose.
     Verify {
         /// The raw disk image.
         image: PathBuf,
@@ -157,6 +184,13 @@ enum Command {
         #[arg(long, value_name = "CHANNEL", default_value = "fw_cfg", requires = "node_config",
               value_parser = parse_run_channel)]
         config_channel: Channel,
+        /// Boot with UEFI Secure Boot on, trusting the key set in this directory (made by `ingot keygen
+        /// --secure-boot`): Debian's OVMF_CODE_4M.secboot.fd with SMM, and a variable store with the set's
+        /// PK, KEK and db enrolled, made once per key set with virt-fw-vars (`pip install virt-firmware`)
+        /// and kept in the cache. Only binaries signed with the db key boot (`ingot build
+        /// --secure-boot-key DIR/db`).
+        #[arg(long, value_name = "DIR")]
+        secure_boot: Option<PathBuf>,
     },
     /// Node configurations: which Kubernetes cluster a node joins and how it names itself there.
     #[command(long_about = NODE_CONFIG_ABOUT)]
@@ -319,6 +353,7 @@ fn main() -> ExitCode {
             keep_work,
             node_config,
             sign_key,
+            secure_boot_key,
         } => ingot::commands::build(
             &profile,
             &out,
@@ -329,6 +364,7 @@ fn main() -> ExitCode {
                 keep_work: keep_work.as_deref(),
                 node_config: node_config.as_deref(),
                 sign_key: sign_key.as_deref(),
+                secure_boot_key: secure_boot_key.as_deref(),
             },
         )
         .map(|r| {
@@ -337,7 +373,40 @@ fn main() -> ExitCode {
                 eprintln!("wrote {} and {}", r.image.display(), r.manifest_path.display());
             }
         }),
-        Command::Keygen { out } => ingot::signing::keygen(&out)
+        Command::Keygen {
+            out,
+            secure_boot: true,
+            name,
+            force,
+        } => (|| -> anyhow::Result<()> {
+            let out = out.unwrap_or_else(|| PathBuf::from("secure-boot"));
+            let name = name.unwrap_or_else(|| {
+                std::path::absolute(&out)
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| "owner".into())
+            });
+            let set = ingot::secure_boot::keygen(&out, &name, force)?;
+            for (_, _, files) in &set.keys {
+                println!(
+                    "{}\n{}\n{}",
+                    files.key.display(),
+                    files.pem.display(),
+                    files.der.display()
+                );
+            }
+            println!("{}", out.join(ingot::secure_boot::OWNER_GUID_FILE).display());
+            for (key, subject, _) in &set.keys {
+                eprintln!("{key:<4} {subject}");
+            }
+            eprintln!(
+                "owner GUID {}; the .key files are private (mode 0600). Sign images with `ingot build --secure-boot-key {}`",
+                set.owner_guid,
+                out.join(ingot::secure_boot::SIGNING_KEY).display()
+            );
+            Ok(())
+        })(),
+        Command::Keygen { out, .. } => ingot::signing::keygen(&out.unwrap_or_else(|| PathBuf::from("ingot")))
             .map(|(private, public, id)| {
                 println!("{}\n{}", private.display(), public.display());
                 eprintln!(
@@ -360,6 +429,10 @@ fn main() -> ExitCode {
                 v.bytes_hashed >> 20,
                 started.elapsed().as_secs_f64()
             );
+            // Secure Boot signatures are the firmware's to enforce; verify reports them.
+            for b in ingot::inspect::boot_signatures(&image)? {
+                println!("  {}: {}", b.path, b.signature);
+            }
             Ok(())
         })(),
         Command::Run {
@@ -374,6 +447,7 @@ fn main() -> ExitCode {
             allow_reboot,
             node_config,
             config_channel,
+            secure_boot,
         } => parse_memory(&memory).and_then(|memory_mib| {
             let disk_size = disk_size.as_deref().map(parse_disk_size).transpose()?;
             ingot::commands::run(ingot::commands::RunOptions {
@@ -391,6 +465,7 @@ fn main() -> ExitCode {
                 disk_size,
                 allow_reboot,
                 node_config: node_config.map(|f| (f, config_channel)),
+                secure_boot,
             })
         }),
         Command::NodeConfig { command } => match command {

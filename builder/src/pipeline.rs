@@ -74,6 +74,8 @@ pub struct Inputs {
     /// command line among them, which pins the root by its hash), so rebuilding an unchanged profile
     /// reuses them. `None` disables reuse.
     pub artifact_cache: Option<PathBuf>,
+    /// Sign systemd-boot and the UKI with this Secure Boot db key.
+    pub secure_boot: Option<crate::secure_boot::Signer>,
 }
 
 /// What a build produced.
@@ -608,6 +610,14 @@ fn build_boot(
             uname: Some(kver),
         })?)
     })?;
+    let mut sd_boot_bytes = fs::read(inputs.bootloader.join(SD_BOOT_EFI))
+        .with_context(|| format!("the bootloader package has no {SD_BOOT_EFI}"))?;
+    let mut uki_bytes = uki_bytes;
+    if let Some(signer) = &inputs.secure_boot {
+        steps.run("signing for Secure Boot", || {
+            Ok(signer.sign_boot(&mut uki_bytes, &mut sd_boot_bytes)?)
+        })?;
+    }
     let uki_sha = Sha256::digest(&uki_bytes);
 
     let esp_img = work.join("esp.img");
@@ -617,8 +627,7 @@ fn build_boot(
         let uki_path = files_dir.join("uki.efi");
         fs::write(&uki_path, &uki_bytes)?;
         let sd_boot = files_dir.join("systemd-boot.efi");
-        fs::copy(inputs.bootloader.join(SD_BOOT_EFI), &sd_boot)
-            .with_context(|| format!("the bootloader package has no {SD_BOOT_EFI}"))?;
+        fs::write(&sd_boot, &sd_boot_bytes)?;
         let conf = files_dir.join("loader.conf");
         fs::write(&conf, esp::loader_conf(profile.bootloader.timeout))?;
         let files = [
@@ -675,6 +684,11 @@ fn boot_artifact_key(profile: &Profile, inputs: &Inputs, cmdline: &str, uki_name
     ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
+    }
+    // Signed binaries differ from unsigned ones, and so do those of another key.
+    if let Some(signer) = &inputs.secure_boot {
+        h.update(b"secure-boot db certificate");
+        h.update(Sha256::digest(signer.certificate_der()));
     }
     hex(&h.finalize())
 }

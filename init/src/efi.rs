@@ -13,6 +13,9 @@ pub const EFIVARS_DIR: &str = "/sys/firmware/efi/efivars";
 pub const LOADER_DEVICE_PART_UUID: &str =
     "/sys/firmware/efi/efivars/LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 
+/// The global `SecureBoot` variable (UEFI 2.x, 3.3): 1 when the firmware enforces Secure Boot.
+pub const SECURE_BOOT: &str = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("mounting efivarfs on {EFIVARS_DIR}")]
@@ -80,6 +83,21 @@ pub fn boot_partition(sys: &dyn Sys) -> Result<Option<Uuid>, Error> {
     decode_part_uuid(&bytes).map(Some).map_err(Error::Decode)
 }
 
+/// Whether the firmware booted with Secure Boot on, read after [`boot_partition`] mounted efivarfs:
+/// `None` without UEFI or when the variable cannot be read (the error), `Some(false)` when the firmware
+/// has no such variable.
+pub fn secure_boot(sys: &dyn Sys) -> Result<Option<bool>, io::Error> {
+    if !sys.exists(Path::new("/sys/firmware/efi")) {
+        return Ok(None);
+    }
+    match sys.read(Path::new(SECURE_BOOT)) {
+        // 4 attribute bytes, then one byte.
+        Ok(b) => Ok(Some(b.get(4) == Some(&1))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(false)),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -135,6 +153,18 @@ mod tests {
             sys.calls_matching(&["mount"]),
             ["mount efivarfs /sys/firmware/efi/efivars efivarfs nodev,noexec,nosuid -"]
         );
+    }
+
+    #[test]
+    fn secure_boot_state_from_the_variable() {
+        let sys = FakeSys::new();
+        assert_eq!(secure_boot(&sys).unwrap(), None);
+        sys.write("/sys/firmware/efi/efivars/Other-x", "");
+        assert_eq!(secure_boot(&sys).unwrap(), Some(false));
+        sys.write(SECURE_BOOT, b"\x06\x00\x00\x00\x01");
+        assert_eq!(secure_boot(&sys).unwrap(), Some(true));
+        sys.write(SECURE_BOOT, b"\x06\x00\x00\x00\x00");
+        assert_eq!(secure_boot(&sys).unwrap(), Some(false));
     }
 
     #[test]

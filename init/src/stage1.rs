@@ -91,6 +91,14 @@ pub fn run(sys: &dyn Sys, opts: &mut BootOptions) -> Result<Infallible, Error> {
             BootDisk::WithEspAndRoot
         }
     };
+    match efi::secure_boot(sys) {
+        Ok(Some(on)) => sys.console(&format!(
+            "{PREFIX}secure boot {}",
+            if on { "enabled" } else { "disabled" }
+        )),
+        Ok(None) => {}
+        Err(e) => crate::warn(sys, &format!("reading {}: {e}, ignoring", efi::SECURE_BOOT)),
+    }
     let root = block::find_root(sys, wanted, ROOT_WAIT)?;
     sys.console(&format!(
         "{PREFIX}root {} (partition {} {:?} {} on {})",

@@ -10,7 +10,12 @@ use crate::error::QemuError;
 
 /// Firmware after resolution: OVMF code plus the private vars copy, or legacy BIOS.
 pub(crate) enum ResolvedFirmware<'a> {
-    Ovmf { code: &'a Path, vars_copy: &'a Path },
+    Ovmf {
+        code: &'a Path,
+        vars_copy: &'a Path,
+        /// Secure Boot firmware: SMM on, flash writable only from SMM.
+        secure_boot: bool,
+    },
     LegacyBios,
 }
 
@@ -42,7 +47,17 @@ pub(crate) fn qemu_args(l: &Launch<'_>) -> Result<Vec<OsString>, QemuError> {
     }
     let mut a = Args::default();
     a.flag("-nodefaults").flag("-no-user-config");
-    a.opt("-machine", "q35");
+    let secure_boot = matches!(
+        l.firmware,
+        ResolvedFirmware::Ovmf {
+            secure_boot: true,
+            ..
+        }
+    );
+    a.opt("-machine", if secure_boot { "q35,smm=on" } else { "q35" });
+    if secure_boot {
+        a.opt("-global", "driver=cfi.pflash01,property=secure,value=on");
+    }
     match l.accel {
         AccelUsed::Kvm => a.opt("-accel", "kvm").opt("-cpu", "host"),
         AccelUsed::Tcg => a.opt("-accel", "tcg").opt("-cpu", "max"),
@@ -56,7 +71,7 @@ pub(crate) fn qemu_args(l: &Launch<'_>) -> Result<Vec<OsString>, QemuError> {
         .opt("-monitor", "none")
         .opt("-serial", "stdio");
     a.opt_os("-qmp", kv("unix:", l.qmp_socket, ",server=on,wait=off"));
-    if let ResolvedFirmware::Ovmf { code, vars_copy } = l.firmware {
+    if let ResolvedFirmware::Ovmf { code, vars_copy, .. } = l.firmware {
         a.opt_os(
             "-drive",
             kv("if=pflash,format=raw,unit=0,readonly=on,file=", code, ""),
@@ -287,12 +302,17 @@ mod tests {
     }
 
     fn launch_args(cfg: &VmConfig, accel: AccelUsed) -> Vec<String> {
+        ovmf_args(cfg, accel, false)
+    }
+
+    fn ovmf_args(cfg: &VmConfig, accel: AccelUsed, secure_boot: bool) -> Vec<String> {
         let l = Launch {
             cfg,
             disk: Disk::Snapshot(Path::new("/img/worker.raw")),
             firmware: ResolvedFirmware::Ovmf {
                 code: Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd"),
                 vars_copy: Path::new("/tmp/s/OVMF_VARS.fd"),
+                secure_boot,
             },
             accel,
             qmp_socket: Path::new("/tmp/s/qmp.sock"),
@@ -310,6 +330,20 @@ mod tests {
             qmp_socket: Path::new("/s/qmp.sock"),
         })
         .map(|a| strings(&a))
+    }
+
+    #[test]
+    fn secure_boot_firmware_gets_smm_and_secure_flash() {
+        let cfg = VmConfig::new("worker.raw");
+        let line = ovmf_args(&cfg, AccelUsed::Tcg, true).join(" ");
+        assert!(
+            line.starts_with(
+                "-nodefaults -no-user-config -machine q35,smm=on \
+                 -global driver=cfi.pflash01,property=secure,value=on -accel tcg"
+            ),
+            "{line}"
+        );
+        assert!(!launch_args(&cfg, AccelUsed::Tcg).join(" ").contains("smm"));
     }
 
     #[test]

@@ -130,6 +130,13 @@ pub enum Firmware {
     /// UEFI from OVMF. `None` finds it: `INGOT_OVMF_CODE`/`INGOT_OVMF_VARS`, then Debian's 4M pair, then the
     /// 2M pair.
     Ovmf(Option<OvmfPaths>),
+    /// UEFI from an OVMF built with Secure Boot and SMM (Debian's [`OVMF_SECURE_BOOT_CODE`]) and a
+    /// variable store whose keys are enrolled; the machine gets SMM (`-machine q35,smm=on`) and flash that
+    /// only SMM may write (`-global driver=cfi.pflash01,property=secure,value=on`), so the guest cannot
+    /// change the keys behind the firmware's back.
+    ///
+    /// [`OVMF_SECURE_BOOT_CODE`]: crate::OVMF_SECURE_BOOT_CODE
+    OvmfSecureBoot(OvmfPaths),
     /// QEMU's default legacy BIOS. Only useful with [`DirectKernel`], to measure the launcher without UEFI:
     /// ingot images boot under UEFI only.
     LegacyBios,

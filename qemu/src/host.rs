@@ -24,6 +24,11 @@ pub const DEBIAN_OVMF: [(&str, &str); 2] = [
     ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
 ];
 
+/// Debian's OVMF built with Secure Boot and SMM (it needs `-machine smm=on` and secure flash), and the
+/// empty variable store of the same 4 MiB layout that keys are enrolled into.
+pub const OVMF_SECURE_BOOT_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const OVMF_SECURE_BOOT_VARS_TEMPLATE: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
 /// Name of the disk image tool (Debian package `qemu-utils`).
 pub const QEMU_IMG_BINARY: &str = "qemu-img";
 

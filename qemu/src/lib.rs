@@ -17,7 +17,9 @@
 //! - **Machine**: `q35`, `-nodefaults`, no display, no human monitor; the first serial port on QEMU's stdout
 //!   is the only console. OVMF comes in as two pflash drives: the code read-only, the vars as a private copy in a
 //!   scratch directory, so the system template is never written. OVMF is found through `INGOT_OVMF_CODE` +
-//!   `INGOT_OVMF_VARS`, else Debian's 4M pair, else the 2M pair.
+//!   `INGOT_OVMF_VARS`, else Debian's 4M pair, else the 2M pair. [`Firmware::OvmfSecureBoot`] takes an OVMF
+//!   built with Secure Boot and SMM ([`OVMF_SECURE_BOOT_CODE`]) and a vars store with keys enrolled, and adds
+//!   `-machine q35,smm=on` and `-global driver=cfi.pflash01,property=secure,value=on`.
 //! - **The image is never modified**: it is attached with `snapshot=on`, so QEMU opens it read-only and sends
 //!   the guest's writes (the firmware and systemd-boot write to the ESP on every boot) to a temporary qcow2
 //!   overlay created in the scratch directory (`TMPDIR` of the QEMU process). This needs no `qemu-img`.
@@ -89,7 +91,10 @@ pub use config::{
 };
 pub use console::{ConsoleLine, LineSplitter, is_os_line};
 pub use error::{NetnsError, QemuError, WaitError, WaitFailure};
-pub use host::{ACCEL_ENV, OVMF_CODE_ENV, OVMF_VARS_ENV, find_ovmf, find_qemu, find_tool, kvm_usable};
+pub use host::{
+    ACCEL_ENV, OVMF_CODE_ENV, OVMF_SECURE_BOOT_CODE, OVMF_SECURE_BOOT_VARS_TEMPLATE, OVMF_VARS_ENV,
+    find_ovmf, find_qemu, find_tool, kvm_usable,
+};
 pub use netns::{NetnsOptions, TestNetns};
 pub use qmp::QMP_TIMEOUT;
 pub use vm::{Match, Vm};

@@ -71,6 +71,8 @@ struct Prepared {
     ip: Option<PathBuf>,
     ovmf_code: Option<PathBuf>,
     ovmf_vars: Option<PathBuf>,
+    /// OVMF with Secure Boot: SMM and secure flash.
+    secure_boot: bool,
     log: Option<std::fs::File>,
 }
 
@@ -123,7 +125,7 @@ impl Vm {
             require_file("fw_cfg file", &f.path)?;
         }
         let (ovmf_code, ovmf_vars) = match &cfg.firmware {
-            Firmware::Ovmf(Some(p)) => {
+            Firmware::Ovmf(Some(p)) | Firmware::OvmfSecureBoot(p) => {
                 require_file("OVMF code", &p.code)?;
                 require_file("OVMF vars", &p.vars)?;
                 (Some(p.code.clone()), Some(p.vars.clone()))
@@ -168,6 +170,7 @@ impl Vm {
             ip,
             ovmf_code,
             ovmf_vars,
+            secure_boot: matches!(cfg.firmware, Firmware::OvmfSecureBoot(_)),
             log,
         };
 
@@ -490,6 +493,7 @@ fn spawn(cfg: &VmConfig, prep: &Prepared, scratch: &Path, accel: AccelUsed) -> R
             ResolvedFirmware::Ovmf {
                 code,
                 vars_copy: &vars_copy,
+                secure_boot: prep.secure_boot,
             }
         }
         _ => ResolvedFirmware::LegacyBios,
