@@ -96,11 +96,15 @@ enum Command {
     /// OUT.pub`). Existing files are never overwritten.
     ///
     /// Secure Boot keys (--secure-boot, --out is a directory, created with mode 0700): PK (platform key),
-    /// KEK (key exchange key) and db (signature database; it signs the boot binaries), each as
-    ///   OUT/NAME.key  RSA-2048 private key, PEM PKCS#8 ("BEGIN PRIVATE KEY", unencrypted), mode 0600
-    ///   OUT/NAME.crt  self-signed X.509 certificate, PEM; subject CN=ingot <--name> NAME; SHA-256 with
-    ///                 RSA; valid 30 years from now
-    ///   OUT/NAME.cer  the same certificate, DER (what firmware setup menus import)
+    /// KEK (key exchange key) and db (signature database; it signs the boot binaries). For each NAME:
+    ///
+    /// - OUT/NAME.key: RSA-2048 private key, PEM PKCS#8 ("BEGIN PRIVATE KEY", unencrypted), mode 0600
+    ///
+    /// - OUT/NAME.crt: self-signed X.509 certificate, PEM; subject CN=ingot <--name> NAME; SHA-256 with
+    ///   RSA; valid 30 years from now
+    ///
+    /// - OUT/NAME.cer: the same certificate, DER (what firmware setup menus import)
+    ///
     /// and OUT/owner-guid.txt, the random EFI GUID that owns the enrolled entries. RSA-2048 with SHA-256 is
     /// what UEFI firmware verifies. Enroll the .cer files (or let `ingot run --secure-boot OUT` do it for
     /// QEMU) and sign images with `ingot build --secure-boot-key OUT/db`. Every file is written to a temp
