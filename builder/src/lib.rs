@@ -20,6 +20,7 @@ pub mod node_config;
 pub mod oci;
 pub mod pipeline;
 pub mod profile;
+pub mod rollback;
 pub mod rootfs;
 pub mod signing;
 pub mod uki;

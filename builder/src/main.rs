@@ -99,6 +99,10 @@ enum Command {
     /// size, every partition's sha256 (and that the rest of each partition is zeros), and the sha256 of the
     /// bytes outside the partitions (MBR, both GPTs, gaps). Partitions are hashed in parallel. The first
     /// failure is reported with the partition and byte range; the exit code is non-zero.
+    ///
+    /// Rollback protection: for each public key, ingot remembers the highest version it accepted of each
+    /// image name (in $XDG_STATE_HOME/ingot/accepted-versions.json, or --state) and refuses a lower one.
+    /// Versions compare as Debian versions (1.2.3 < 1.10, 1.0~rc1 < 1.0).
     Verify {
         /// The raw disk image.
         image: PathBuf,
@@ -108,6 +112,14 @@ enum Command {
         /// The manifest; by default the one next to the image (`out/x.raw` → `out/x.manifest.json`).
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// The rollback state file (default: $XDG_STATE_HOME/ingot/accepted-versions.json, else
+        /// ~/.local/state/ingot/accepted-versions.json).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// Accept an image older than the newest one accepted before with this key (the recorded version
+        /// stays the newer one).
+        #[arg(long)]
+        allow_downgrade: bool,
     },
     /// Boot an image under QEMU (UEFI via OVMF) with the serial console on stdout.
     ///
@@ -347,11 +359,22 @@ fn main() -> ExitCode {
                 );
             })
             .map_err(Into::into),
-        Command::Verify { image, key, manifest } => (|| -> anyhow::Result<()> {
+        Command::Verify {
+            image,
+            key,
+            manifest,
+            state,
+            allow_downgrade,
+        } => (|| -> anyhow::Result<()> {
             let public = ingot::signing::load_public_key(&key)?;
             let manifest = manifest.unwrap_or_else(|| ingot::manifest::path_for_image(&image));
+            let policy = ingot::rollback::Policy {
+                state: state.map_or_else(ingot::rollback::default_state_path, Ok)?,
+                allow_downgrade,
+            };
             let started = std::time::Instant::now();
-            let v = ingot::verify::verify(&image, &manifest, &public)?;
+            let a = ingot::rollback::verify(&image, &manifest, &public, &policy)?;
+            let v = &a.verified;
             println!(
                 "{}: verified: signed by key {}, {} partitions and the rest of the image, {} MiB hashed in {:.2} s",
                 image.display(),
@@ -360,6 +383,20 @@ fn main() -> ExitCode {
                 v.bytes_hashed >> 20,
                 started.elapsed().as_secs_f64()
             );
+            match (&a.previous, a.raised) {
+                (_, true) => eprintln!(
+                    "{} {} recorded as the newest accepted with key {} ({})",
+                    a.name,
+                    a.version,
+                    v.key_id,
+                    policy.state.display()
+                ),
+                (Some(p), false) if policy.allow_downgrade && *p != a.version => eprintln!(
+                    "{} {} accepted as a downgrade; the newest accepted with key {} stays {p}",
+                    a.name, a.version, v.key_id
+                ),
+                _ => {}
+            }
             Ok(())
         })(),
         Command::Run {

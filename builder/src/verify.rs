@@ -78,6 +78,8 @@ pub enum VerifyError {
         "the manifest does not record the hash of the bytes outside the partitions (built by an older ingot); rebuild the image"
     )]
     NoOutsideHash,
+    #[error(transparent)]
+    Rollback(#[from] crate::rollback::RollbackError),
 }
 
 /// What a successful verification covered.
@@ -102,7 +104,14 @@ fn read(path: &Path) -> Result<Vec<u8>, VerifyError> {
     })
 }
 
-pub fn verify(image: &Path, manifest_path: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
+/// [`verify`], with `admit` run on the manifest once its signature and shape are checked and before the
+/// image is read: a policy (e.g. [`crate::rollback`]) can refuse an authentic image cheaply there.
+pub fn verify_admitting<T>(
+    image: &Path,
+    manifest_path: &Path,
+    key: &VerifyingKey,
+    admit: impl FnOnce(&Manifest) -> Result<T, VerifyError>,
+) -> Result<(Verified, T), VerifyError> {
     let manifest_bytes = read(manifest_path)?;
     let sig_path = signature_path(manifest_path);
     let sig = read(&sig_path)?;
@@ -120,6 +129,7 @@ pub fn verify(image: &Path, manifest_path: &Path, key: &VerifyingKey) -> Result<
             message: format!("schema {}", manifest.schema),
         });
     }
+    let admitted = admit(&manifest)?;
     let file = File::open(image).map_err(|source| VerifyError::Read {
         path: image.to_path_buf(),
         source,
@@ -173,11 +183,12 @@ pub fn verify(image: &Path, manifest_path: &Path, key: &VerifyingKey) -> Result<
     for r in results {
         bytes_hashed += r?;
     }
-    Ok(Verified {
+    let verified = Verified {
         key_id: signing::key_id(key),
         partitions: manifest.partitions.len(),
         bytes_hashed,
-    })
+    };
+    Ok((verified, admitted))
 }
 
 /// The partitions' byte ranges, sorted, checked to lie inside the image without overlapping.
@@ -250,10 +261,43 @@ fn sha256_range(file: &File, start: u64, end: u64) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// The first non-zero byte in `start..end`. Only the file's data extents are read: a hole (`SEEK_HOLE`)
+/// reads as zeros by definition, so it needs no reading to be proven zero.
 fn first_nonzero(file: &File, start: u64, end: u64) -> io::Result<Option<u64>> {
-    for_each_chunk(file, start, end, |at, chunk| {
-        chunk.iter().position(|b| *b != 0).map(|i| at + i as u64)
-    })
+    let mut at = start;
+    while at < end {
+        let data = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
+            Ok(data) => data,
+            // No data at or after `at`: the rest of the file is one hole.
+            Err(rustix::io::Errno::NXIO) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if data >= end {
+            return Ok(None);
+        }
+        let hole = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(data))
+            .map_err(io::Error::from)?
+            .min(end);
+        let found = for_each_chunk(file, data, hole, |at, chunk| {
+            first_nonzero_byte(chunk).map(|i| at + i as u64)
+        })?;
+        if found.is_some() {
+            return Ok(found);
+        }
+        at = hole.max(data + 1);
+    }
+    Ok(None)
+}
+
+/// The index of the first non-zero byte: an OR over each 4 KiB block (which vectorises), then a byte
+/// search in the one block that has one.
+fn first_nonzero_byte(bytes: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 4096;
+    bytes
+        .chunks(BLOCK)
+        .enumerate()
+        .find(|(_, block)| block.iter().fold(0u8, |acc, b| acc | b) != 0)
+        .and_then(|(k, block)| block.iter().position(|b| *b != 0).map(|i| k * BLOCK + i))
 }
 
 /// Calls `f(offset, bytes)` over `start..end` in chunks until it returns `Some`.
@@ -288,4 +332,27 @@ pub fn outside_partitions_sha256(file: &File, size: u64, ranges: &[(u64, u64)]) 
         at = end;
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// [`verify_admitting`] with no policy: the image, its manifest and signature only.
+pub fn verify(image: &Path, manifest_path: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
+    verify_admitting(image, manifest_path, key, |_| Ok(())).map(|(verified, ())| verified)
+}
+
+impl VerifyError {
+    /// A stable short name of the check that failed, for scripts and tests: `read`, `signature`,
+    /// `manifest`, `size`, `layout`, `partition-hash`, `partition-tail`, `outside`, `rollback`, `state`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifyError::Read { .. } => "read",
+            VerifyError::Signature { .. } => "signature",
+            VerifyError::Manifest { .. } | VerifyError::NoOutsideHash => "manifest",
+            VerifyError::Size { .. } => "size",
+            VerifyError::Layout { .. } => "layout",
+            VerifyError::PartitionHash { .. } => "partition-hash",
+            VerifyError::PartitionTail { .. } => "partition-tail",
+            VerifyError::Outside { .. } => "outside",
+            VerifyError::Rollback(e) => e.kind(),
+        }
+    }
 }
