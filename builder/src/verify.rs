@@ -80,6 +80,19 @@ pub enum VerifyError {
     NoOutsideHash,
     #[error(transparent)]
     Rollback(#[from] crate::rollback::RollbackError),
+    #[error(
+        "partition {number} ({label}): offset {offset}, size {size}, hashed_bytes {hashed_bytes}: {problem}"
+    )]
+    PartitionShape {
+        number: u32,
+        label: String,
+        offset: u64,
+        size: u64,
+        hashed_bytes: u64,
+        problem: &'static str,
+    },
+    #[error("the manifest lists {found} partitions; a GPT holds at most {MAX_PARTITIONS}")]
+    PartitionCount { found: usize },
 }
 
 /// What a successful verification covered.
@@ -193,8 +206,13 @@ pub fn verify_admitting<T>(
 
 /// The partitions' byte ranges, sorted, checked to lie inside the image without overlapping.
 fn partition_ranges(parts: &[PartitionEntry], size: u64) -> Result<Vec<(u64, u64)>, VerifyError> {
+    // Each partition is hashed on its own thread: a bound on their number is a bound on the threads.
+    if parts.len() > MAX_PARTITIONS {
+        return Err(VerifyError::PartitionCount { found: parts.len() });
+    }
     let mut ranges: Vec<(u64, u64, &PartitionEntry)> = Vec::new();
     for p in parts {
+        check_shape(p)?;
         let end = p.offset.checked_add(p.size);
         let bad = || VerifyError::Layout {
             number: p.number,
@@ -204,7 +222,7 @@ fn partition_ranges(parts: &[PartitionEntry], size: u64) -> Result<Vec<(u64, u64
             size,
         };
         let end = end
-            .filter(|e| *e <= size && p.hashed_bytes <= p.size)
+            .filter(|e| *e <= size)
             .ok_or_else(bad)?;
         ranges.push((p.offset, end, p));
     }
@@ -334,6 +352,33 @@ pub fn outside_partitions_sha256(file: &File, size: u64, ranges: &[(u64, u64)]) 
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// The number of entries of a standard GPT.
+pub const MAX_PARTITIONS: usize = 128;
+
+/// A partition as GPT can hold one: whole 512-byte sectors, at least one, after the protective MBR and the
+/// primary GPT header; `hashed_bytes` inside it.
+fn check_shape(p: &PartitionEntry) -> Result<(), VerifyError> {
+    let problem = if p.size == 0 {
+        "a partition holds at least one sector"
+    } else if p.offset % 512 != 0 || p.size % 512 != 0 {
+        "offset and size must be whole 512-byte sectors"
+    } else if p.offset < 1024 {
+        "a partition starts after the protective MBR and the GPT header"
+    } else if p.hashed_bytes > p.size {
+        "hashed_bytes is larger than the partition"
+    } else {
+        return Ok(());
+    };
+    Err(VerifyError::PartitionShape {
+        number: p.number,
+        label: p.label.clone(),
+        offset: p.offset,
+        size: p.size,
+        hashed_bytes: p.hashed_bytes,
+        problem,
+    })
+}
+
 /// [`verify_admitting`] with no policy: the image, its manifest and signature only.
 pub fn verify(image: &Path, manifest_path: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
     verify_admitting(image, manifest_path, key, |_| Ok(())).map(|(verified, ())| verified)
@@ -348,7 +393,9 @@ impl VerifyError {
             VerifyError::Signature { .. } => "signature",
             VerifyError::Manifest { .. } | VerifyError::NoOutsideHash => "manifest",
             VerifyError::Size { .. } => "size",
-            VerifyError::Layout { .. } => "layout",
+            VerifyError::Layout { .. }
+            | VerifyError::PartitionShape { .. }
+            | VerifyError::PartitionCount { .. } => "layout",
             VerifyError::PartitionHash { .. } => "partition-hash",
             VerifyError::PartitionTail { .. } => "partition-tail",
             VerifyError::Outside { .. } => "outside",
