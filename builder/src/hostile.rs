@@ -368,8 +368,8 @@ fn image_flips(out: &mut Vec<Variant>, rng: &mut Rng, regions: &[Region]) {
         // Both ends, and random bytes weighted towards the larger regions.
         let n = match len {
             0..=1024 => 8,
-            1025..=65536 => 16,
-            _ => 30,
+            1025..=65536 => 12,
+            _ => 20,
         };
         let mut at: Vec<u64> = vec![r.start, r.end - 1];
         at.extend((0..n).map(|_| rng.range(r.start, r.end)));
