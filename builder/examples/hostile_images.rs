@@ -10,7 +10,10 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let seed = match std::env::args().nth(1) {
         None => 0x1960_0d5e_ed00_0001,
-        Some(s) => match s.strip_prefix("0x").map_or_else(|| s.parse(), |h| u64::from_str_radix(h, 16)) {
+        Some(s) => match s
+            .strip_prefix("0x")
+            .map_or_else(|| s.parse(), |h| u64::from_str_radix(h, 16))
+        {
             Ok(seed) => seed,
             Err(e) => {
                 eprintln!("hostile_images: seed {s:?}: {e}");
@@ -18,12 +21,17 @@ fn main() -> ExitCode {
             }
         },
     };
-    let profile = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/profiles/small-signed.toml");
+    let profile =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/profiles/small-signed.toml");
     let run = || -> anyhow::Result<ingot::hostile::Report> {
         let dir = tempfile::tempdir()?;
         let started = std::time::Instant::now();
         let base = ingot::hostile::Base::build(&profile, dir.path())?;
-        eprintln!("built {} in {:.1} s", base.image.display(), started.elapsed().as_secs_f64());
+        eprintln!(
+            "built {} in {:.1} s",
+            base.image.display(),
+            started.elapsed().as_secs_f64()
+        );
         Ok(ingot::hostile::run(&base, seed)?)
     };
     match run() {
@@ -33,7 +41,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 for r in report.unexpected() {
-                    eprintln!("{}: {}: expected {:?}, got {:?}", r.variant.class, r.variant.detail, r.variant.expect, r.outcome);
+                    eprintln!(
+                        "{}: {}: expected {:?}, got {:?}",
+                        r.variant.class, r.variant.detail, r.variant.expect, r.outcome
+                    );
                 }
                 ExitCode::FAILURE
             }

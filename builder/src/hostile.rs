@@ -195,7 +195,11 @@ impl Rng {
 
     /// Uniform in `lo..hi` (`lo` when the range is empty).
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo { lo } else { lo + self.next_u64() % (hi - lo) }
+        if hi <= lo {
+            lo
+        } else {
+            lo + self.next_u64() % (hi - lo)
+        }
     }
 
     pub fn bit(&mut self) -> u8 {
@@ -325,7 +329,20 @@ fn push(out: &mut Vec<Variant>, class: &'static str, detail: String, change: Cha
 
 fn image_lengths(out: &mut Vec<Variant>, rng: &mut Rng, m: &Manifest) {
     let size = m.image.size;
-    let mut lengths = vec![0, 1, 511, 512, 513, 1023, 1024, 4096, 17408, 1 << 20, size - 512, size - 1];
+    let mut lengths = vec![
+        0,
+        1,
+        511,
+        512,
+        513,
+        1023,
+        1024,
+        4096,
+        17408,
+        1 << 20,
+        size - 512,
+        size - 1,
+    ];
     for p in &m.partitions {
         lengths.extend([p.offset - 1, p.offset, p.offset + 1, p.offset + p.hashed_bytes]);
         lengths.push(p.offset + p.size / 2);
@@ -585,10 +602,11 @@ fn fields(
 ) -> Result<(), HostileError> {
     let size = m.image.size;
     let key = &base.key;
-    let add = |out: &mut Vec<Variant>, class: &'static str, detail: String, v: Value, expect: &'static str| {
-        let (mb, sb) = signed(&v, key);
-        push(out, class, detail, Change::Pair(mb, sb), Expect::Reject(expect));
-    };
+    let add =
+        |out: &mut Vec<Variant>, class: &'static str, detail: String, v: Value, expect: &'static str| {
+            let (mb, sb) = signed(&v, key);
+            push(out, class, detail, Change::Pair(mb, sb), Expect::Reject(expect));
+        };
     let with = |f: &dyn Fn(&mut Value)| {
         let mut v = value.clone();
         f(&mut v);
@@ -614,9 +632,8 @@ fn fields(
     for i in 0..n {
         let p = &m.partitions[i];
         let label = format!("partition {} {}", p.number, p.label);
-        let part = |field: &'static str, x: Value| {
-            with(&move |v: &mut Value| v["partitions"][i][field] = x.clone())
-        };
+        let part =
+            |field: &'static str, x: Value| with(&move |v: &mut Value| v["partitions"][i][field] = x.clone());
         for (field, x, expect) in [
             ("size", json!(5u64 << 30), "layout"),
             ("size", json!(u64::MAX), "layout"),
@@ -683,7 +700,11 @@ fn fields(
                 v["partitions"][i]["size"] = json!(p.size - 512);
                 v["partitions"][i]["hashed_bytes"] = json!(p.hashed_bytes.min(p.size - 512));
             }),
-            if p.hashed_bytes == 0 { "outside" } else { "partition-hash" },
+            if p.hashed_bytes == 0 {
+                "outside"
+            } else {
+                "partition-hash"
+            },
         );
         // Smaller, or left out: its bytes become "outside", whose hash no longer matches.
         let smaller = p.size - (1 << 20).min(p.size / 2);
@@ -694,7 +715,11 @@ fn fields(
             with(&|v| {
                 v["partitions"][i]["size"] = json!(smaller);
             }),
-            if p.hashed_bytes > smaller { "layout" } else { "outside" },
+            if p.hashed_bytes > smaller {
+                "layout"
+            } else {
+                "outside"
+            },
         );
         add(
             out,
@@ -766,11 +791,15 @@ fn fields(
         add(out, "field: outside hash", detail.into(), v, expect);
     }
     // Values JSON allows and the manifest's types do not.
-    let number_path: [(&str, &dyn Fn(&mut Value) -> &mut Value); 4] = [
-        ("schema", &|v| &mut v["schema"]),
-        ("image.size", &|v| &mut v["image"]["size"]),
-        ("partitions[0].offset", &|v| &mut v["partitions"][0]["offset"]),
-        ("partitions[1].hashed_bytes", &|v| &mut v["partitions"][1]["hashed_bytes"]),
+    type At = fn(&mut Value) -> &mut Value;
+    let number_path: [(&str, At); 4] = [
+        ("schema", |v| &mut v["schema"]),
+        ("image.size", |v| &mut v["image"]["size"]),
+        ("partitions[0].offset", |v| &mut v["partitions"][0]["offset"]),
+        (
+            "partitions[1].hashed_bytes",
+            |v| &mut v["partitions"][1]["hashed_bytes"],
+        ),
     ];
     for (name, at) in number_path {
         for (x, what) in [
@@ -784,7 +813,13 @@ fn fields(
         ] {
             let mut v = value.clone();
             *at(&mut v) = x.clone();
-            add(out, "field: JSON types", format!("{name} = {x} ({what})"), v, "manifest");
+            add(
+                out,
+                "field: JSON types",
+                format!("{name} = {x} ({what})"),
+                v,
+                "manifest",
+            );
         }
     }
     // Numbers serde_json cannot hold in a u64: written as text.
@@ -803,10 +838,7 @@ fn fields(
     for (detail, v) in [
         ("schema = 2", with(&|v| v["schema"] = json!(2))),
         ("schema = 0", with(&|v| v["schema"] = json!(0))),
-        (
-            "schema = 2^32",
-            with(&|v| v["schema"] = json!(1u64 << 32)),
-        ),
+        ("schema = 2^32", with(&|v| v["schema"] = json!(1u64 << 32))),
         (
             "schema removed",
             with(&|v| {
@@ -840,7 +872,10 @@ fn fields(
             "unknown field in a partition",
             with(&|v| v["partitions"][0]["x_unknown"] = json!("")),
         ),
-        ("unknown field in uki", with(&|v| v["uki"]["x_unknown"] = json!([]))),
+        (
+            "unknown field in uki",
+            with(&|v| v["uki"]["x_unknown"] = json!([])),
+        ),
         ("partitions is an object", with(&|v| v["partitions"] = json!({}))),
         ("image is an array", with(&|v| v["image"] = json!([]))),
         ("the manifest is an array", json!([value.clone()])),
@@ -852,7 +887,10 @@ fn fields(
     for (anchor, dup) in [
         ("{\n  \"schema\": 1,", "{\n  \"schema\": 1,\n  \"schema\": 1,"),
         ("\"image\": {", "\"image\": {\n    \"size\": 0,"),
-        ("\"partitions\": [\n    {", "\"partitions\": [\n    {\n      \"sha256\": \"\","),
+        (
+            "\"partitions\": [\n    {",
+            "\"partitions\": [\n    {\n      \"sha256\": \"\",",
+        ),
         ("\"uki\": {", "\"uki\": {\n    \"path\": \"x\","),
     ] {
         let text = replace_once(bytes, anchor, dup)?;
@@ -1059,7 +1097,9 @@ impl<'a> Runner<'a> {
             Change::ImageXor { at, mask } => {
                 let mut b = [0u8; 1];
                 self.file.read_exact_at(&mut b, *at).map_err(io_err(image))?;
-                self.file.write_all_at(&[b[0] ^ mask], *at).map_err(io_err(image))?;
+                self.file
+                    .write_all_at(&[b[0] ^ mask], *at)
+                    .map_err(io_err(image))?;
                 let o = self.verify(&self.base.manifest, &public);
                 self.file.write_all_at(&b, *at).map_err(io_err(image))?;
                 o
@@ -1073,7 +1113,9 @@ impl<'a> Runner<'a> {
                     if end > *len {
                         let from = (*len).max(*start);
                         let skip = (from - start) as usize;
-                        self.file.write_all_at(&data[skip..], from).map_err(io_err(image))?;
+                        self.file
+                            .write_all_at(&data[skip..], from)
+                            .map_err(io_err(image))?;
                     }
                 }
                 o

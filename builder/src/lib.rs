@@ -6,9 +6,9 @@ pub mod deliver;
 pub mod disk;
 pub mod esp;
 pub mod fetch;
-pub mod hostile;
 #[cfg(test)]
 mod golden;
+pub mod hostile;
 pub mod images;
 pub mod init_binary;
 pub mod initramfs;

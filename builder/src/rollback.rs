@@ -69,7 +69,9 @@ pub enum RollbackError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot choose where to keep the rollback state: neither XDG_STATE_HOME nor HOME is set; pass --state FILE")]
+    #[error(
+        "cannot choose where to keep the rollback state: neither XDG_STATE_HOME nor HOME is set; pass --state FILE"
+    )]
     NoStateDir,
 }
 
@@ -129,11 +131,7 @@ pub fn default_state_path() -> Result<PathBuf, RollbackError> {
 
 fn state_path_from(lookup: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<PathBuf, RollbackError> {
     // The XDG base directory rules: an empty or relative value is ignored.
-    let var = |name| {
-        lookup(name)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
+    let var = |name| lookup(name).map(PathBuf::from).filter(|p| p.is_absolute());
     if let Some(dir) = var("XDG_STATE_HOME") {
         return Ok(dir.join("ingot").join(STATE_FILE));
     }
@@ -220,16 +218,12 @@ impl Policy {
         // Read, compare and write under one lock, so two verifications at once cannot lower the state.
         let _lock = self.lock().map_err(write_err)?;
         let mut state = self.load()?;
-        let images = &mut state
-            .keys
-            .entry(hex::encode(key.as_bytes()))
-            .or_default()
-            .images;
+        let images = &mut state.keys.entry(hex::encode(key.as_bytes())).or_default().images;
         let previous = images.get(name).cloned();
-        if let Some(p) = &previous {
-            if new <= self.recorded_version(p)? {
-                return Ok((previous, false));
-            }
+        if let Some(p) = &previous
+            && new <= self.recorded_version(p)?
+        {
+            return Ok((previous, false));
         }
         images.insert(name.to_owned(), version.to_owned());
         let mut text = serde_json::to_string_pretty(&state).unwrap_or_default();
@@ -325,10 +319,7 @@ mod tests {
         // Equal is accepted and changes nothing; the state never goes down.
         p.check(&a, "node", "1.10").unwrap();
         p.check(&a, "node", "1.10~rc1").unwrap_err();
-        assert_eq!(
-            p.record(&a, "node", "1.9").unwrap(),
-            (Some("1.10".into()), false)
-        );
+        assert_eq!(p.record(&a, "node", "1.9").unwrap(), (Some("1.10".into()), false));
         let e = p.check(&a, "node", "1.9").unwrap_err();
         assert_eq!(e.kind(), "rollback");
         let msg = e.to_string();

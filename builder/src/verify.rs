@@ -221,9 +221,7 @@ fn partition_ranges(parts: &[PartitionEntry], size: u64) -> Result<Vec<(u64, u64
             end: end.unwrap_or(u64::MAX),
             size,
         };
-        let end = end
-            .filter(|e| *e <= size)
-            .ok_or_else(bad)?;
+        let end = end.filter(|e| *e <= size).ok_or_else(bad)?;
         ranges.push((p.offset, end, p));
     }
     ranges.sort_by_key(|r| r.0);
@@ -360,7 +358,7 @@ pub const MAX_PARTITIONS: usize = 128;
 fn check_shape(p: &PartitionEntry) -> Result<(), VerifyError> {
     let problem = if p.size == 0 {
         "a partition holds at least one sector"
-    } else if p.offset % 512 != 0 || p.size % 512 != 0 {
+    } else if !p.offset.is_multiple_of(512) || !p.size.is_multiple_of(512) {
         "offset and size must be whole 512-byte sectors"
     } else if p.offset < 1024 {
         "a partition starts after the protective MBR and the GPT header"

@@ -31,15 +31,23 @@ fn every_hostile_variant_is_refused_with_the_expected_kind() {
     let report = hostile::run(&base, seed).unwrap();
     println!("{}", report.table());
 
-    assert!(report.results.len() >= 1000, "only {} variants", report.results.len());
+    assert!(
+        report.results.len() >= 1000,
+        "only {} variants",
+        report.results.len()
+    );
     let benign = report
         .results
         .iter()
         .filter(|r| r.variant.expect == Expect::Accept)
         .count();
-    assert!(benign >= 3 && benign < 10, "{benign} benign variants");
+    assert!((3..10).contains(&benign), "{benign} benign variants");
     assert_eq!(report.control_before, Outcome::Accepted);
-    assert_eq!(report.control_after, Outcome::Accepted, "the image was not restored");
+    assert_eq!(
+        report.control_after,
+        Outcome::Accepted,
+        "the image was not restored"
+    );
     assert_eq!(report.panicked(), 0);
     assert_eq!(report.wrongly_accepted(), 0);
     let unexpected: Vec<String> = report
@@ -66,7 +74,10 @@ fn every_hostile_variant_is_refused_with_the_expected_kind() {
         "read",
     ] {
         assert!(
-            report.results.iter().any(|r| r.outcome == Outcome::Rejected(kind)),
+            report
+                .results
+                .iter()
+                .any(|r| r.outcome == Outcome::Rejected(kind)),
             "no variant was refused as {kind}"
         );
     }

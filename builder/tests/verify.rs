@@ -230,13 +230,26 @@ fn rollback_is_refused_unless_allowed_and_a_broken_state_is_named(s: &Signed) {
         .env("XDG_STATE_HOME", &xdg));
     assert!(o.status.success(), "{}", stderr(&o));
     let default_state = xdg.join("ingot/accepted-versions.json");
-    assert!(stderr(&o).contains(&default_state.display().to_string()), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&default_state.display().to_string()),
+        "{}",
+        stderr(&o)
+    );
     assert!(default_state.is_file());
     // A broken state file is named and left as it is.
     std::fs::write(&s.state, "{\"schema\": 1, \"keys\": ").unwrap();
     let e = verify_with(s, &s.public, &[]).unwrap_err();
-    assert!(e.contains(&format!("{} is not an ingot rollback state file", s.state.display())), "{e}");
-    assert_eq!(std::fs::read_to_string(&s.state).unwrap(), "{\"schema\": 1, \"keys\": ");
+    assert!(
+        e.contains(&format!(
+            "{} is not an ingot rollback state file",
+            s.state.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&s.state).unwrap(),
+        "{\"schema\": 1, \"keys\": "
+    );
 }
 
 #[test]

@@ -319,5 +319,8 @@ fn a_profile_parsed_from_text_is_the_one_loaded_from_its_file() {
     assert!(load(&c).is_ok());
     let e = parse_str(&c, child).unwrap_err();
     assert!(e.to_string().contains("cannot extend another"), "{e}");
-    assert!(matches!(parse_str(&p, "[image\n"), Err(ProfileError::Parse { .. })));
+    assert!(matches!(
+        parse_str(&p, "[image\n"),
+        Err(ProfileError::Parse { .. })
+    ));
 }
