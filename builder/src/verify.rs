@@ -401,3 +401,40 @@ impl VerifyError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_zero_bytes_are_found_in_data_and_holes_read_as_zeros() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("sparse");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let size = 64 << 20;
+        f.set_len(size).unwrap();
+        // Allocated zeros, then a hole, then one byte deep inside another allocated block.
+        f.write_all_at(&[0u8; 8192], 4 << 20).unwrap();
+        f.write_all_at(&[0u8; 4096], 40 << 20).unwrap();
+        assert_eq!(first_nonzero(&f, 0, size).unwrap(), None);
+        let at = (40 << 20) + 1234;
+        f.write_all_at(&[7], at).unwrap();
+        assert_eq!(first_nonzero(&f, 0, size).unwrap(), Some(at));
+        assert_eq!(first_nonzero(&f, at, at + 1).unwrap(), Some(at));
+        assert_eq!(first_nonzero(&f, 0, at).unwrap(), None);
+        assert_eq!(first_nonzero(&f, at + 1, size).unwrap(), None);
+        // The last byte of the file, after a hole.
+        f.write_all_at(&[1], size - 1).unwrap();
+        assert_eq!(first_nonzero(&f, at + 1, size).unwrap(), Some(size - 1));
+        assert_eq!(first_nonzero_byte(&[0, 0, 0]), None);
+        let mut v = vec![0u8; 10_000];
+        v[9_999] = 1;
+        assert_eq!(first_nonzero_byte(&v), Some(9_999));
+    }
+}
