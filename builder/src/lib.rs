@@ -8,6 +8,7 @@ pub mod esp;
 pub mod fetch;
 #[cfg(test)]
 mod golden;
+pub mod hostile;
 pub mod images;
 pub mod init_binary;
 pub mod initramfs;
@@ -20,6 +21,7 @@ pub mod node_config;
 pub mod oci;
 pub mod pipeline;
 pub mod profile;
+pub mod rollback;
 pub mod rootfs;
 pub mod secure_boot;
 pub mod signing;

@@ -128,8 +128,14 @@ enum Command {
     /// Checks, in order: the manifest's signature (`<manifest>.sig`) against the public key, the image's
     /// size, every partition's sha256 (and that the rest of each partition is zeros), and the sha256 of the
     /// bytes outside the partitions (MBR, both GPTs, gaps). Partitions are hashed in parallel. The first
-    /// failure is reported with the partition and byte range; the exit code is non-zero. Then it says
-    /// whether the boot loader and the UKI carry Authenticode signatures for Secure Boot, and whose.
+    /// failure is reported with the partition and byte range; the exit code is non-zero. Alongside, the
+    /// dm-verity tree is rebuilt from root-a and compared with root-a-verity and the manifest's root hash;
+    /// then the UKI on the ESP must be the manifest's, with `roothash=` equal to that root hash. Last, it
+    /// says whether the boot loader and the UKI carry Authenticode signatures for Secure Boot, and whose.
+    ///
+    /// Rollback protection: for each public key, ingot remembers the highest version it accepted of each
+    /// image name (in $XDG_STATE_HOME/ingot/accepted-versions.json, or --state) and refuses a lower one.
+    /// Versions compare as Debian versions (1.2.3 < 1.10, 1.0~rc1 < 1.0).
     Verify {
         /// The raw disk image.
         image: PathBuf,
@@ -139,6 +145,14 @@ enum Command {
         /// The manifest; by default the one next to the image (`out/x.raw` → `out/x.manifest.json`).
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// The rollback state file (default: $XDG_STATE_HOME/ingot/accepted-versions.json, else
+        /// ~/.local/state/ingot/accepted-versions.json).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// Accept an image older than the newest one accepted before with this key (the recorded version
+        /// stays the newer one).
+        #[arg(long)]
+        allow_downgrade: bool,
     },
     /// Boot an image under QEMU (UEFI via OVMF) with the serial console on stdout.
     ///
@@ -420,11 +434,22 @@ fn main() -> ExitCode {
                 );
             })
             .map_err(Into::into),
-        Command::Verify { image, key, manifest } => (|| -> anyhow::Result<()> {
+        Command::Verify {
+            image,
+            key,
+            manifest,
+            state,
+            allow_downgrade,
+        } => (|| -> anyhow::Result<()> {
             let public = ingot::signing::load_public_key(&key)?;
             let manifest = manifest.unwrap_or_else(|| ingot::manifest::path_for_image(&image));
+            let policy = ingot::rollback::Policy {
+                state: state.map_or_else(ingot::rollback::default_state_path, Ok)?,
+                allow_downgrade,
+            };
             let started = std::time::Instant::now();
-            let v = ingot::verify::verify(&image, &manifest, &public)?;
+            let a = ingot::rollback::verify(&image, &manifest, &public, &policy)?;
+            let v = &a.verified;
             println!(
                 "{}: verified: signed by key {}, {} partitions and the rest of the image, {} MiB hashed in {:.2} s",
                 image.display(),
@@ -433,6 +458,20 @@ fn main() -> ExitCode {
                 v.bytes_hashed >> 20,
                 started.elapsed().as_secs_f64()
             );
+            match (&a.previous, a.raised) {
+                (_, true) => eprintln!(
+                    "{} {} recorded as the newest accepted with key {} ({})",
+                    a.name,
+                    a.version,
+                    v.key_id,
+                    policy.state.display()
+                ),
+                (Some(p), false) if policy.allow_downgrade && *p != a.version => eprintln!(
+                    "{} {} accepted as a downgrade; the newest accepted with key {} stays {p}",
+                    a.name, a.version, v.key_id
+                ),
+                _ => {}
+            }
             // Secure Boot signatures are the firmware's to enforce; verify reports them.
             for b in ingot::inspect::boot_signatures(&image)? {
                 println!("  {}: {}", b.path, b.signature);

@@ -126,6 +126,12 @@ fn read_key_body(path: &Path, header: &'static str) -> Result<[u8; 32], KeyError
         path: path.to_path_buf(),
         source,
     })?;
+    parse_key_body(path, &text, header)
+}
+
+/// Line 1 `header`, line 2 the base64 of 32 bytes, nothing after but blank lines; `path` names the file in
+/// errors.
+fn parse_key_body(path: &Path, text: &str, header: &'static str) -> Result<[u8; 32], KeyError> {
     let mut lines = text.lines();
     if lines.next() != Some(header) {
         return Err(KeyError::Header {
@@ -148,7 +154,16 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
 }
 
 pub fn load_public_key(path: &Path) -> Result<VerifyingKey, KeyError> {
-    let bytes = read_key_body(path, PUBLIC_HEADER)?;
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_public_key(path, &text)
+}
+
+/// A public key file's text (what [`keygen`] writes to `<out>.pub`); `path` names it in errors.
+pub fn parse_public_key(path: &Path, text: &str) -> Result<VerifyingKey, KeyError> {
+    let bytes = parse_key_body(path, text, PUBLIC_HEADER)?;
     VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Body {
         path: path.to_path_buf(),
     })

@@ -126,6 +126,21 @@ pub enum VerifyError {
         expected: String,
         found: String,
     },
+    #[error(transparent)]
+    Rollback(#[from] crate::rollback::RollbackError),
+    #[error(
+        "partition {number} ({label}): offset {offset}, size {size}, hashed_bytes {hashed_bytes}: {problem}"
+    )]
+    PartitionShape {
+        number: u32,
+        label: String,
+        offset: u64,
+        size: u64,
+        hashed_bytes: u64,
+        problem: &'static str,
+    },
+    #[error("the manifest lists {found} partitions; a GPT holds at most {MAX_PARTITIONS}")]
+    PartitionCount { found: usize },
 }
 
 /// What a successful verification covered.
@@ -150,7 +165,14 @@ fn read(path: &Path) -> Result<Vec<u8>, VerifyError> {
     })
 }
 
-pub fn verify(image: &Path, manifest_path: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
+/// [`verify`], with `admit` run on the manifest once its signature and shape are checked and before the
+/// image is read: a policy (e.g. [`crate::rollback`]) can refuse an authentic image cheaply there.
+pub fn verify_admitting<T>(
+    image: &Path,
+    manifest_path: &Path,
+    key: &VerifyingKey,
+    admit: impl FnOnce(&Manifest) -> Result<T, VerifyError>,
+) -> Result<(Verified, T), VerifyError> {
     let manifest_bytes = read(manifest_path)?;
     let sig_path = signature_path(manifest_path);
     let sig = read(&sig_path)?;
@@ -168,6 +190,7 @@ pub fn verify(image: &Path, manifest_path: &Path, key: &VerifyingKey) -> Result<
             message: format!("schema {}", manifest.schema),
         });
     }
+    let admitted = admit(&manifest)?;
     let file = File::open(image).map_err(|source| VerifyError::Read {
         path: image.to_path_buf(),
         source,
@@ -230,17 +253,23 @@ pub fn verify(image: &Path, manifest_path: &Path, key: &VerifyingKey) -> Result<
     }
     // Only now is the ESP known to be the signed one, so only now is its FAT worth parsing.
     check_uki(image, &manifest)?;
-    Ok(Verified {
+    let verified = Verified {
         key_id: signing::key_id(key),
         partitions: manifest.partitions.len(),
         bytes_hashed,
-    })
+    };
+    Ok((verified, admitted))
 }
 
 /// The partitions' byte ranges, sorted, checked to lie inside the image without overlapping.
 fn partition_ranges(parts: &[PartitionEntry], size: u64) -> Result<Vec<(u64, u64)>, VerifyError> {
+    // Each partition is hashed on its own thread: a bound on their number is a bound on the threads.
+    if parts.len() > MAX_PARTITIONS {
+        return Err(VerifyError::PartitionCount { found: parts.len() });
+    }
     let mut ranges: Vec<(u64, u64, &PartitionEntry)> = Vec::new();
     for p in parts {
+        check_shape(p)?;
         let end = p.offset.checked_add(p.size);
         let bad = || VerifyError::Layout {
             number: p.number,
@@ -249,9 +278,7 @@ fn partition_ranges(parts: &[PartitionEntry], size: u64) -> Result<Vec<(u64, u64
             end: end.unwrap_or(u64::MAX),
             size,
         };
-        let end = end
-            .filter(|e| *e <= size && p.hashed_bytes <= p.size)
-            .ok_or_else(bad)?;
+        let end = end.filter(|e| *e <= size).ok_or_else(bad)?;
         ranges.push((p.offset, end, p));
     }
     ranges.sort_by_key(|r| r.0);
@@ -474,10 +501,43 @@ fn sha256_range(file: &File, start: u64, end: u64) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// The first non-zero byte in `start..end`. Only the file's data extents are read: a hole (`SEEK_HOLE`)
+/// reads as zeros by definition, so it needs no reading to be proven zero.
 fn first_nonzero(file: &File, start: u64, end: u64) -> io::Result<Option<u64>> {
-    for_each_chunk(file, start, end, |at, chunk| {
-        chunk.iter().position(|b| *b != 0).map(|i| at + i as u64)
-    })
+    let mut at = start;
+    while at < end {
+        let data = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
+            Ok(data) => data,
+            // No data at or after `at`: the rest of the file is one hole.
+            Err(rustix::io::Errno::NXIO) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if data >= end {
+            return Ok(None);
+        }
+        let hole = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(data))
+            .map_err(io::Error::from)?
+            .min(end);
+        let found = for_each_chunk(file, data, hole, |at, chunk| {
+            first_nonzero_byte(chunk).map(|i| at + i as u64)
+        })?;
+        if found.is_some() {
+            return Ok(found);
+        }
+        at = hole.max(data + 1);
+    }
+    Ok(None)
+}
+
+/// The index of the first non-zero byte: an OR over each 4 KiB block (which vectorises), then a byte
+/// search in the one block that has one.
+fn first_nonzero_byte(bytes: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 4096;
+    bytes
+        .chunks(BLOCK)
+        .enumerate()
+        .find(|(_, block)| block.iter().fold(0u8, |acc, b| acc | b) != 0)
+        .and_then(|(k, block)| block.iter().position(|b| *b != 0).map(|i| k * BLOCK + i))
 }
 
 /// Calls `f(offset, bytes)` over `start..end` in chunks until it returns `Some`.
@@ -512,4 +572,99 @@ pub fn outside_partitions_sha256(file: &File, size: u64, ranges: &[(u64, u64)]) 
         at = end;
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The number of entries of a standard GPT.
+pub const MAX_PARTITIONS: usize = 128;
+
+/// A partition as GPT can hold one: whole 512-byte sectors, at least one, after the protective MBR and the
+/// primary GPT header; `hashed_bytes` inside it.
+fn check_shape(p: &PartitionEntry) -> Result<(), VerifyError> {
+    let problem = if p.size == 0 {
+        "a partition holds at least one sector"
+    } else if !p.offset.is_multiple_of(512) || !p.size.is_multiple_of(512) {
+        "offset and size must be whole 512-byte sectors"
+    } else if p.offset < 1024 {
+        "a partition starts after the protective MBR and the GPT header"
+    } else if p.hashed_bytes > p.size {
+        "hashed_bytes is larger than the partition"
+    } else {
+        return Ok(());
+    };
+    Err(VerifyError::PartitionShape {
+        number: p.number,
+        label: p.label.clone(),
+        offset: p.offset,
+        size: p.size,
+        hashed_bytes: p.hashed_bytes,
+        problem,
+    })
+}
+
+/// [`verify_admitting`] with no policy: the image, its manifest and signature only.
+pub fn verify(image: &Path, manifest_path: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
+    verify_admitting(image, manifest_path, key, |_| Ok(())).map(|(verified, ())| verified)
+}
+
+impl VerifyError {
+    /// A stable short name of the check that failed, for scripts and tests: `read`, `signature`,
+    /// `manifest`, `size`, `layout`, `partition-hash`, `partition-tail`, `outside`, `rollback`, `state`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifyError::Read { .. } => "read",
+            VerifyError::Signature { .. } => "signature",
+            VerifyError::Manifest { .. } | VerifyError::NoOutsideHash => "manifest",
+            VerifyError::Size { .. } => "size",
+            VerifyError::Layout { .. }
+            | VerifyError::PartitionShape { .. }
+            | VerifyError::PartitionCount { .. } => "layout",
+            VerifyError::PartitionHash { .. } => "partition-hash",
+            VerifyError::PartitionTail { .. } => "partition-tail",
+            VerifyError::Outside { .. } => "outside",
+            VerifyError::NoVerity | VerifyError::VerityParams(_) => "verity-params",
+            VerifyError::VerityRootHash { .. } => "verity-root-hash",
+            VerifyError::VerityTree { .. } => "verity-tree",
+            VerifyError::Uki { .. } | VerifyError::UkiHash { .. } => "uki",
+            VerifyError::UkiCmdline { .. } => "uki-cmdline",
+            VerifyError::UkiRootHash { .. } => "uki-root-hash",
+            VerifyError::Rollback(e) => e.kind(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_zero_bytes_are_found_in_data_and_holes_read_as_zeros() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("sparse");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let size = 64 << 20;
+        f.set_len(size).unwrap();
+        // Allocated zeros, then a hole, then one byte deep inside another allocated block.
+        f.write_all_at(&[0u8; 8192], 4 << 20).unwrap();
+        f.write_all_at(&[0u8; 4096], 40 << 20).unwrap();
+        assert_eq!(first_nonzero(&f, 0, size).unwrap(), None);
+        let at = (40 << 20) + 1234;
+        f.write_all_at(&[7], at).unwrap();
+        assert_eq!(first_nonzero(&f, 0, size).unwrap(), Some(at));
+        assert_eq!(first_nonzero(&f, at, at + 1).unwrap(), Some(at));
+        assert_eq!(first_nonzero(&f, 0, at).unwrap(), None);
+        assert_eq!(first_nonzero(&f, at + 1, size).unwrap(), None);
+        // The last byte of the file, after a hole.
+        f.write_all_at(&[1], size - 1).unwrap();
+        assert_eq!(first_nonzero(&f, at + 1, size).unwrap(), Some(size - 1));
+        assert_eq!(first_nonzero_byte(&[0, 0, 0]), None);
+        let mut v = vec![0u8; 10_000];
+        v[9_999] = 1;
+        assert_eq!(first_nonzero_byte(&v), Some(9_999));
+    }
 }

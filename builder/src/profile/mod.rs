@@ -131,19 +131,8 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<raw::RawProfile,
         path: path.to_path_buf(),
         source,
     })?;
-    let mut child: raw::RawProfile = toml::from_str(&text).map_err(|e| ProfileError::Parse {
-        path: path.to_path_buf(),
-        source: Box::new(e),
-    })?;
-    // Relative paths in a profile are relative to the file that wrote them, so rebase them before merging;
-    // likewise, values remember their file and line before merging mixes files.
+    let mut child = parse_raw(path, &text)?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    merge::rebase_paths(&mut child, dir).map_err(|(field, message)| ProfileError::Invalid {
-        path: path.to_path_buf(),
-        field,
-        message,
-    })?;
-    locate::locate(&mut child, path, &text);
     let Some(base_name) = child.extends.take() else {
         return Ok(child);
     };
@@ -161,6 +150,40 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<raw::RawProfile,
     }
     let base = load_merged(&base_path, chain)?;
     Ok(merge::merge(base, child))
+}
+
+/// One profile file's text, parsed, with its relative paths rebased onto `path`'s directory and its values
+/// located in `path`.
+fn parse_raw(path: &Path, text: &str) -> Result<raw::RawProfile, ProfileError> {
+    let mut raw: raw::RawProfile = toml::from_str(text).map_err(|e| ProfileError::Parse {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })?;
+    // Relative paths in a profile are relative to the file that wrote them, so rebase them before merging;
+    // likewise, values remember their file and line before merging mixes files.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    merge::rebase_paths(&mut raw, dir).map_err(|(field, message)| ProfileError::Invalid {
+        path: path.to_path_buf(),
+        field,
+        message,
+    })?;
+    locate::locate(&mut raw, path, text);
+    Ok(raw)
+}
+
+/// Parses and validates a profile from `text`, as if read from `path` (relative paths resolve against its
+/// directory; nothing is read). A profile that `extends` another is refused: the base is another file,
+/// which [`load`] reads.
+pub fn parse_str(path: &Path, text: &str) -> Result<Profile, ProfileError> {
+    let raw = parse_raw(path, text)?;
+    if raw.extends.is_some() {
+        return Err(ProfileError::Invalid {
+            path: path.to_path_buf(),
+            field: "extends".into(),
+            message: "a profile parsed from text cannot extend another; load it from its file".into(),
+        });
+    }
+    validate::validate(path, raw)
 }
 
 impl fmt::Display for Source {

@@ -148,6 +148,7 @@ fn bad_values_name_the_field() {
     let d = tempfile::tempdir().unwrap();
     let cases = [
         (BASE.replace("version = \"1.0\"", "version = \"1.0+x\""), "image.version"),
+        (BASE.replace("version = \"1.0\"", "version = \"-1\""), "empty upstream part"),
         (BASE.replace("[partitions]", "") + "[partitions]\nroot = \"100.5M\"\n", "partitions.root"),
         (BASE.to_string() + "[partitions]\nvar = 1000\n", "partitions.var"),
         (BASE.replace("package = \"systemd-boot-efi\"", "url = \"https://x/y\""), "bootloader.sha256"),
@@ -306,4 +307,20 @@ fn bad_images_name_the_field() {
             "expected {field} / {why} in: {msg}"
         );
     }
+}
+
+#[test]
+fn a_profile_parsed_from_text_is_the_one_loaded_from_its_file() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), "base.toml", BASE);
+    assert_eq!(parse_str(&p, BASE).unwrap(), load(&p).unwrap());
+    let child = "extends = \"base\"\n";
+    let c = write(d.path(), "child.toml", child);
+    assert!(load(&c).is_ok());
+    let e = parse_str(&c, child).unwrap_err();
+    assert!(e.to_string().contains("cannot extend another"), "{e}");
+    assert!(matches!(
+        parse_str(&p, "[image\n"),
+        Err(ProfileError::Parse { .. })
+    ));
 }

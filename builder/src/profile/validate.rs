@@ -266,6 +266,10 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
             format!("{version:?} may only hold letters, digits, `.`, `_`, `-`, `~` (`+` is reserved for boot counting)"),
         ));
     }
+    // `ingot verify` orders versions as Debian does (rollback protection), so every version must be one.
+    if let Err(e) = crate::debian::Version::parse(&version) {
+        return Err(cx.err("image.version", format!("{e}; e.g. version = \"1.2.3\"")));
+    }
     let zstd_level = image.zstd_level.unwrap_or(3);
     if !(1..=19).contains(&zstd_level) {
         return Err(cx.err("image.zstd_level", format!("{zstd_level} is not in 1..=19")));
