@@ -884,6 +884,85 @@ fn fields(
     ] {
         add(out, "field: shape", detail.into(), v, "manifest");
     }
+    // The verity entry and the UKI's claims, validly signed: caught by rebuilding the tree from root-a and
+    // by reading the UKI from the (proven) ESP.
+    let verity = |field: &'static str, x: Value| with(&move |v: &mut Value| v["verity"][field] = x.clone());
+    let v = m.verity.as_ref();
+    let data_blocks = v.map_or(0, |v| v.data_blocks);
+    let mut flipped_root = v.map(|v| v.root_hash.clone()).unwrap_or_default();
+    if let Some(c) = flipped_root.pop() {
+        flipped_root.push(if c == '0' { '1' } else { '0' });
+    }
+    for (field, x, expect) in [
+        ("root_hash", json!("00".repeat(32)), "verity-root-hash"),
+        ("root_hash", json!(flipped_root), "verity-root-hash"),
+        ("salt", json!("11".repeat(32)), "verity-root-hash"),
+        ("salt", json!(""), "verity-root-hash"),
+        ("salt", json!("zz"), "verity-params"),
+        ("salt", json!("ab".repeat(300)), "verity-params"),
+        (
+            "uuid",
+            json!("00000000-0000-4000-8000-000000000000"),
+            "verity-tree",
+        ),
+        ("uuid", json!("not a uuid"), "verity-params"),
+        ("data_blocks", json!(data_blocks - 1), "verity-root-hash"),
+        ("data_blocks", json!(data_blocks * 2), "verity-params"),
+        ("data_blocks", json!(0), "verity-params"),
+        ("data_blocks", json!(u64::MAX), "verity-params"),
+        ("data_blocks", json!(u64::MAX / 4096 + 1), "verity-params"),
+        ("data_block_size", json!(512), "verity-params"),
+        ("data_block_size", json!(3000), "verity-params"),
+        ("hash_block_size", json!(0), "verity-params"),
+        ("hash_size", json!(4096), "verity-params"),
+        ("hash_size", json!(u64::MAX), "verity-params"),
+        ("hash_start_block", json!(0), "verity-params"),
+        ("algorithm", json!("sha1"), "verity-params"),
+        ("data_partition", json!(4), "verity-root-hash"),
+        ("data_partition", json!(9), "verity-params"),
+        ("hash_partition", json!(5), "verity-tree"),
+        ("hash_partition", json!(9), "verity-params"),
+    ] {
+        add(
+            out,
+            "field: verity",
+            format!("verity.{field} = {x}"),
+            verity(field, x),
+            expect,
+        );
+    }
+    add(
+        out,
+        "field: verity",
+        "no verity entry".into(),
+        with(&|v| {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("verity");
+            }
+        }),
+        "verity-params",
+    );
+    let cmdline = m.uki.cmdline.clone();
+    for (field, x, expect) in [
+        ("sha256", json!("00".repeat(32)), "uki"),
+        ("path", json!("EFI/Linux/other.efi"), "uki"),
+        ("path", json!("../../etc/passwd"), "uki"),
+        (
+            "cmdline",
+            json!(cmdline.replace("roothash=", "roothash=0")),
+            "uki-cmdline",
+        ),
+        ("cmdline", json!(format!("{cmdline} init=/bin/sh")), "uki-cmdline"),
+        ("cmdline", json!(""), "uki-cmdline"),
+    ] {
+        add(
+            out,
+            "field: uki",
+            format!("uki.{field} = {x}"),
+            with(&move |v: &mut Value| v["uki"][field] = x.clone()),
+            expect,
+        );
+    }
     // Duplicate keys, which a Value cannot hold: inserted as text.
     for (anchor, dup) in [
         ("{\n  \"schema\": 1,", "{\n  \"schema\": 1,\n  \"schema\": 1,"),

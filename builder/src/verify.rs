@@ -343,8 +343,21 @@ fn check_verity(file: &File, image: &Path, manifest: &Manifest) -> Result<(), Ve
     };
     let data = partition(v.data_partition)?;
     let hash = partition(v.hash_partition)?;
-    if v.algorithm != "sha256" {
-        return Err(bad(format!("algorithm {:?}, expected \"sha256\"", v.algorithm)));
+    if v.algorithm != ingot_spec::verity::ALGORITHM {
+        return Err(bad(format!(
+            "algorithm {:?}, expected {:?}",
+            v.algorithm,
+            ingot_spec::verity::ALGORITHM
+        )));
+    }
+    // Stage 1 maps only what the node's kernel table is built for; a tree the node would refuse is refused here.
+    for (what, size) in [("data", v.data_block_size), ("hash", v.hash_block_size)] {
+        if size != ingot_spec::verity::BLOCK_SIZE {
+            return Err(bad(format!(
+                "{what} block size {size}, expected {}",
+                ingot_spec::verity::BLOCK_SIZE
+            )));
+        }
     }
     let salt = hex::decode(&v.salt).map_err(|e| bad(format!("salt: {e}")))?;
     let uuid = uuid::Uuid::parse_str(&v.uuid).map_err(|e| bad(format!("uuid: {e}")))?;
