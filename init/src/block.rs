@@ -165,18 +165,27 @@ fn summary(scanned: &[Scanned]) -> String {
 
 /// Root-a on `parts`: type root (x86-64) and name `root-a`. (Slot b is chosen here once updates exist.)
 pub fn pick_root(disk: &str, parts: &[Partition]) -> Result<Partition, Error> {
+    find_role(parts, Role::RootA).ok_or_else(|| Error::NoRoot {
+        disk: disk.to_owned(),
+        found: describe(parts),
+    })
+}
+
+/// The partition with `role`'s type GUID and label.
+pub fn find_role(parts: &[Partition], role: Role) -> Option<Partition> {
     parts
         .iter()
-        .find(|p| p.type_guid == TYPE_ROOT_X86_64 && p.name == Role::RootA.label())
+        .find(|p| p.type_guid == role.type_guid() && p.name == role.label())
         .cloned()
-        .ok_or_else(|| Error::NoRoot {
-            disk: disk.to_owned(),
-            found: parts
-                .iter()
-                .map(|p| format!("{} {:?} {}", p.number, p.name, p.type_guid))
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+}
+
+/// `number "name" type, …` of every partition, for errors that say what was there instead.
+pub fn describe(parts: &[Partition]) -> String {
+    parts
+        .iter()
+        .map(|p| format!("{} {:?} {}", p.number, p.name, p.type_guid))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Waits up to `timeout` for the boot disk, picks root-a on it and waits for its device node.

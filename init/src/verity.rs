@@ -124,18 +124,10 @@ pub fn table_params(sb: &Superblock, data: DevNum, hash: DevNum, root_hash: &[u8
 
 /// root-a-verity on `parts`: the verity type and its name.
 fn pick_hash(disk: &str, parts: &[Partition]) -> Result<Partition, Error> {
-    parts
-        .iter()
-        .find(|p| p.type_guid == TYPE_ROOT_X86_64_VERITY && p.name == Role::RootAVerity.label())
-        .cloned()
-        .ok_or_else(|| Error::NoHashPartition {
-            disk: disk.to_owned(),
-            found: parts
-                .iter()
-                .map(|p| format!("{} {:?} {}", p.number, p.name, p.type_guid))
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+    crate::block::find_role(parts, Role::RootAVerity).ok_or_else(|| Error::NoHashPartition {
+        disk: disk.to_owned(),
+        found: crate::block::describe(parts),
+    })
 }
 
 /// A sysfs attribute of a block device (`dev`, `size`).
