@@ -197,13 +197,7 @@ pub fn subject(set_name: &str, name: &str) -> String {
 }
 
 fn random_bytes(buf: &mut [u8]) -> Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())
-            .map_err(|e| SecureBootError::Random(e.into()))?;
-        filled += n;
-    }
-    Ok(())
+    crate::signing::getrandom_exact(buf).map_err(SecureBootError::Random)
 }
 
 /// Makes a key set in `dir` (created with mode 0700 if missing): PK, KEK and db, each an RSA-2048 key and

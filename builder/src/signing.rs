@@ -90,11 +90,14 @@ pub fn keygen(out: &Path) -> Result<(PathBuf, PathBuf, String), KeyError> {
 }
 
 fn fill_random(buf: &mut [u8]) -> Result<(), KeyError> {
+    getrandom_exact(buf).map_err(KeyError::Random)
+}
+
+/// Fills `buf` from the kernel's random source, looping over short reads.
+pub(crate) fn getrandom_exact(buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
-        let n = rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())
-            .map_err(|e| KeyError::Random(e.into()))?;
-        filled += n;
+        filled += rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())?;
     }
     Ok(())
 }
