@@ -9,6 +9,7 @@ pub mod fetch;
 #[cfg(test)]
 mod golden;
 pub mod hostile;
+pub mod image_ranges;
 pub mod images;
 pub mod init_binary;
 pub mod initramfs;
