@@ -4,7 +4,8 @@
 //! disk's real end and extends its last partition (`var`) up to it. This module computes the sectors to
 //! write; the caller writes them in the returned order, which keeps a valid table on disk after a crash at
 //! any point: the new backup goes to the new end first (where nothing valid lives), then the primary array
-//! and last the primary header, whose CRC makes the switch atomic for readers.
+//! and last the primary header, whose CRC makes the switch atomic for readers. `ingot flash` uses the same
+//! code to move only the backup when it copies an image onto a larger disk.
 
 use crate::gpt::{self, GptError, SECTOR};
 
@@ -48,20 +49,14 @@ pub fn grow_partition(
     number: u32,
     align_sectors: u64,
 ) -> Result<Option<Grown>, GrowError> {
-    let header = gpt::parse_header(head)?;
-    let range = header.entries_byte_range();
-    let array_bytes = head
-        .get(range.start as usize..range.end as usize)
-        .ok_or(GptError::TooShort {
-            needed: range.end,
-            have: head.len() as u64,
-        })?;
-    let parts = gpt::parse_entries(&header, array_bytes)?;
-    let part = parts
+    let table = Table::parse(head)?;
+    let part = table
+        .parts
         .iter()
         .find(|p| p.number == number)
         .ok_or(GrowError::NoPartition(number))?;
-    if let Some(other) = parts
+    if let Some(other) = table
+        .parts
         .iter()
         .find(|p| p.number != number && p.first_lba > part.last_lba)
     {
@@ -71,48 +66,114 @@ pub fn grow_partition(
             other: other.number,
         });
     }
-
-    let array_sectors = (range.end - range.start).div_ceil(SECTOR);
-    // Backup header in the last sector, its array right before it.
-    let needed = header.entries_lba + 2 * array_sectors + 2;
-    if disk_sectors < needed.max(part.last_lba + array_sectors + 2) {
-        return Err(GrowError::DiskTooSmall { disk_sectors, needed });
-    }
-    let backup_header_lba = disk_sectors - 1;
-    let backup_array_lba = backup_header_lba - array_sectors;
-    let last_usable = backup_array_lba - 1;
+    let last_usable = table.last_usable(disk_sectors, part.last_lba)?;
     let align = align_sectors.max(1);
     let last_lba = (last_usable + 1) / align * align - 1;
-    if last_lba <= part.last_lba && last_usable == header.last_usable_lba {
+    if last_lba <= part.last_lba && last_usable == table.header.last_usable_lba {
         return Ok(None);
     }
     let last_lba = last_lba.max(part.last_lba);
 
-    let mut array = array_bytes.to_vec();
-    let entry = (number as usize - 1) * header.entry_size as usize;
+    let mut array = table.array.to_vec();
+    let entry = (number as usize - 1) * table.header.entry_size as usize;
     array[entry + 40..entry + 48].copy_from_slice(&last_lba.to_le_bytes());
-    let array_crc = crc32fast::hash(&array);
-
-    let primary_raw = &head[SECTOR as usize..2 * SECTOR as usize];
-    let header_size =
-        u32::from_le_bytes([primary_raw[12], primary_raw[13], primary_raw[14], primary_raw[15]]) as usize;
-    let mut primary = primary_raw.to_vec();
-    primary[32..40].copy_from_slice(&backup_header_lba.to_le_bytes());
-    primary[48..56].copy_from_slice(&last_usable.to_le_bytes());
-    primary[88..92].copy_from_slice(&array_crc.to_le_bytes());
-    seal(&mut primary, header_size);
-
-    let mut backup = primary.clone();
-    backup[24..32].copy_from_slice(&backup_header_lba.to_le_bytes());
-    backup[32..40].copy_from_slice(&1u64.to_le_bytes());
-    backup[72..80].copy_from_slice(&backup_array_lba.to_le_bytes());
-    seal(&mut backup, header_size);
-
-    let mut padded = array.clone();
-    padded.resize((array_sectors * SECTOR) as usize, 0);
     Ok(Some(Grown {
         last_lba,
-        writes: vec![
+        writes: table.rewritten(disk_sectors, array),
+    }))
+}
+
+/// Computes how to move the backup GPT to the end of a disk of `disk_sectors` sectors, making the space
+/// before it usable, without changing any partition: what a copy of an image onto a larger disk needs so
+/// that its table describes the disk it is on. The writes come in the same crash-safe order as
+/// [`grow_partition`]'s. Returns `Ok(None)` when the backup already is in the disk's last sector.
+pub fn relocate_backup(head: &[u8], disk_sectors: u64) -> Result<Option<Vec<Write>>, GrowError> {
+    let table = Table::parse(head)?;
+    let last_lba = table.parts.iter().map(|p| p.last_lba).max().unwrap_or(0);
+    let last_usable = table.last_usable(disk_sectors, last_lba)?;
+    if last_usable == table.header.last_usable_lba && table.alternate_lba() == disk_sectors - 1 {
+        return Ok(None);
+    }
+    Ok(Some(table.rewritten(disk_sectors, table.array.to_vec())))
+}
+
+/// A parsed primary GPT, with the raw bytes it came from.
+struct Table<'a> {
+    head: &'a [u8],
+    header: gpt::Header,
+    array_start: u64,
+    array: &'a [u8],
+    parts: Vec<gpt::Partition>,
+}
+
+impl<'a> Table<'a> {
+    fn parse(head: &'a [u8]) -> Result<Self, GrowError> {
+        let header = gpt::parse_header(head)?;
+        let range = header.entries_byte_range();
+        let array = head
+            .get(range.start as usize..range.end as usize)
+            .ok_or(GptError::TooShort {
+                needed: range.end,
+                have: head.len() as u64,
+            })?;
+        let parts = gpt::parse_entries(&header, array)?;
+        Ok(Table {
+            head,
+            header,
+            array_start: range.start,
+            array,
+            parts,
+        })
+    }
+
+    fn array_sectors(&self) -> u64 {
+        (self.array.len() as u64).div_ceil(SECTOR)
+    }
+
+    fn alternate_lba(&self) -> u64 {
+        let raw = &self.head[SECTOR as usize + 32..SECTOR as usize + 40];
+        u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]])
+    }
+
+    /// The last usable LBA on a disk of `disk_sectors` with the backup array and header at its end, if the
+    /// disk holds both tables and everything up to `last_used`.
+    fn last_usable(&self, disk_sectors: u64, last_used: u64) -> Result<u64, GrowError> {
+        let array_sectors = self.array_sectors();
+        // Backup header in the last sector, its array right before it.
+        let needed = self.header.entries_lba + 2 * array_sectors + 2;
+        if disk_sectors < needed.max(last_used + array_sectors + 2) {
+            return Err(GrowError::DiskTooSmall { disk_sectors, needed });
+        }
+        Ok(disk_sectors - 1 - array_sectors - 1)
+    }
+
+    /// The writes that put `array` in both places and both headers describing a disk of `disk_sectors`:
+    /// the new backup first (where nothing valid lives), then the primary array, last the primary header.
+    fn rewritten(&self, disk_sectors: u64, array: Vec<u8>) -> Vec<Write> {
+        let array_sectors = self.array_sectors();
+        let backup_header_lba = disk_sectors - 1;
+        let backup_array_lba = backup_header_lba - array_sectors;
+        let last_usable = backup_array_lba - 1;
+        let array_crc = crc32fast::hash(&array);
+
+        let primary_raw = &self.head[SECTOR as usize..2 * SECTOR as usize];
+        let header_size =
+            u32::from_le_bytes([primary_raw[12], primary_raw[13], primary_raw[14], primary_raw[15]]) as usize;
+        let mut primary = primary_raw.to_vec();
+        primary[32..40].copy_from_slice(&backup_header_lba.to_le_bytes());
+        primary[48..56].copy_from_slice(&last_usable.to_le_bytes());
+        primary[88..92].copy_from_slice(&array_crc.to_le_bytes());
+        seal(&mut primary, header_size);
+
+        let mut backup = primary.clone();
+        backup[24..32].copy_from_slice(&backup_header_lba.to_le_bytes());
+        backup[32..40].copy_from_slice(&1u64.to_le_bytes());
+        backup[72..80].copy_from_slice(&backup_array_lba.to_le_bytes());
+        seal(&mut backup, header_size);
+
+        let mut padded = array.clone();
+        padded.resize((array_sectors * SECTOR) as usize, 0);
+        vec![
             Write {
                 offset: backup_array_lba * SECTOR,
                 bytes: padded,
@@ -122,15 +183,15 @@ pub fn grow_partition(
                 bytes: backup,
             },
             Write {
-                offset: range.start,
+                offset: self.array_start,
                 bytes: array,
             },
             Write {
                 offset: SECTOR,
                 bytes: primary,
             },
-        ],
-    }))
+        ]
+    }
 }
 
 fn seal(header: &mut [u8], size: usize) {
@@ -257,6 +318,25 @@ mod tests {
     }
 
     #[test]
+    fn relocating_moves_the_backup_and_keeps_every_partition() {
+        let old = disk(20480, &[(2048, 4095), (4096, 8191)]);
+        let sectors = 409_600 + 77;
+        let writes = relocate_backup(head(&old), sectors).unwrap().unwrap();
+        let d = apply(&old, sectors, &Grown { last_lba: 0, writes });
+        let h = parse_header(&d).unwrap();
+        assert_eq!(h.last_usable_lba, sectors - 1 - 32 - 1);
+        let parts = parse_entries(&h, &d[1024..]).unwrap();
+        assert_eq!([parts[0].last_lba, parts[1].last_lba], [4095, 8191]);
+        backup_is_consistent(&d);
+        assert_eq!(relocate_backup(head(&d), sectors).unwrap(), None, "already at the end");
+        assert_eq!(relocate_backup(head(&old), 20480).unwrap(), None, "same size");
+        assert!(matches!(
+            relocate_backup(head(&old), 8000),
+            Err(GrowError::DiskTooSmall { .. })
+        ));
+    }
+
+    #[test]
     fn same_size_disk_moves_nothing() {
         let old = disk(20480, &[(2048, 18431)]);
         assert_eq!(grow_partition(head(&old), 20480, 1, 2048).unwrap(), None);
@@ -284,6 +364,7 @@ mod tests {
             let mut old = disk(20480, &[(2048, 4095), (4096, 10239)]);
             old[flip] ^= 0x5a;
             let _ = grow_partition(head(&old), sectors, 2, 2048);
+            let _ = relocate_backup(head(&old), sectors);
         }
     }
 }
