@@ -137,7 +137,8 @@ enum Command {
     /// image name (in $XDG_STATE_HOME/ingot/accepted-versions.json, or --state) and refuses a lower one.
     /// Versions compare as Debian versions (1.2.3 < 1.10, 1.0~rc1 < 1.0).
     Verify {
-        /// The raw disk image.
+        /// The raw disk image, or a block device an image was copied onto (then pass --manifest; a larger
+        /// device's bytes past the image are not checked).
         image: PathBuf,
         /// The public key (`ingot keygen` → OUT.pub).
         #[arg(long)]
@@ -450,25 +451,32 @@ fn main() -> ExitCode {
             let started = std::time::Instant::now();
             let a = ingot::rollback::verify(&image, &manifest, &public, &policy)?;
             let v = &a.verified;
+            let key_id = ingot::signing::key_id(&public);
             println!(
                 "{}: verified: signed by key {}, {} partitions and the rest of the image, {} MiB hashed in {:.2} s",
                 image.display(),
-                v.key_id,
+                key_id,
                 v.partitions,
                 v.bytes_hashed >> 20,
                 started.elapsed().as_secs_f64()
             );
+            if v.device_tail > 0 {
+                println!(
+                    "  the device's last {} MiB, past the image's end, belong to the device and were not checked",
+                    v.device_tail >> 20
+                );
+            }
             match (&a.previous, a.raised) {
                 (_, true) => eprintln!(
                     "{} {} recorded as the newest accepted with key {} ({})",
                     a.name,
                     a.version,
-                    v.key_id,
+                    key_id,
                     policy.state.display()
                 ),
                 (Some(p), false) if policy.allow_downgrade && *p != a.version => eprintln!(
                     "{} {} accepted as a downgrade; the newest accepted with key {} stays {p}",
-                    a.name, a.version, v.key_id
+                    a.name, a.version, key_id
                 ),
                 _ => {}
             }

@@ -146,9 +146,24 @@ pub enum VerifyError {
 /// What a successful verification covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    pub key_id: String,
+    /// The key whose signature over the manifest was checked; `None` for [`check_unsigned`].
+    pub key_id: Option<String>,
     pub partitions: usize,
     pub bytes_hashed: u64,
+    /// Bytes of a block device past the image's end, which belong to the device and were not checked.
+    pub device_tail: u64,
+    /// The manifest the image was proven against.
+    pub manifest: Manifest,
+}
+
+/// Whose word the manifest is taken on.
+#[derive(Debug, Clone, Copy)]
+enum Authority<'a> {
+    /// Its signature by this key.
+    Key(&'a VerifyingKey),
+    /// Nobody's: the image is checked against the manifest as it stands, which finds corruption, not
+    /// tampering.
+    Unsigned,
 }
 
 /// The signature file that belongs to a manifest: `x.manifest.json` → `x.manifest.json.sig`.
@@ -173,13 +188,30 @@ pub fn verify_admitting<T>(
     key: &VerifyingKey,
     admit: impl FnOnce(&Manifest) -> Result<T, VerifyError>,
 ) -> Result<(Verified, T), VerifyError> {
+    verify_with(image, manifest_path, Authority::Key(key), admit)
+}
+
+/// Checks `image` against a manifest whose signature is not checked (an image built without
+/// `--sign-key`): every check of [`verify`] but the first, so it proves the image undamaged, not authentic.
+pub fn check_unsigned(image: &Path, manifest_path: &Path) -> Result<Verified, VerifyError> {
+    verify_with(image, manifest_path, Authority::Unsigned, |_| Ok(())).map(|(verified, ())| verified)
+}
+
+fn verify_with<T>(
+    image: &Path,
+    manifest_path: &Path,
+    authority: Authority<'_>,
+    admit: impl FnOnce(&Manifest) -> Result<T, VerifyError>,
+) -> Result<(Verified, T), VerifyError> {
     let manifest_bytes = read(manifest_path)?;
-    let sig_path = signature_path(manifest_path);
-    let sig = read(&sig_path)?;
-    signing::verify(key, &manifest_bytes, &sig).map_err(|source| VerifyError::Signature {
-        path: sig_path.clone(),
-        source,
-    })?;
+    if let Authority::Key(key) = authority {
+        let sig_path = signature_path(manifest_path);
+        let sig = read(&sig_path)?;
+        signing::verify(key, &manifest_bytes, &sig).map_err(|source| VerifyError::Signature {
+            path: sig_path.clone(),
+            source,
+        })?;
+    }
     let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| VerifyError::Manifest {
         path: manifest_path.to_path_buf(),
         message: e.to_string(),
@@ -199,14 +231,17 @@ pub fn verify_admitting<T>(
         path: image.to_path_buf(),
         source,
     };
-    let size = file.metadata().map_err(read_err)?.len();
-    if size != manifest.image.size {
+    let (found, is_device) = image_size(&file).map_err(read_err)?;
+    // A block device may be larger than the image written to it (bmaptool leaves the rest alone); its
+    // first `size` bytes are the image.
+    if found != manifest.image.size && !(is_device && found > manifest.image.size) {
         return Err(VerifyError::Size {
             image: image.to_path_buf(),
             expected: manifest.image.size,
-            found: size,
+            found,
         });
     }
+    let size = manifest.image.size;
     let ranges = partition_ranges(&manifest.partitions, size)?;
     let expected_outside = manifest
         .image
@@ -254,11 +289,28 @@ pub fn verify_admitting<T>(
     // Only now is the ESP known to be the signed one, so only now is its FAT worth parsing.
     check_uki(image, &manifest)?;
     let verified = Verified {
-        key_id: signing::key_id(key),
+        key_id: match authority {
+            Authority::Key(key) => Some(signing::key_id(key)),
+            Authority::Unsigned => None,
+        },
         partitions: manifest.partitions.len(),
         bytes_hashed,
+        device_tail: found - size,
+        manifest,
     };
     Ok((verified, admitted))
+}
+
+/// The size of an image file or of the block device holding one (whose metadata says 0), and which it is.
+fn image_size(file: &File) -> io::Result<(u64, bool)> {
+    use std::io::Seek as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    let meta = file.metadata()?;
+    if meta.file_type().is_block_device() {
+        let mut f = file;
+        return Ok((f.seek(io::SeekFrom::End(0))?, true));
+    }
+    Ok((meta.len(), false))
 }
 
 /// The partitions' byte ranges, sorted, checked to lie inside the image without overlapping.
