@@ -6,6 +6,7 @@ pub mod deliver;
 pub mod disk;
 pub mod esp;
 pub mod fetch;
+pub mod flash;
 #[cfg(test)]
 mod golden;
 pub mod hostile;

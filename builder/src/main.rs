@@ -155,6 +155,51 @@ enum Command {
         #[arg(long)]
         allow_downgrade: bool,
     },
+    /// Write an image to a disk or USB stick: verified first, only the blocks it needs, read back after.
+    ///
+    /// Steps: the target is checked and refused when it is a partition, mounted, the disk the running
+    /// system lives on, swap, part of a device-mapper or RAID device, read-only, smaller than the image, or
+    /// not a block device (a regular file only with --to-file). The image is verified against its
+    /// manifest (with --key: the signature too, and the rollback state as `ingot verify` keeps it). Then:
+    /// both GPT locations on the target are zeroed; the image's partitions (up to the end of their content,
+    /// and at least their first MiB, so no old file system survives there), the space before them and the
+    /// backup GPT area are written in 8 MiB direct writes; the target is flushed and every written byte is
+    /// read back and compared, each partition against the manifest's sha256; last the backup GPT (moved to
+    /// the end of a larger disk) and the primary GPT. Interrupted before that, the disk has no partition
+    /// table at all, so it never looks bootable. On first boot the node grows `var` to the end of the disk.
+    ///
+    /// Examples:
+    ///   ingot flash out/worker.raw /dev/sdb --key ingot.pub
+    ///   ingot flash out/worker.raw /dev/disk/by-id/usb-SanDisk_Ultra_0401... --key ingot.pub --dry-run
+    ///   ingot flash out/minimal.raw disk.img --to-file
+    #[command(verbatim_doc_comment)]
+    Flash {
+        /// The raw disk image (`ingot build` → out/NAME.raw).
+        image: PathBuf,
+        /// The whole disk to write to (/dev/sdX, /dev/nvmeXnY, /dev/disk/by-id/…), or a file with --to-file.
+        target: PathBuf,
+        /// The public key the image's manifest must be signed with. Required when the image is signed
+        /// (NAME.manifest.json.sig exists); without it an unsigned image is checked against its manifest only.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The manifest; by default the one next to the image.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// The rollback state file, as for `ingot verify` (used with --key).
+        #[arg(long, value_name = "FILE", requires = "key")]
+        state: Option<PathBuf>,
+        /// Accept an image older than the newest one accepted with this key before.
+        #[arg(long, requires = "key")]
+        allow_downgrade: bool,
+        /// Write into a regular file instead of a block device: a missing file is created with the image's
+        /// size (written to a temporary file and renamed when complete); an existing one must be at least as
+        /// large and is written in place, like a disk.
+        #[arg(long)]
+        to_file: bool,
+        /// Check the target and the image and print what would be written, without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Boot an image under QEMU (UEFI via OVMF) with the serial console on stdout.
     ///
     /// The image is never modified: the guest's writes go to a temporary overlay, discarded when QEMU exits.
@@ -558,6 +603,56 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Flash {
+            image,
+            target,
+            key,
+            manifest,
+            state,
+            allow_downgrade,
+            to_file,
+            dry_run,
+        } => (|| -> anyhow::Result<()> {
+            let key = match key {
+                Some(k) => Some((
+                    ingot::signing::load_public_key(&k)?,
+                    ingot::rollback::Policy {
+                        state: state.map_or_else(ingot::rollback::default_state_path, Ok)?,
+                        allow_downgrade,
+                    },
+                )),
+                None => None,
+            };
+            let opts = ingot::flash::Options {
+                image,
+                target,
+                manifest,
+                key,
+                to_file,
+                dry_run,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let r = ingot::flash::flash(&opts)?;
+            if !r.dry_run {
+                println!(
+                    "{}: flashed {} of a {} image in {:.2} s (verify {:.2} s, write {:.2} s, read-back {:.2} s)",
+                    opts.target.display(),
+                    ingot::flash::target::human(r.bytes),
+                    ingot::flash::target::human(r.image_size),
+                    r.total_time.as_secs_f64(),
+                    r.verify_time.as_secs_f64(),
+                    r.write_time.as_secs_f64(),
+                    r.read_back_time.as_secs_f64()
+                );
+                if let Some(Err(why)) = &r.reread {
+                    eprintln!(
+                        "note: the kernel did not re-read the partition table ({why}); replug the disk or run \
+                         `partprobe` to see its partitions"
+                    );
+                }
+            }
+            Ok(())
+        })(),
         Command::Inspect { image, json } => ingot::inspect::inspect(&image).and_then(|r| {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

@@ -328,7 +328,11 @@ mod tests {
         let parts = parse_entries(&h, &d[1024..]).unwrap();
         assert_eq!([parts[0].last_lba, parts[1].last_lba], [4095, 8191]);
         backup_is_consistent(&d);
-        assert_eq!(relocate_backup(head(&d), sectors).unwrap(), None, "already at the end");
+        assert_eq!(
+            relocate_backup(head(&d), sectors).unwrap(),
+            None,
+            "already at the end"
+        );
         assert_eq!(relocate_backup(head(&old), 20480).unwrap(), None, "same size");
         assert!(matches!(
             relocate_backup(head(&old), 8000),
