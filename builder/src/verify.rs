@@ -575,6 +575,12 @@ fn first_nonzero(file: &File, start: u64, end: u64) -> io::Result<Option<u64>> {
             Ok(data) => data,
             // No data at or after `at`: the rest of the file is one hole.
             Err(rustix::io::Errno::NXIO) => return Ok(None),
+            // A block device knows no holes: every byte is read.
+            Err(rustix::io::Errno::INVAL) => {
+                return for_each_chunk(file, at, end, |at, chunk| {
+                    first_nonzero_byte(chunk).map(|i| at + i as u64)
+                });
+            }
             Err(e) => return Err(e.into()),
         };
         if data >= end {

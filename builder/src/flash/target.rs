@@ -525,6 +525,98 @@ garbage line
         assert!(err.contains("is a directory"), "{err}");
     }
 
+    /// A block device node that exists here, with its device number (no root needed to stat it).
+    fn some_block_device() -> Option<(PathBuf, DevNum)> {
+        let rd = fs::read_dir("/dev").ok()?;
+        let mut found: Vec<(PathBuf, DevNum)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let m = fs::metadata(e.path()).ok()?;
+                m.file_type()
+                    .is_block_device()
+                    .then(|| (e.path(), DevNum::from_rdev(m.rdev())))
+            })
+            .collect();
+        found.sort();
+        found.into_iter().next()
+    }
+
+    /// A sysfs tree in which `dev` is the disk `disk` with partition `disk`1 (259:7) and, when `holder` is
+    /// given, a device-mapper device stacked on that partition.
+    fn fake_sysfs(root: &Path, dev: DevNum, disk: &str, as_partition: bool, holder: Option<&str>) {
+        let disk_dir = root.join("devices/virtual/block").join(disk);
+        let part_dir = disk_dir.join(format!("{disk}1"));
+        fs::create_dir_all(part_dir.join("holders")).unwrap();
+        fs::create_dir_all(disk_dir.join("holders")).unwrap();
+        fs::write(part_dir.join("partition"), "1\n").unwrap();
+        fs::write(part_dir.join("dev"), "259:7\n").unwrap();
+        fs::write(disk_dir.join("ro"), "0\n").unwrap();
+        fs::create_dir_all(root.join("dev/block")).unwrap();
+        if as_partition {
+            fs::write(part_dir.join("dev"), format!("{dev}\n")).unwrap();
+            std::os::unix::fs::symlink(&part_dir, root.join("dev/block").join(dev.to_string())).unwrap();
+        } else {
+            fs::write(disk_dir.join("dev"), format!("{dev}\n")).unwrap();
+            std::os::unix::fs::symlink(&disk_dir, root.join("dev/block").join(dev.to_string())).unwrap();
+        }
+        if let Some(name) = holder {
+            let dm = root.join("devices/virtual/block/dm-3");
+            fs::create_dir_all(dm.join("dm")).unwrap();
+            fs::write(dm.join("dev"), "254:3\n").unwrap();
+            fs::write(dm.join("dm/name"), format!("{name}\n")).unwrap();
+            std::os::unix::fs::symlink(&dm, part_dir.join("holders/dm-3")).unwrap();
+        }
+    }
+
+    /// The kernel's view of partitions, stacked devices and mounts cannot be set up on every machine (no
+    /// partition scanning or device mapper in a container); these cases run against a sysfs and mountinfo
+    /// written here, for a real block device node.
+    #[test]
+    fn partitions_mounted_partitions_stacked_devices_and_the_root_are_refused() {
+        let Some((node, dev)) = some_block_device() else {
+            eprintln!("skipping: no block device node in /dev");
+            return;
+        };
+        let case = |as_partition: bool, holder: Option<&str>, mountinfo: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let sys = system(dir.path(), mountinfo);
+            fake_sysfs(&sys.sys, dev, "sdz", as_partition, holder);
+            inspect(&node, 4096, false, &sys).unwrap_err().to_string()
+        };
+        let err = case(true, None, "");
+        assert!(err.contains("refusing to write: is a partition (sdz1 of /dev/sdz); flash writes a whole disk: give /dev/sdz"), "{err}");
+        let err = case(false, None, "40 22 259:7 / /boot/efi rw - vfat /dev/sdz1 rw\n");
+        assert!(
+            err.contains("is in use: /dev/sdz1 is mounted on /boot/efi; unmount it first"),
+            "{err}"
+        );
+        let err = case(
+            false,
+            None,
+            "22 1 259:7 / / rw - ext4 /dev/sdz1 rw\n40 22 259:7 / /srv rw - ext4 /dev/sdz1 rw\n",
+        );
+        assert!(
+            err.contains("holds the running system: / is mounted from /dev/sdz1"),
+            "{err}"
+        );
+        let err = case(false, Some("vg-data"), "");
+        assert!(
+            err.contains(
+                "is in use: /dev/dm-3 is built on it (device-mapper vg-data); stop that device first"
+            ),
+            "{err}"
+        );
+        let err = case(
+            false,
+            Some("vg-root"),
+            "22 1 254:3 / / rw - ext4 /dev/mapper/vg-root rw\n",
+        );
+        assert!(
+            err.contains("holds the running system: / is mounted from /dev/dm-3"),
+            "{err}"
+        );
+    }
+
     proptest! {
         #[test]
         fn mountinfo_parsing_never_panics(text in "\\PC{0,400}") {
