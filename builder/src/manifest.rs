@@ -1,6 +1,6 @@
 //! `<image>.manifest.json`: what an image holds, with hashes — partitions, the UKI, every pinned component,
-//! the container images preloaded into the root, and which byte ranges of the sparse image hold data (so
-//! `flash` can write only those).
+//! the container images preloaded into the root, and which byte ranges of the sparse image hold data (for
+//! information: what `flash` and the bmap write comes from the partitions, see `image_ranges`).
 //!
 //! The format is versioned (`schema`); fields are only ever added within a version.
 
