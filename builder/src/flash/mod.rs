@@ -443,7 +443,10 @@ mod tests {
     use super::*;
 
     #[test]
-    #[allow(clippy::single_range_in_vec_init, reason = "a list of one range is what is being tested")]
+    #[allow(
+        clippy::single_range_in_vec_init,
+        reason = "a list of one range is what is being tested"
+    )]
     fn split_cuts_out_zeroed_pieces() {
         assert_eq!(split(&(0..100), &[]), vec![(0..100, false)]);
         assert_eq!(
