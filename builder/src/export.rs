@@ -131,6 +131,14 @@ pub fn export(
     progress: bool,
 ) -> Result<Exported, ExportError> {
     let (file, image_bytes) = open_image(image)?;
+    // The export holds what the image holds: it gets the image's permissions.
+    let mode = file
+        .metadata()
+        .map_err(|source| ExportError::Read {
+            path: image.to_path_buf(),
+            source,
+        })?
+        .permissions();
     let out = out.map_or_else(|| format.default_output(image), Path::to_path_buf);
     if same_file(image, &out) {
         return Err(ExportError::OutputIsImage(out));
@@ -159,6 +167,7 @@ pub fn export(
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
+            tmp.as_file().set_permissions(mode).map_err(write_err)?;
             tmp.as_file().sync_all().map_err(write_err)?;
             tmp.persist(&out).map_err(|e| write_err(e.error))?;
         }
@@ -169,9 +178,9 @@ pub fn export(
                 .map_err(write_err)?;
             let tmp_out = tmp.path().join(&name);
             qemu_img_convert(image, &tmp_out, progress)?;
-            File::open(&tmp_out)
-                .and_then(|f| f.sync_all())
-                .map_err(write_err)?;
+            let f = File::open(&tmp_out).map_err(write_err)?;
+            f.set_permissions(mode).map_err(write_err)?;
+            f.sync_all().map_err(write_err)?;
             std::fs::rename(&tmp_out, &out).map_err(write_err)?;
         }
     }
