@@ -335,3 +335,80 @@ fn qemu_img_convert(image: &Path, out: &Path, progress: bool) -> Result<(), Expo
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_and_name_their_default_outputs() {
+        assert_eq!("raw.zst".parse::<Format>().unwrap(), Format::RawZst);
+        assert_eq!("qcow2".parse::<Format>().unwrap(), Format::Qcow2);
+        assert_eq!(
+            "vmdk".parse::<Format>().unwrap_err().to_string(),
+            "unknown export format \"vmdk\": expected raw.zst or qcow2"
+        );
+        let image = Path::new("out/minimal.raw");
+        assert_eq!(
+            Format::RawZst.default_output(image),
+            Path::new("out/minimal.raw.zst")
+        );
+        assert_eq!(
+            Format::Qcow2.default_output(image),
+            Path::new("out/minimal.qcow2")
+        );
+    }
+
+    /// A sparse file with data at unaligned places and a long hole compresses to a frame that gives the
+    /// same bytes back, records the content size, and is the same every time.
+    #[test]
+    fn zstd_round_trips_a_sparse_file_deterministically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.raw");
+        let f = File::create(&path).unwrap();
+        let len = 40 * 1024 * 1024 + 512;
+        f.set_len(len).unwrap();
+        for (at, n) in [(0u64, 5000usize), (3 << 20, 70_000), (len - 700, 700)] {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 7 + at as usize) as u8 | 1).collect();
+            f.write_all_at(&bytes, at).unwrap();
+        }
+        let compress = |name: &str| {
+            let out = dir.path().join(name);
+            let dst = File::create(&out).unwrap();
+            compress_zstd(&path, &File::open(&path).unwrap(), len, &dst, &out, None).unwrap();
+            std::fs::read(&out).unwrap()
+        };
+        let a = compress("a.zst");
+        assert_eq!(a, compress("b.zst"));
+        assert_eq!(zstd::zstd_safe::get_frame_content_size(&a).ok(), Some(Some(len)));
+        assert!(zstd::stream::decode_all(&a[..]).unwrap() == std::fs::read(&path).unwrap());
+    }
+
+    #[test]
+    fn only_gpt_disk_images_are_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.raw");
+        assert!(matches!(open_image(&missing), Err(ExportError::NoImage(p)) if p == missing));
+        let tiny = dir.path().join("tiny.raw");
+        std::fs::write(&tiny, [0u8; 100]).unwrap();
+        assert_eq!(
+            open_image(&tiny).unwrap_err().to_string(),
+            format!(
+                "{} is not a disk image: 100 bytes, too small to hold a partition table",
+                tiny.display()
+            )
+        );
+        let zeros = dir.path().join("zeros.raw");
+        std::fs::write(&zeros, vec![0u8; 8192]).unwrap();
+        assert!(
+            open_image(&zeros)
+                .unwrap_err()
+                .to_string()
+                .contains("is not a disk image: no GPT header at byte 512")
+        );
+        assert!(matches!(
+            open_image(dir.path()),
+            Err(ExportError::NotAnImage { reason, .. }) if reason == "not a regular file"
+        ));
+    }
+}
