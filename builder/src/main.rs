@@ -299,13 +299,16 @@ enum Command {
 }
 
 const EXPORT_AFTER_HELP: &str = "What each tool takes:\n  \
-    bmaptool   out/NAME.raw or out/NAME.raw.zst with out/NAME.bmap: bmaptool copy --bmap out/NAME.bmap out/NAME.raw.zst /dev/sdX\n  \
-    MAAS       the raw image as a ddraw custom image: maas $PROFILE boot-resources create name=custom/NAME architecture=amd64/generic filetype=ddraw content@=out/NAME.raw\n  \
-    Tinkerbell image2disk streams out/NAME.raw.zst from IMG_URL with COMPRESSED=true (zstd by the .zst suffix; releases before .zst support want the name to end in .zs)\n  \
-    qcow2      virtual machine platforms and image services (libvirt, Proxmox, OpenStack Glance)\n\n\
+    bmaptool    NAME.raw or NAME.raw.zst with NAME.bmap: writes the mapped blocks, checks their sha256\n  \
+    MAAS        NAME.raw itself, uploaded as a custom image with filetype=ddraw\n  \
+    Tinkerbell  image2disk: NAME.raw.zst at IMG_URL with COMPRESSED=true (older releases want .zs)\n  \
+    qcow2       virtual machine platforms and image services: libvirt, Proxmox, OpenStack Glance\n\n\
     Examples:\n  \
     ingot export out/minimal.raw --format raw.zst\n  \
-    ingot export out/minimal.raw --format qcow2 --out /srv/images/minimal-0.1.0.qcow2";
+    bmaptool copy --bmap out/minimal.bmap out/minimal.raw.zst /dev/sdX\n  \
+    maas $PROFILE boot-resources create name=custom/minimal architecture=amd64/generic \\\n      \
+    filetype=ddraw content@=out/minimal.raw\n  \
+    ingot export out/minimal.raw --format qcow2 --out /srv/images/minimal-0.1.0.qcow2\n";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ExportFormat {
