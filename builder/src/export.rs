@@ -92,6 +92,8 @@ pub enum ExportError {
     NotAnImage { path: PathBuf, reason: String },
     #[error("the output {0} is the image itself; choose another --out")]
     OutputIsImage(PathBuf),
+    #[error("the output {0} is a directory; give a file name")]
+    OutputIsDirectory(PathBuf),
     #[error("qemu-img is not installed; it comes with the qemu-utils package (apt-get install qemu-utils)")]
     QemuImgMissing,
     #[error("starting qemu-img")]
@@ -142,6 +144,9 @@ pub fn export(
     let out = out.map_or_else(|| format.default_output(image), Path::to_path_buf);
     if same_file(image, &out) {
         return Err(ExportError::OutputIsImage(out));
+    }
+    if out.is_dir() || out.file_name().is_none() {
+        return Err(ExportError::OutputIsDirectory(out));
     }
     let dir = out
         .parent()

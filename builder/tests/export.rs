@@ -52,6 +52,13 @@ fn a_built_image_copies_with_bmaptool_and_exports_reproducibly() {
     let o = export(&b.image, "raw.zst", Some(&b.image));
     assert!(!o.status.success());
     assert!(stderr(&o).contains("is the image itself"), "{}", stderr(&o));
+    let o = export(&b.image, "raw.zst", Some(&b.path("out")));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("is a directory; give a file name"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 fn export(image: &Path, format: &str, out: Option<&Path>) -> std::process::Output {
