@@ -1,10 +1,12 @@
 //! The ingot image builder library: everything `ingot` does, behind a thin CLI in `main.rs`.
 
+pub mod bmap;
 pub mod commands;
 pub mod debian;
 pub mod deliver;
 pub mod disk;
 pub mod esp;
+pub mod export;
 pub mod fetch;
 pub mod flash;
 #[cfg(test)]

@@ -19,9 +19,10 @@ use ingot_spec::node_config::Channel;
         UEFI: systemd-boot and a unified kernel image on the ESP, a read-only EROFS root, and ingot-init as \
         PID 1.",
     after_help = "Typical use:\n  ingot lock --profile minimal      # pin inputs (writes profiles/minimal.lock)\n  \
-        ingot build --profile minimal     # → out/minimal.raw + out/minimal.manifest.json\n  \
+        ingot build --profile minimal     # → out/minimal.raw + .manifest.json + .bmap\n  \
         ingot run out/minimal.raw         # boot it under QEMU, console on stdout\n  \
         ingot inspect out/minimal.raw     # partitions, hashes, kernel command line, components\n  \
+        ingot export out/minimal.raw --format raw.zst   # → out/minimal.raw.zst for bmaptool, Tinkerbell\n  \
         ingot node-config from-join-command \"kubeadm join …\" -o node.toml   # which cluster a node joins\n  \
         ingot kernel check /boot/config-$(uname -r)   # can this kernel run containerd, kubelet, a CNI?"
 )]
@@ -262,6 +263,27 @@ enum Command {
         #[command(subcommand)]
         command: NodeConfigCommand,
     },
+    /// Write an image in a format provisioning tools take: raw.zst or qcow2.
+    ///
+    /// raw.zst is the raw image compressed with zstd (level 3, one thread); qcow2 is made by `qemu-img
+    /// convert` (from the qemu-utils package) with compressed clusters. Either is written to a temp file
+    /// next to the output and renamed over it only when complete, and the same image always exports to
+    /// the same bytes (for qcow2, with the same qemu-img). The image's block map (`out/NAME.bmap`, written
+    /// by `ingot build`) lists the blocks a copy must write, for raw and raw.zst alike.
+    #[command(after_help = EXPORT_AFTER_HELP)]
+    Export {
+        /// The raw disk image (`ingot build` → out/NAME.raw).
+        image: PathBuf,
+        /// The output format.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Where to write it (default: next to the image, out/NAME.raw → out/NAME.raw.zst or out/NAME.qcow2).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Print nothing but errors (no progress bar, no summary).
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Show an image's partitions with hashes, its kernel command line and its pinned components.
     Inspect {
         image: PathBuf,
@@ -274,6 +296,27 @@ enum Command {
         #[command(subcommand)]
         command: KernelCommand,
     },
+}
+
+const EXPORT_AFTER_HELP: &str = "What each tool takes:\n  \
+    bmaptool    NAME.raw or NAME.raw.zst with NAME.bmap: writes the mapped blocks, checks their sha256\n  \
+    MAAS        NAME.raw itself, uploaded as a custom image with filetype=ddraw\n  \
+    Tinkerbell  image2disk: NAME.raw.zst at IMG_URL with COMPRESSED=true (older releases want .zs)\n  \
+    qcow2       virtual machine platforms and image services: libvirt, Proxmox, OpenStack Glance\n\n\
+    Examples:\n  \
+    ingot export out/minimal.raw --format raw.zst\n  \
+    bmaptool copy --bmap out/minimal.bmap out/minimal.raw.zst /dev/sdX\n  \
+    maas $PROFILE boot-resources create name=custom/minimal architecture=amd64/generic \\\n      \
+    filetype=ddraw content@=out/minimal.raw\n  \
+    ingot export out/minimal.raw --format qcow2 --out /srv/images/minimal-0.1.0.qcow2\n";
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// The raw image compressed with zstd (bmaptool, Tinkerbell image2disk).
+    #[value(name = "raw.zst")]
+    RawZst,
+    /// qcow2 with compressed clusters, made by qemu-img (virtual machine platforms).
+    Qcow2,
 }
 
 const NODE_CONFIG_ABOUT: &str = "Node configurations: which Kubernetes cluster a node joins and how it names \
@@ -434,7 +477,12 @@ fn main() -> ExitCode {
         .map(|r| {
             println!("{}", r.image.display());
             if !quiet {
-                eprintln!("wrote {} and {}", r.image.display(), r.manifest_path.display());
+                eprintln!(
+                    "wrote {}, {} and {}",
+                    r.image.display(),
+                    r.manifest_path.display(),
+                    r.bmap_path.display()
+                );
             }
         }),
         Command::Keygen {
@@ -653,6 +701,32 @@ fn main() -> ExitCode {
             }
             Ok(())
         })(),
+        Command::Export {
+            image,
+            format,
+            out,
+            quiet,
+        } => {
+            let format = match format {
+                ExportFormat::RawZst => ingot::export::Format::RawZst,
+                ExportFormat::Qcow2 => ingot::export::Format::Qcow2,
+            };
+            let started = std::time::Instant::now();
+            ingot::export::export(&image, format, out.as_deref(), !quiet)
+                .map(|e| {
+                    println!("{}", e.path.display());
+                    if !quiet {
+                        eprintln!(
+                            "wrote {} ({:.1} MiB for a {:.1} MiB image) in {:.2} s",
+                            e.path.display(),
+                            e.bytes as f64 / 1048576.0,
+                            e.image_bytes as f64 / 1048576.0,
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                })
+                .map_err(Into::into)
+        }
         Command::Inspect { image, json } => ingot::inspect::inspect(&image).and_then(|r| {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

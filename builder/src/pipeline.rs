@@ -9,7 +9,8 @@
 //! 4. UKI: systemd-stub + kernel + initramfs + command line + os-release;
 //! 5. ESP: systemd-boot as the removable-media loader, `loader.conf`, the UKI with boot counting;
 //! 6. disk: GPT with derived GUIDs, contents copied in sparsely, hashed on the way;
-//! 7. manifest; then the image and manifest are renamed into place (temp files until then).
+//! 7. manifest, and the block map (`<name>.bmap`) of the ranges a copy must write, hashed from the finished
+//!    image; then the image, manifest and block map are renamed into place (temp files until then).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -82,6 +83,8 @@ pub struct Inputs {
 pub struct Report {
     pub image: PathBuf,
     pub manifest_path: PathBuf,
+    /// The image's block map for bmaptool.
+    pub bmap_path: PathBuf,
     pub manifest: Manifest,
 }
 
@@ -211,7 +214,8 @@ fn hex(b: &[u8]) -> String {
     hex::encode(b)
 }
 
-/// Builds the image. Writes only inside `out_dir`: the image and manifest appear there complete or not at all.
+/// Builds the image. Writes only inside `out_dir`: the image, manifest and block map appear there complete
+/// or not at all.
 pub fn build(
     profile: &Profile,
     inputs: &Inputs,
@@ -384,12 +388,20 @@ pub fn build(
         images: crate::images::manifest_entries(&staged_images),
         data_ranges: disk.data_ranges,
     };
+    let block_map = steps.run("hashing the block map (bmap)", || {
+        Ok(crate::bmap::BlockMap::of_image(tmp_image.as_file(), &manifest)?)
+    })?;
     let manifest_path = manifest::path_for_image(&image);
+    let bmap_path = crate::bmap::path_for_image(&image);
     tmp_image
         .persist(&image)
         .with_context(|| format!("moving the image to {}", image.display()))?;
     manifest::write_atomic(&manifest_path, manifest.to_json().as_bytes())
         .with_context(|| format!("writing {}", manifest_path.display()))?;
+    // Last: a block map left from an earlier build until here fails bmaptool's range checksums rather
+    // than write a mix.
+    manifest::write_atomic(&bmap_path, block_map.to_xml().as_bytes())
+        .with_context(|| format!("writing {}", bmap_path.display()))?;
     if !quiet {
         eprintln!("  {:<34} {:>6.2} s", "total", steps.start.elapsed().as_secs_f64());
     }
@@ -403,6 +415,7 @@ pub fn build(
     Ok(Report {
         image,
         manifest_path,
+        bmap_path,
         manifest,
     })
 }

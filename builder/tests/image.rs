@@ -31,6 +31,11 @@ fn minimal_image_is_valid_reproducible_and_inspectable() {
     let img_b = build_minimal_with(b.path(), &["--rebuild"]);
     let (bytes_a, bytes_b) = (std::fs::read(&img_a).unwrap(), std::fs::read(&img_b).unwrap());
     assert!(bytes_a == bytes_b, "two builds of minimal differ");
+    assert!(
+        std::fs::read(a.path().join("minimal.bmap")).unwrap()
+            == std::fs::read(b.path().join("minimal.bmap")).unwrap(),
+        "the block maps of two builds differ"
+    );
     // Reusing the cached initramfs/UKI/ESP gives the same bytes as rebuilding them.
     let c = tempfile::tempdir().unwrap();
     let img_c = build_minimal(c.path());
@@ -41,7 +46,7 @@ fn minimal_image_is_valid_reproducible_and_inspectable() {
     drop(bytes_b);
     assert_eq!(
         dir_entries(a.path()),
-        ["minimal.manifest.json", "minimal.raw"],
+        ["minimal.bmap", "minimal.manifest.json", "minimal.raw"],
         "nothing else left in out/"
     );
 

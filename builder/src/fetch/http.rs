@@ -190,7 +190,8 @@ fn copy_with_progress(
     }
 }
 
-fn progress_bar(component: &str, total: Option<u64>) -> indicatif::ProgressBar {
+/// A bar counting bytes up to `total` (a spinner without one), labelled `component`.
+pub(crate) fn progress_bar(component: &str, total: Option<u64>) -> indicatif::ProgressBar {
     let bar = match total {
         Some(len) => indicatif::ProgressBar::new(len),
         None => indicatif::ProgressBar::new_spinner(),

@@ -51,6 +51,9 @@ mod cache;
 mod deb;
 mod http;
 
+/// A byte progress bar on stderr (the one downloads show), for other long work.
+pub(crate) use http::progress_bar;
+
 use std::fmt;
 use std::io::{self, IsTerminal};
 use std::path::{Path, PathBuf};
