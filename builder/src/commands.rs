@@ -564,6 +564,8 @@ pub struct RunOptions {
     pub serial_log: Option<PathBuf>,
     /// Size of the guest's disk in bytes; `None` gives exactly the image.
     pub disk_size: Option<u64>,
+    /// How the disk is attached: virtio, or as a USB stick.
+    pub disk_bus: ingot_qemu::DiskBus,
     /// Let the guest reboot within the run instead of ending it.
     pub allow_reboot: bool,
     /// A node configuration to hand to the guest, and the channel to hand it on.
@@ -597,6 +599,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     cfg.echo = true;
     cfg.serial_log = opts.serial_log.clone();
     cfg.disk_size = opts.disk_size;
+    cfg.disk_bus = opts.disk_bus;
     cfg.exit_on_reboot = !opts.allow_reboot;
     if let Some(dir) = &opts.secure_boot {
         if let Some((_, Channel::Cmdline)) = &node_config {

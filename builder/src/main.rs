@@ -234,6 +234,12 @@ enum Command {
         /// holds the writes. Without this option the disk is exactly the image.
         #[arg(long, value_name = "SIZE")]
         disk_size: Option<String>,
+        /// How the disk is attached: virtio (a virtual machine's disk) or usb (the image as it boots from a
+        /// USB stick on a real machine: a removable USB storage device on an xHCI controller, which the
+        /// firmware boots from and stage 1 must find after USB enumeration). Either works with --disk-size,
+        /// --secure-boot and every --config-channel.
+        #[arg(long, value_enum, value_name = "BUS", default_value_t = DiskBusArg::Virtio)]
+        disk_bus: DiskBusArg,
         /// Let the guest reboot: QEMU resets the machine and the image boots again in the same run instead of
         /// QEMU exiting. The disk overlay, and so everything the guest wrote, persists across guest reboots
         /// within one run.
@@ -429,6 +435,14 @@ enum AccelArg {
     Tcg,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum DiskBusArg {
+    /// A virtio disk (/dev/vda in the guest), as in a virtual machine.
+    Virtio,
+    /// A removable USB mass-storage device on a USB 3 (xHCI) controller (/dev/sda in the guest).
+    Usb,
+}
+
 fn parse_memory(s: &str) -> anyhow::Result<u32> {
     let bytes = ingot::profile::parse_size(s).map_err(anyhow::Error::msg)?;
     let mib = bytes / (1024 * 1024);
@@ -588,6 +602,7 @@ fn main() -> ExitCode {
             timeout,
             serial_log,
             disk_size,
+            disk_bus,
             allow_reboot,
             node_config,
             config_channel,
@@ -607,6 +622,10 @@ fn main() -> ExitCode {
                 timeout: timeout.map(Duration::from_secs),
                 serial_log,
                 disk_size,
+                disk_bus: match disk_bus {
+                    DiskBusArg::Virtio => ingot_qemu::DiskBus::Virtio,
+                    DiskBusArg::Usb => ingot_qemu::DiskBus::Usb,
+                },
                 allow_reboot,
                 node_config: node_config.map(|f| (f, config_channel)),
                 secure_boot,

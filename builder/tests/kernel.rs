@@ -173,6 +173,6 @@ fn every_feature_option_exists_in_debians_6_1_kernel() {
             }
         }
     }
-    // Today's result, recorded in kernel-configs/README.md: the cloud kernel has every feature.
+    // Today's result, recorded in kernel-configs/README.md: Debian's generic kernel has every feature.
     assert_eq!(v["complete"], true, "{}", stdout(&o));
 }

@@ -311,7 +311,7 @@ pub mod testing {
 mod tests {
     use super::testing::*;
     use super::*;
-    use crate::sys::fake::FakeSys;
+    use crate::sys::fake::{FakeSys, write_under};
 
     const ALL: [u32; 6] = [1, 2, 3, 4, 5, 6];
 
@@ -375,6 +375,35 @@ mod tests {
         let waited = sys.now() - start;
         assert!(
             waited >= Duration::from_millis(2050) && waited < Duration::from_millis(2300),
+            "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn waits_for_a_usb_disk_whose_size_and_partitions_come_late() {
+        // A USB stick: sda is registered before its capacity is read (size 0) and its partitions come last,
+        // seconds after the virtio disks would have been there.
+        let sys = FakeSys::new();
+        sys.write("/sys/class/block/.keep", "");
+        let start = sys.now();
+        let image = gpt_image(&ingot_layout(0x300));
+        let disk_only = image.clone();
+        sys.at(start + Duration::from_millis(2500), |root| {
+            write_under(root, "/sys/class/block/sda/size", b"0\n");
+        });
+        sys.at(start + Duration::from_millis(3500), move |root| {
+            write_under(root, "/sys/class/block/sda/size", b"4194304\n");
+            write_under(root, "/dev/sda", &disk_only);
+        });
+        sys.at(start + Duration::from_millis(4000), move |root| {
+            add_disk(root, "sda", &image, &ALL, |n| format!("sda{n}"));
+        });
+        let esp = Uuid::from_u128(0x300 + 1);
+        let root = find_root(&sys, BootDisk::WithPartition(esp), Duration::from_secs(30)).unwrap();
+        assert_eq!((root.disk.as_str(), root.device.as_str()), ("sda", "/dev/sda2"));
+        let waited = sys.now() - start;
+        assert!(
+            waited >= Duration::from_millis(4000) && waited < Duration::from_millis(4300),
             "{waited:?}"
         );
     }

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
-use crate::config::{AccelUsed, DirectKernel, NetConfig, NetMode, Proto, VmConfig};
+use crate::config::{AccelUsed, DirectKernel, DiskBus, NetConfig, NetMode, Proto, VmConfig};
 use crate::error::QemuError;
 
 /// Firmware after resolution: OVMF code plus the private vars copy, or legacy BIOS.
@@ -88,7 +88,14 @@ pub(crate) fn qemu_args(l: &Launch<'_>) -> Result<Vec<OsString>, QemuError> {
         // QEMU opens an overlay's backing file read-only.
         Disk::Overlay(overlay) => a.opt_os("-drive", kv("if=none,id=disk0,format=qcow2,file=", overlay, "")),
     };
-    a.opt("-device", "virtio-blk-pci,drive=disk0");
+    match cfg.disk_bus {
+        DiskBus::Virtio => a.opt("-device", "virtio-blk-pci,drive=disk0"),
+        // A USB 3 controller with the disk as a removable bulk-only mass-storage device on its first port, as
+        // a USB stick is. OVMF drives xHCI and USB mass storage itself, so it boots from it like from virtio.
+        DiskBus::Usb => a
+            .opt("-device", "qemu-xhci,id=xhci")
+            .opt("-device", "usb-storage,bus=xhci.0,drive=disk0,removable=on"),
+    };
     if cfg.net.enabled {
         a.opt("-netdev", netdev(&cfg.net)?);
         // romfile= drops iPXE: the guest boots from its disk, never from the network.
@@ -306,9 +313,18 @@ mod tests {
     }
 
     fn ovmf_args(cfg: &VmConfig, accel: AccelUsed, secure_boot: bool) -> Vec<String> {
+        ovmf_disk_args(
+            cfg,
+            accel,
+            secure_boot,
+            Disk::Snapshot(Path::new("/img/worker.raw")),
+        )
+    }
+
+    fn ovmf_disk_args(cfg: &VmConfig, accel: AccelUsed, secure_boot: bool, disk: Disk<'_>) -> Vec<String> {
         let l = Launch {
             cfg,
-            disk: Disk::Snapshot(Path::new("/img/worker.raw")),
+            disk,
             firmware: ResolvedFirmware::Ovmf {
                 code: Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd"),
                 vars_copy: Path::new("/tmp/s/OVMF_VARS.fd"),
@@ -361,6 +377,65 @@ mod tests {
              -device virtio-blk-pci,drive=disk0 \
              -netdev user,id=net0,restrict=on -device virtio-net-pci,netdev=net0,romfile="
         );
+    }
+
+    #[test]
+    fn usb_bus_attaches_the_disk_as_a_usb_stick_on_xhci() {
+        let mut cfg = VmConfig::new("worker.raw");
+        cfg.disk_bus = DiskBus::Usb;
+        let line = launch_args(&cfg, AccelUsed::Tcg).join(" ");
+        assert_eq!(
+            line,
+            "-nodefaults -no-user-config -machine q35 -accel tcg -cpu max -m 1024M -smp 2 \
+             -display none -monitor none -serial stdio \
+             -qmp unix:/tmp/s/qmp.sock,server=on,wait=off \
+             -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+             -drive if=pflash,format=raw,unit=1,file=/tmp/s/OVMF_VARS.fd \
+             -drive if=none,id=disk0,format=raw,snapshot=on,file=/img/worker.raw \
+             -device qemu-xhci,id=xhci -device usb-storage,bus=xhci.0,drive=disk0,removable=on \
+             -netdev user,id=net0,restrict=on -device virtio-net-pci,netdev=net0,romfile="
+        );
+    }
+
+    #[test]
+    fn usb_bus_takes_the_overlay_and_secure_boot_firmware() {
+        let mut cfg = VmConfig::new("worker.raw");
+        cfg.disk_bus = DiskBus::Usb;
+        for secure_boot in [false, true] {
+            for (disk, drive) in [
+                (
+                    Disk::Overlay(Path::new("/s/disk.qcow2")),
+                    "if=none,id=disk0,format=qcow2,file=/s/disk.qcow2",
+                ),
+                (
+                    Disk::Snapshot(Path::new("/img/worker.raw")),
+                    "if=none,id=disk0,format=raw,snapshot=on,file=/img/worker.raw",
+                ),
+            ] {
+                let a = ovmf_disk_args(&cfg, AccelUsed::Kvm, secure_boot, disk);
+                let devices: Vec<&str> = a
+                    .windows(2)
+                    .filter(|w| w[0] == "-device")
+                    .map(|w| w[1].as_str())
+                    .collect();
+                assert_eq!(
+                    devices,
+                    [
+                        "qemu-xhci,id=xhci",
+                        "usb-storage,bus=xhci.0,drive=disk0,removable=on",
+                        "virtio-net-pci,netdev=net0,romfile="
+                    ],
+                    "{a:?}"
+                );
+                let drives: Vec<&String> = a.iter().filter(|x| x.contains("id=disk0")).collect();
+                assert_eq!(drives, [drive], "{a:?}");
+                assert_eq!(
+                    a.iter().any(|x| x == "q35,smm=on"),
+                    secure_boot,
+                    "Secure Boot firmware keeps its SMM machine: {a:?}"
+                );
+            }
+        }
     }
 
     #[test]

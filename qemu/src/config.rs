@@ -10,9 +10,11 @@ pub const DEFAULT_KVM_PROBE: Duration = Duration::from_secs(30);
 /// Everything needed to launch one VM. Build it with [`VmConfig::new`] and adjust the public fields.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
-    /// Raw disk image attached as the first virtio disk. It is opened read-only by QEMU: the guest's writes go
-    /// to a throw-away overlay and are lost when QEMU exits.
+    /// Raw disk image attached as the guest's disk (on [`VmConfig::disk_bus`]). It is opened read-only by QEMU:
+    /// the guest's writes go to a throw-away overlay and are lost when QEMU exits.
     pub image: PathBuf,
+    /// How the disk is attached: a virtio disk (the default) or a USB stick.
+    pub disk_bus: DiskBus,
     /// Size of the guest's disk in bytes (a multiple of 512, at least the image's size). `None` gives the guest
     /// exactly the image, with a `snapshot=on` overlay. `Some` creates a qcow2 overlay of this virtual size in
     /// the scratch directory with the image as its read-only backing file (needs `qemu-img`); the guest sees
@@ -64,6 +66,7 @@ impl VmConfig {
     pub fn new(image: impl Into<PathBuf>) -> Self {
         VmConfig {
             image: image.into(),
+            disk_bus: DiskBus::Virtio,
             disk_size: None,
             memory_mib: 1024,
             cpus: 2,
@@ -80,6 +83,28 @@ impl VmConfig {
             serial_log: None,
             echo: false,
         }
+    }
+}
+
+/// The bus the guest's disk is attached to. Both work with either disk ([`VmConfig::disk_size`] or not) and
+/// with either OVMF; the firmware boots from whichever it finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiskBus {
+    /// A virtio block device (`virtio-blk-pci`): the guest sees `/dev/vda`.
+    #[default]
+    Virtio,
+    /// A removable USB mass-storage device (`usb-storage`, bulk-only transport) on a USB 3 xHCI controller
+    /// (`qemu-xhci`), as a node booting from a USB stick has it: the guest needs its xHCI, USB storage and SCSI
+    /// disk drivers and sees `/dev/sda`, which appears only after USB enumeration.
+    Usb,
+}
+
+impl std::fmt::Display for DiskBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DiskBus::Virtio => "virtio",
+            DiskBus::Usb => "usb",
+        })
     }
 }
 

@@ -27,6 +27,9 @@
 //!   `qemu-img create -f qcow2 -F raw -b IMAGE` with that virtual size: the guest sees the image followed by
 //!   zeros (room for the var partition to grow), QEMU opens the backing image read-only, and the overlay is
 //!   made afresh for each QEMU process. The human monitor, which could commit an overlay, is disabled.
+//! - **Disk bus**: [`VmConfig::disk_bus`] attaches either disk as a virtio disk (`virtio-blk-pci`, the default)
+//!   or as a USB stick ([`DiskBus::Usb`]: a removable `usb-storage` device on a `qemu-xhci` controller), which
+//!   OVMF boots from in the same way, plain or with Secure Boot.
 //! - **QMP**: QEMU listens on `qmp.sock` in the scratch directory (`-qmp unix:…,server=on,wait=off`).
 //!   [`Vm::qmp`] runs one command per connection (greeting, `qmp_capabilities`, command; events skipped;
 //!   [`QMP_TIMEOUT`] for the whole exchange) and [`Vm::powerdown`] presses the ACPI power button
@@ -86,8 +89,8 @@ mod vm;
 
 pub use args::shell_line;
 pub use config::{
-    Accel, AccelUsed, DEFAULT_KVM_PROBE, DirectKernel, Firmware, FwCfgFile, GuestFwd, HostFwd, NetConfig,
-    NetMode, OvmfPaths, Proto, VmConfig,
+    Accel, AccelUsed, DEFAULT_KVM_PROBE, DirectKernel, DiskBus, Firmware, FwCfgFile, GuestFwd, HostFwd,
+    NetConfig, NetMode, OvmfPaths, Proto, VmConfig,
 };
 pub use console::{ConsoleLine, LineSplitter, is_os_line};
 pub use error::{NetnsError, QemuError, WaitError, WaitFailure};
