@@ -1,6 +1,6 @@
 //! A flashed disk boots: `ingot flash` writes the signed minimal image onto a used disk 1 GiB larger than
 //! the image (a loop device when running as root, else a file with `--to-file`), and QEMU (TCG) boots that
-//! disk to `phase=ready` with `var` grown into the extra space. The disk's old bytes are a pattern, so a
+//! disk, as a virtio disk and as a USB stick, to `phase=ready` with `var` grown into the extra space. The disk's old bytes are a pattern, so a
 //! range flash forgot to write would show. Names start with `vm_`: they run in the nextest `vm` profile.
 
 mod common;
@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use ingot_qemu::{Accel, Vm, VmConfig};
+use ingot_qemu::{Accel, DiskBus, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(300);
 const EXTRA: u64 = 1 << 30;
@@ -83,17 +83,33 @@ fn vm_flashed_disk_boots_and_grows_var() {
         &disk,
     );
 
-    let mut cfg = VmConfig::new(&disk);
-    cfg.accel = Accel::Tcg;
-    cfg.serial_log = Some(dir.path().join("console.log"));
-    let mut vm = Vm::start(cfg).unwrap();
-    let var = expect_line(&mut vm, "ingot: phase=var ", BOOT);
-    expect_line(&mut vm, "ingot: phase=ready ", BOOT);
-    vm.kill();
-    assert!(var.contains(" grown formatted "), "{var}");
-    let mib: u64 = var
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("size=")?.strip_suffix("MiB")?.parse().ok())
-        .unwrap_or_else(|| panic!("no size= in {var}"));
-    assert!(mib > EXTRA >> 20, "var did not grow into the extra GiB: {var}");
+    // The same disk as a server's disk and as a USB stick; each boot starts from the flashed bytes (the
+    // guest's writes go to a snapshot), so each grows var.
+    for bus in [DiskBus::Virtio, DiskBus::Usb] {
+        let mut cfg = VmConfig::new(&disk);
+        cfg.accel = Accel::Tcg;
+        cfg.disk_bus = bus;
+        cfg.serial_log = Some(dir.path().join(format!("console-{bus}.log")));
+        let mut vm = Vm::start(cfg).unwrap();
+        let var = expect_line(&mut vm, "ingot: phase=var ", BOOT);
+        expect_line(&mut vm, "ingot: phase=ready ", BOOT);
+        vm.kill();
+        let device = if bus == DiskBus::Usb {
+            "device=/dev/sda6 "
+        } else {
+            "device=/dev/vda6 "
+        };
+        assert!(
+            var.contains(device) && var.contains(" grown formatted "),
+            "{bus}: {var}"
+        );
+        let mib: u64 = var
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("size=")?.strip_suffix("MiB")?.parse().ok())
+            .unwrap_or_else(|| panic!("no size= in {var}"));
+        assert!(
+            mib > EXTRA >> 20,
+            "{bus}: var did not grow into the extra GiB: {var}"
+        );
+    }
 }
