@@ -186,49 +186,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::manifest::{ImageInfo, PartitionEntry, UkiInfo};
 
     const MIB: u64 = 1 << 20;
 
-    fn manifest(size: u64, parts: &[(u64, u64, u64)]) -> Manifest {
-        Manifest {
-            schema: crate::manifest::SCHEMA,
-            image: ImageInfo {
-                name: "t".into(),
-                version: "1".into(),
-                profile: "t.toml".into(),
-                disk_guid: String::new(),
-                size,
-                source_date_epoch: 0,
-                outside_sha256: None,
-            },
-            partitions: parts
-                .iter()
-                .enumerate()
-                .map(|(i, &(offset, size, hashed_bytes))| PartitionEntry {
-                    number: i as u32 + 1,
-                    label: format!("p{i}"),
-                    type_guid: String::new(),
-                    guid: String::new(),
-                    offset,
-                    size,
-                    sha256: String::new(),
-                    hashed_bytes,
-                })
-                .collect(),
-            uki: UkiInfo {
-                path: String::new(),
-                sha256: String::new(),
-                cmdline: String::new(),
-                kernel_release: String::new(),
-                initrd_modules: vec![],
-            },
-            verity: None,
-            components: vec![],
-            images: vec![],
-            data_ranges: vec![],
-        }
-    }
+    use crate::image_ranges::tests::manifest;
 
     /// A 6 MiB image: a 2 MiB partition with 1.5 MiB + 100 bytes of content, an empty one up to the last
     /// block, which is the backup GPT's place. Every byte of the ranges a copy must write is written (zeros

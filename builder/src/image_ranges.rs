@@ -68,13 +68,15 @@ pub fn total(ranges: &[Range<u64>]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::manifest::{ImageInfo, PartitionEntry, UkiInfo};
 
     const MIB: u64 = 1 << 20;
 
-    fn manifest(size: u64, parts: &[(u64, u64, u64)]) -> Manifest {
+    /// A manifest of an image of `size` bytes with partitions `(offset, size, hashed_bytes)`; only what the
+    /// ranges depend on is filled in.
+    pub(crate) fn manifest(size: u64, parts: &[(u64, u64, u64)]) -> Manifest {
         Manifest {
             schema: crate::manifest::SCHEMA,
             image: ImageInfo {
