@@ -163,8 +163,8 @@ enum Command {
     /// not a block device (a regular file only with --to-file). The image is verified against its
     /// manifest (with --key: the signature too, and the rollback state as `ingot verify` keeps it). Then:
     /// both GPT locations on the target are zeroed; the image's partitions (up to the end of their content,
-    /// and at least their first MiB, so no old file system survives there), the space before them and the
-    /// backup GPT area are written in 8 MiB direct writes; the target is flushed and every written byte is
+    /// and at least their first MiB, so no old file system survives there) and the space around them are
+    /// written in 8 MiB direct writes; the target is flushed and every written byte is
     /// read back and compared, each partition against the manifest's sha256; last the backup GPT (moved to
     /// the end of a larger disk) and the primary GPT. Interrupted before that, the disk has no partition
     /// table at all, so it never looks bootable. On first boot the node grows `var` to the end of the disk.
