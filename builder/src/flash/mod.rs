@@ -408,19 +408,13 @@ fn split(range: &Range<u64>, zeroed: &[Range<u64>]) -> Vec<(Range<u64>, bool)> {
     out
 }
 
+/// The bar downloads and exports draw too, or a hidden one when stderr is not a terminal.
 fn progress_bar(show: bool, total: u64, what: &str) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
+    if show {
+        crate::fetch::progress_bar(what, Some(total))
+    } else {
+        indicatif::ProgressBar::hidden()
     }
-    let bar = indicatif::ProgressBar::new(total);
-    // The template is a constant; should it ever fail to parse, a bar without style still works.
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(what.to_owned());
-    bar
 }
 
 /// Asks the kernel to re-read the target's partition table (`blockdev --rereadpt`), so its partitions
