@@ -30,6 +30,8 @@ struct LockPlan {
     wanted: Vec<String>,
     /// Components whose dependency closure is pinned too.
     pulling: Vec<String>,
+    /// The apt base's archive and packages.
+    base: Option<(ArchiveSpec, Vec<String>)>,
 }
 
 /// A profile input the lock pins: its lock name, source, and closure settings.
@@ -43,20 +45,22 @@ struct Input<'a> {
 
 /// Every input the lock pins: kernel, bootloader, components, image archives.
 fn sources(profile: &Profile) -> Vec<Input<'_>> {
-    let mut v = vec![
-        Input {
+    let mut v = Vec::new();
+    // The apt base's kernel is pinned with the base's packages.
+    if profile.kernel.source != Source::Base {
+        v.push(Input {
             name: "kernel".to_owned(),
             source: &profile.kernel.source,
             depends: false,
             exclude: &[],
-        },
-        Input {
-            name: "bootloader".to_owned(),
-            source: &profile.bootloader.source,
-            depends: false,
-            exclude: &[],
-        },
-    ];
+        });
+    }
+    v.extend([Input {
+        name: "bootloader".to_owned(),
+        source: &profile.bootloader.source,
+        depends: false,
+        exclude: &[],
+    }]);
     v.extend(profile.components.iter().map(|c| Input {
         name: c.name.clone(),
         source: &c.source,
@@ -87,6 +91,7 @@ fn plan(profile: &Profile) -> Result<LockPlan> {
     {
         let name = name.as_str();
         match source {
+            Source::Base => {}
             Source::Package(p) => packages.push(PackageRequest {
                 component: name.to_string(),
                 package: p.clone(),
@@ -133,6 +138,10 @@ fn plan(profile: &Profile) -> Result<LockPlan> {
         pinned,
         wanted,
         pulling,
+        base: profile
+            .base
+            .as_ref()
+            .map(|b| (b.archive.clone(), b.packages.clone())),
     })
 }
 
@@ -140,6 +149,10 @@ fn request_digest(plan: &LockPlan) -> Sha256 {
     Lock::request_digest(&LockRequest {
         archives: &plan.archives,
         pinned: &plan.pinned,
+        base: plan
+            .base
+            .as_ref()
+            .map(|(spec, packages)| (spec, packages.as_slice())),
     })
 }
 
@@ -182,7 +195,23 @@ pub fn lock(profile_arg: &str, offline: bool) -> Result<PathBuf> {
             );
         }
     }
-    let lock = Lock::new(request_digest(&plan), &resolved, &plan.pinned)?;
+    let mut lock = Lock::new(request_digest(&plan), &resolved, &plan.pinned)?;
+    if let Some((archive, packages)) = &plan.base {
+        eprintln!(
+            "resolving the apt base in {} {}: {} package(s), the essential set and their dependencies",
+            archive.url,
+            archive.suite,
+            packages.len()
+        );
+        let base = debian::resolve_base(&fetcher, archive, packages)?;
+        let bytes: u64 = base.iter().map(|r| r.size).sum();
+        eprintln!(
+            "base: {} package(s), {:.1} MiB of .deb files",
+            base.len(),
+            bytes as f64 / (1024.0 * 1024.0)
+        );
+        lock = lock.with_base(&base)?;
+    }
     let path = lock_path(&profile);
     lock.write(&path, &crate::lock::profile_arg(&path))?;
     eprint!("{}", lock_summary(&lock, &resolved));
@@ -246,6 +275,12 @@ pub fn current_lock(profile: &Profile, profile_arg: &str) -> Result<Lock> {
     let wanted: Vec<&str> = plan.wanted.iter().map(String::as_str).collect();
     let pulling: Vec<&str> = plan.pulling.iter().map(String::as_str).collect();
     lock.check(&request_digest(&plan), &wanted, &pulling)?;
+    if plan.base.is_some() && lock.base().is_empty() {
+        bail!(
+            "{} pins no package of the apt base (run `ingot lock --profile {profile_arg}`)",
+            path.display()
+        );
+    }
     Ok(lock)
 }
 
@@ -336,7 +371,10 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         Ok(fetcher.unpacked(&pinned)?)
     };
     let started = Instant::now();
-    let kernel = unpack("kernel")?;
+    let kernel = match profile.kernel.source {
+        Source::Base => None,
+        _ => Some(unpack("kernel")?),
+    };
     let bootloader = unpack("bootloader")?;
     let components = profile
         .components
@@ -385,8 +423,15 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
             sha256: c.sha256.to_hex(),
         })
         .collect();
+    let base = match &profile.base {
+        Some(base) => Some(apt_base_input(
+            &profile, base, &lock, &fetcher, out_dir, rebuild, quiet,
+        )?),
+        None => None,
+    };
     let inputs = Inputs {
         kernel,
+        base,
         bootloader,
         components,
         images,
@@ -412,6 +457,83 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
         }
     }
     Ok(report)
+}
+
+/// Fetches the apt base's pinned packages and makes the root's tarball with mmdebstrap, or takes it from
+/// the cache when the same packages, options and mmdebstrap made it before (unless `rebuild`).
+fn apt_base_input(
+    profile: &Profile,
+    base: &profile::AptBase,
+    lock: &Lock,
+    fetcher: &Fetcher,
+    out_dir: &Path,
+    rebuild: bool,
+    quiet: bool,
+) -> Result<pipeline::BaseInput> {
+    let started = Instant::now();
+    let debs = lock
+        .base()
+        .iter()
+        .map(|c| {
+            let file = fetcher.fetch(&Pinned {
+                component: c.name.clone(),
+                url: c.url.clone(),
+                sha256: c.sha256,
+            })?;
+            Ok(crate::apt_base::BaseDeb { locked: c, file })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let epoch = profile.source_date_epoch;
+    let key = crate::apt_base::cache_key(base, &debs, epoch, &crate::apt_base::mmdebstrap_version()?);
+    let tar = fetcher
+        .cache()
+        .root()
+        .join("artifacts")
+        .join(format!("base-{key}.tar"));
+    if rebuild || !tar.is_file() {
+        let repo = tempfile::Builder::new()
+            .prefix(".ingot-apt-repo-")
+            .tempdir_in(out_dir)
+            .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
+        crate::apt_base::write_repo(repo.path(), &debs)?;
+        if !quiet {
+            eprintln!(
+                "  installing {} package(s) from {} with mmdebstrap",
+                debs.len(),
+                base.archive.suite
+            );
+        }
+        crate::apt_base::run_mmdebstrap(base, &debs, repo.path(), epoch, &tar, quiet)?;
+        if !quiet {
+            eprintln!(
+                "  {:<34} {:>6.2} s",
+                "making the apt base (mmdebstrap)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    } else if !quiet {
+        eprintln!(
+            "  {:<34} {:>6.2} s",
+            "reusing the apt base",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let requested: Vec<&str> = base.packages.iter().map(String::as_str).collect();
+    let packages = debs
+        .iter()
+        .map(|d| crate::manifest::PackageEntry {
+            name: d.locked.name.clone(),
+            version: d.locked.version.clone().unwrap_or_default(),
+            architecture: base.archive.arch.clone(),
+            sha256: d.locked.sha256.to_hex(),
+            dependency: d.locked.pulled_by.is_some() && !requested.contains(&d.locked.name.as_str()),
+        })
+        .collect();
+    Ok(pipeline::BaseInput {
+        tar,
+        key: key.to_hex(),
+        packages,
+    })
 }
 
 /// Adds a node configuration to the files the profile puts into the root, at [`BAKED_PATH`] with mode 0600.

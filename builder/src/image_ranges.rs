@@ -112,6 +112,7 @@ pub(crate) mod tests {
             verity: None,
             components: vec![],
             images: vec![],
+            packages: Vec::new(),
             data_ranges: vec![],
         }
     }

@@ -1,5 +1,6 @@
 //! The ingot image builder library: everything `ingot` does, behind a thin CLI in `main.rs`.
 
+pub mod apt_base;
 pub mod bmap;
 pub mod commands;
 pub mod debian;

@@ -45,6 +45,8 @@ pub struct Lock {
     pub request: Sha256,
     /// Sorted by name, names unique.
     components: Vec<LockedComponent>,
+    /// The apt base's packages (`[[base]]`), sorted by name, names unique; empty without a base.
+    base: Vec<LockedComponent>,
     /// Where it was loaded from, for messages.
     path: Option<PathBuf>,
 }
@@ -77,6 +79,8 @@ struct RawLock {
     request: String,
     #[serde(default)]
     component: Vec<LockedComponent>,
+    #[serde(default)]
+    base: Vec<LockedComponent>,
 }
 
 /// Errors reading, writing and checking lock files.
@@ -124,6 +128,9 @@ pub enum LockError {
         names: Vec<String>,
         profile: String,
     },
+    /// A `[[base]]` entry without a version.
+    #[error("{}: base package {name} has no version", path.display())]
+    BaseVersion { path: PathBuf, name: String },
     /// Writing the file failed.
     #[error("cannot write {}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
@@ -136,6 +143,8 @@ pub struct LockRequest<'a> {
     pub archives: &'a [(ArchiveSpec, Vec<PackageRequest>)],
     /// Components pinned directly by URL and sha256 in the profile.
     pub pinned: &'a [Pinned],
+    /// The apt base's archive and the packages asked of it.
+    pub base: Option<(&'a ArchiveSpec, &'a [String])>,
 }
 
 impl Lock {
@@ -167,8 +176,29 @@ impl Lock {
         Ok(Self {
             request,
             components,
+            base: Vec::new(),
             path: None,
         })
+    }
+
+    /// This lock with the apt base's resolved packages (from [`crate::debian::resolve_base`]).
+    pub fn with_base(mut self, resolved: &[Resolved]) -> Result<Self, LockError> {
+        let mut base: Vec<LockedComponent> = resolved
+            .iter()
+            .map(|r| LockedComponent {
+                name: r.package.clone(),
+                package: None,
+                requested: None,
+                pulled_by: r.pulled_by.clone(),
+                version: Some(r.version.clone()),
+                url: r.url.clone(),
+                sha256: r.sha256,
+            })
+            .collect();
+        base.sort_by(|a, b| a.name.cmp(&b.name));
+        check_unique(&base, Path::new("lock"))?;
+        self.base = base;
+        Ok(self)
     }
 
     /// Reads and validates a lock file.
@@ -204,9 +234,19 @@ impl Lock {
         let mut components = raw.component;
         components.sort_by(|a, b| a.name.cmp(&b.name));
         check_unique(&components, path)?;
+        let mut base = raw.base;
+        base.sort_by(|a, b| a.name.cmp(&b.name));
+        check_unique(&base, path)?;
+        if let Some(b) = base.iter().find(|b| b.version.is_none()) {
+            return Err(LockError::BaseVersion {
+                path: path.to_owned(),
+                name: b.name.clone(),
+            });
+        }
         Ok(Self {
             request,
             components,
+            base,
             path: Some(path.to_owned()),
         })
     }
@@ -279,6 +319,11 @@ impl Lock {
         Ok(())
     }
 
+    /// The apt base's packages, sorted by name (empty without a base).
+    pub fn base(&self) -> &[LockedComponent] {
+        &self.base
+    }
+
     /// The packages pulled in as dependencies, sorted by name.
     pub fn pulled(&self) -> impl Iterator<Item = &LockedComponent> {
         self.components.iter().filter(|c| c.pulled_by.is_some())
@@ -298,8 +343,13 @@ impl Lock {
             "request = {}",
             toml_string(&format!("sha256:{}", self.request))
         );
-        for c in &self.components {
-            out.push_str("\n[[component]]\n");
+        let tables = self
+            .components
+            .iter()
+            .map(|c| ("component", c))
+            .chain(self.base.iter().map(|c| ("base", c)));
+        for (table, c) in tables {
+            let _ = write!(out, "\n[[{table}]]\n");
             let mut field = |key: &str, value: Option<&str>| {
                 if let Some(value) = value {
                     let _ = writeln!(out, "{key} = {}", toml_string(value));
@@ -440,8 +490,23 @@ fn canonical_request(request: &LockRequest<'_>) -> String {
         })
         .collect();
     pinned.sort();
+    // Only written with a base, so locks of profiles without one keep their digest.
+    let base = request.base.map(|(spec, packages)| {
+        let mut components: Vec<&str> = spec.components.iter().map(String::as_str).collect();
+        components.sort_unstable();
+        let mut packages: Vec<&str> = packages.iter().map(String::as_str).collect();
+        packages.sort_unstable();
+        format!(
+            "base apt url={} suite={} arch={} components=[{}] packages=[{}]",
+            q(spec.url.trim_end_matches('/')),
+            q(&spec.suite),
+            q(&spec.arch),
+            components.iter().map(|c| q(c)).collect::<Vec<_>>().join(","),
+            packages.iter().map(|p| q(p)).collect::<Vec<_>>().join(",")
+        )
+    });
     let mut out = String::from("ingot-lock-request 1\n");
-    for line in archives.iter().chain(&pinned) {
+    for line in archives.iter().chain(&pinned).chain(&base) {
         out.push_str(line);
         out.push('\n');
     }
@@ -661,6 +726,7 @@ sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
         let base = Lock::request_digest(&LockRequest {
             archives: &archives,
             pinned: &pins,
+            base: None,
         });
         // Order of requests does not matter, nor the keyring, nor a trailing slash.
         let mut reordered = packages.clone();
@@ -676,7 +742,8 @@ sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
         assert_eq!(
             Lock::request_digest(&LockRequest {
                 archives: &same,
-                pinned: &pins
+                pinned: &pins,
+                base: None,
             }),
             base
         );
@@ -701,6 +768,7 @@ sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
             let digest = Lock::request_digest(&LockRequest {
                 archives: &archives,
                 pinned: &pinned,
+                base: None,
             });
             assert_ne!(digest, base, "{archives:?} {pinned:?}");
         }
@@ -709,7 +777,8 @@ sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
         assert_eq!(
             canonical_request(&LockRequest {
                 archives: &archives,
-                pinned: &pins
+                pinned: &pins,
+                base: None,
             }),
             "ingot-lock-request 1\n\
              archive url=\"https://deb.debian.org/debian\" suite=\"bookworm\" arch=\"amd64\" components=[\"main\"]\n  \
@@ -812,6 +881,7 @@ sha256 = "3333333333333333333333333333333333333333333333333333333333333333"
             Lock::request_digest(&LockRequest {
                 archives: &[(spec.clone(), packages)],
                 pinned: &[],
+                base: None,
             })
         };
         let base = digest(packages.clone());
@@ -832,11 +902,59 @@ sha256 = "3333333333333333333333333333333333333333333333333333333333333333"
             canonical_request(&LockRequest {
                 archives: &[(spec.clone(), exclude)],
                 pinned: &[],
+                base: None,
             })
             .contains(
                 "package component=\"systemd-boot\" name=\"systemd-boot-efi\" follow=- depends exclude=[\"iptables\",\"logsave\"]"
             )
         );
+    }
+
+    #[test]
+    fn an_apt_base_is_pinned_in_its_own_tables_and_in_the_digest() {
+        let (spec, _) = archive();
+        let packages = vec!["containerd".to_owned(), "runc".to_owned()];
+        let digest = |packages: &[String]| {
+            Lock::request_digest(&LockRequest {
+                archives: &[],
+                pinned: &[],
+                base: Some((&spec, packages)),
+            })
+        };
+        let none = Lock::request_digest(&LockRequest {
+            archives: &[],
+            pinned: &[],
+            base: None,
+        });
+        let reordered = vec!["runc".to_owned(), "containerd".to_owned()];
+        assert_eq!(
+            digest(&packages),
+            digest(&reordered),
+            "package order does not matter"
+        );
+        assert_ne!(digest(&packages), none);
+        assert_ne!(digest(&packages), digest(&packages[..1]));
+
+        let mut runc = pulled("runc", "base", 0x11);
+        runc.pulled_by = None;
+        let resolved = [runc, pulled("libseccomp2", "base", 0x22)];
+        let lock = Lock::new(digest(&packages), &[], &[])
+            .unwrap()
+            .with_base(&resolved)
+            .unwrap();
+        let text = lock.render("debian-worker");
+        assert!(
+            text.contains("\n[[base]]\nname = \"libseccomp2\"\nversion = \"1.0-1\"\npulled_by = \"base\"\n"),
+            "{text}"
+        );
+        let back = Lock::parse(Path::new("tests/profiles/debian-worker.lock"), &text).unwrap();
+        assert_eq!(back.base(), lock.base());
+        assert_eq!(back.base()[0].name, "libseccomp2", "sorted by name");
+        assert!(back.components().is_empty());
+
+        let no_version = text.replace("version = \"1.0-1\"\n", "");
+        let err = Lock::parse(Path::new("x.lock"), &no_version).unwrap_err();
+        assert!(matches!(err, LockError::BaseVersion { .. }), "{err}");
     }
 
     #[test]

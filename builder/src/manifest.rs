@@ -25,6 +25,9 @@ pub struct Manifest {
     /// Container image archives in the root, imported into containerd at boot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<ImageEntry>,
+    /// The packages of an apt base (`[base.apt]`), as installed into the root, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<PackageEntry>,
     /// `[offset, length]` pairs of the image that hold data; everything else is zero (a hole).
     pub data_ranges: Vec<[u64; 2]>,
 }
@@ -126,6 +129,19 @@ pub struct ImageEntry {
     pub sha256: String,
     /// `sha256:<hex>` of the image's manifest, as `ctr images ls` shows it.
     pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageEntry {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    /// sha256 of the `.deb`.
+    pub sha256: String,
+    /// Whether a dependency brought it in (rather than the profile or the archive's essential set).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dependency: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +273,22 @@ mod tests {
                 sha256: "12".repeat(32),
                 digest: format!("sha256:{}", "34".repeat(32)),
             }],
+            packages: vec![
+                PackageEntry {
+                    name: "containerd".into(),
+                    version: "1.6.20~ds1-1+deb12u3".into(),
+                    architecture: "amd64".into(),
+                    sha256: "56".repeat(32),
+                    dependency: false,
+                },
+                PackageEntry {
+                    name: "libseccomp2".into(),
+                    version: "2.5.4-1+deb12u1".into(),
+                    architecture: "amd64".into(),
+                    sha256: "78".repeat(32),
+                    dependency: true,
+                },
+            ],
             data_ranges: vec![[0, 4096], [1 << 20, 8192]],
         }
     }

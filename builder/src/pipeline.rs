@@ -60,7 +60,10 @@ pub const ROOT_MODULES_DIR: &str = "/usr/lib/modules";
 
 /// The unpacked inputs of a build, one directory per component, plus what the manifest records of them.
 pub struct Inputs {
-    pub kernel: PathBuf,
+    /// The unpacked kernel package; `None` when the kernel is the apt base's (`[kernel] from = "base"`).
+    pub kernel: Option<PathBuf>,
+    /// The apt base, when the profile has one: the root starts from it.
+    pub base: Option<BaseInput>,
     pub bootloader: PathBuf,
     /// Unpacked directories in the order of `profile.components`.
     pub components: Vec<PathBuf>,
@@ -77,6 +80,16 @@ pub struct Inputs {
     pub artifact_cache: Option<PathBuf>,
     /// Sign systemd-boot and the UKI with this Secure Boot db key.
     pub secure_boot: Option<crate::secure_boot::Signer>,
+}
+
+/// An apt base made by [`crate::apt_base::run_mmdebstrap`].
+pub struct BaseInput {
+    /// The root's tarball.
+    pub tar: PathBuf,
+    /// Its cache key (hex), which names the kernel in the boot artifacts' key when the kernel is the base's.
+    pub key: String,
+    /// What the manifest records of its packages.
+    pub packages: Vec<manifest::PackageEntry>,
 }
 
 /// What a build produced.
@@ -233,7 +246,30 @@ pub fn build(
         .tempdir_in(out_dir)
         .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
     let epoch = profile.source_date_epoch;
-    let (kver, vmlinuz, modules_dir) = find_kernel(&inputs.kernel)?;
+    let stage_dir = work.path().join("root");
+    fs::create_dir(&stage_dir).with_context(|| format!("creating {}", stage_dir.display()))?;
+    let base_kernel = work.path().join("kernel");
+    if let Some(base) = &inputs.base {
+        let report = steps.run("unpacking the apt base (strip)", || {
+            if inputs.kernel.is_none() {
+                fs::create_dir(&base_kernel)?;
+            }
+            crate::apt_base::unpack(
+                &base.tar,
+                &stage_dir,
+                inputs.kernel.is_none().then_some(base_kernel.as_path()),
+            )
+        })?;
+        if !quiet {
+            eprintln!("    {}", report.summary());
+        }
+    }
+    let kernel_dir = match (&inputs.kernel, &inputs.base) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(_)) => base_kernel,
+        (None, None) => bail!("the profile takes its kernel from the apt base, and it has none"),
+    };
+    let (kver, vmlinuz, modules_dir) = find_kernel(&kernel_dir)?;
 
     let index = ModuleIndex::open(&modules_dir, &kver)?;
     let (_, missing) = channel_modules(&index);
@@ -250,8 +286,6 @@ pub fn build(
     let root_img = work.path().join("root.erofs");
     let mut staged_images = Vec::new();
     steps.run("staging and writing the root", || {
-        let stage_dir = work.path().join("root");
-        fs::create_dir(&stage_dir)?;
         let stage = Stage::new(stage_dir.clone());
         for (link, target) in MERGED_USR {
             stage.dir(&Path::new("/").join(target))?;
@@ -266,6 +300,15 @@ pub fn build(
             os_release(profile).as_bytes(),
             0o644,
         )?;
+        if inputs.base.is_some() {
+            // The distribution's own file, which `/etc/os-release` linked to, would name it rather than
+            // the image.
+            stage.file(
+                Path::new("/usr/lib/os-release"),
+                os_release(profile).as_bytes(),
+                0o644,
+            )?;
+        }
         stage_root_modules(&stage, &index, profile, &kver)?;
         for (name, dir) in &inputs.pulled {
             stage
@@ -386,6 +429,11 @@ pub fn build(
         verity: Some(verity),
         components: inputs.pinned.clone(),
         images: crate::images::manifest_entries(&staged_images),
+        packages: inputs
+            .base
+            .as_ref()
+            .map(|b| b.packages.clone())
+            .unwrap_or_default(),
         data_ranges: disk.data_ranges,
     };
     let block_map = steps.run("hashing the block map (bmap)", || {
@@ -685,6 +733,12 @@ fn boot_artifact_key(profile: &Profile, inputs: &Inputs, cmdline: &str, uki_name
         "ingot-boot-artifact-v1".to_string(),
         hex(&Sha256::digest(INGOT_INIT)),
         pin("kernel"),
+        inputs
+            .base
+            .as_ref()
+            .filter(|_| inputs.kernel.is_none())
+            .map(|b| b.key.clone())
+            .unwrap_or_default(),
         pin("bootloader"),
         profile.kernel.initrd_modules.join(","),
         cmdline.to_string(),

@@ -30,7 +30,7 @@ pub mod resolve;
 pub mod version;
 
 pub use inrelease::{InReleaseError, Keyring, Release};
-pub use resolve::{ArchiveSpec, PackageRequest, ResolveError, Resolved, resolve};
+pub use resolve::{ArchiveSpec, PackageRequest, ResolveError, Resolved, resolve, resolve_base};
 pub use version::Version;
 
 #[cfg(test)]

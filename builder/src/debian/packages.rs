@@ -110,6 +110,25 @@ impl<'a> PackagesIndex<'a> {
         map.get(name).map_or(&[], Vec::as_slice)
     }
 
+    /// Names of the packages whose newest version is `Essential: yes` (what dpkg itself needs to work), sorted.
+    pub fn essential_names(&self) -> Result<Vec<&'a str>, EntryError> {
+        let mut names = Vec::new();
+        for (name, stanzas) in &self.by_name {
+            let mut newest: Option<(Version, &Stanza<'a>)> = None;
+            for stanza in stanzas {
+                let version = entry(stanza)?.version;
+                if newest.as_ref().is_none_or(|(v, _)| version > *v) {
+                    newest = Some((version, stanza));
+                }
+            }
+            if newest.is_some_and(|(_, s)| s.get("Essential").is_some_and(|e| e.trim() == "yes")) {
+                names.push(*name);
+            }
+        }
+        names.sort_unstable();
+        Ok(names)
+    }
+
     /// The highest version of `name`, if any.
     pub fn newest(&self, name: &str) -> Result<Option<PackageEntry>, EntryError> {
         Ok(self

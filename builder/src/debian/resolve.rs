@@ -101,6 +101,9 @@ pub enum ResolveError {
     /// A dependency closure cannot be computed.
     #[error("in {suite}")]
     Closure { suite: String, source: ClosureError },
+    /// The archive has no such suite.
+    #[error("the archive has no suite {suite:?} ({url} does not exist): check the suite's name")]
+    UnknownSuite { suite: String, url: String },
     /// No such package.
     #[error("component {component}: package {package} is not in {suite} ({components}) for {arch}")]
     NotFound {
@@ -122,38 +125,9 @@ pub fn resolve(
     requests: &[PackageRequest],
 ) -> Result<Vec<Resolved>, ResolveError> {
     let started = Instant::now();
-    let keyring = Keyring::load(&archive.keyring)?;
+    let texts = index_texts(fetcher, archive)?;
+    let index = build_index(&texts)?;
     let base = archive.url.trim_end_matches('/');
-    let dists = format!("{base}/dists/{}", archive.suite);
-    let inrelease_url = format!("{dists}/InRelease");
-    let fetch_err = |source| ResolveError::Fetch {
-        suite: archive.suite.clone(),
-        source: Box::new(source),
-    };
-    let bytes = fetcher
-        .fetch_unpinned(&format!("{} InRelease", archive.suite), &inrelease_url)
-        .map_err(fetch_err)?;
-    let text = inrelease::verify(&inrelease_url, &bytes, &keyring)?;
-    let release = inrelease::parse_release(&inrelease_url, &text, &archive.suite)?;
-
-    let mut texts = Vec::new();
-    for component in &archive.components {
-        texts.push(packages_text(
-            fetcher,
-            archive,
-            &dists,
-            &inrelease_url,
-            &release,
-            component,
-        )?);
-    }
-    let mut index = PackagesIndex::new();
-    for (text, url) in &texts {
-        index.add(text).map_err(|source| ResolveError::IndexParse {
-            url: url.clone(),
-            source,
-        })?;
-    }
 
     let entry_err = |source| ResolveError::Entry {
         suite: archive.suite.clone(),
@@ -251,6 +225,133 @@ pub fn resolve(
     }
     Ok(out)
 }
+
+/// Fetches `InRelease`, verifies it with the archive's keyring, and returns each component's decompressed
+/// `Packages` text with the URL it stands for.
+fn index_texts(fetcher: &Fetcher, archive: &ArchiveSpec) -> Result<Vec<(String, String)>, ResolveError> {
+    let keyring = Keyring::load(&archive.keyring)?;
+    let base = archive.url.trim_end_matches('/');
+    let dists = format!("{base}/dists/{}", archive.suite);
+    let inrelease_url = format!("{dists}/InRelease");
+    let bytes = fetcher
+        .fetch_unpinned(&format!("{} InRelease", archive.suite), &inrelease_url)
+        .map_err(|source| match source {
+            FetchError::HttpStatus { status: 404, .. } => ResolveError::UnknownSuite {
+                suite: archive.suite.clone(),
+                url: inrelease_url.clone(),
+            },
+            source => ResolveError::Fetch {
+                suite: archive.suite.clone(),
+                source: Box::new(source),
+            },
+        })?;
+    let text = inrelease::verify(&inrelease_url, &bytes, &keyring)?;
+    let release = inrelease::parse_release(&inrelease_url, &text, &archive.suite)?;
+    archive
+        .components
+        .iter()
+        .map(|component| packages_text(fetcher, archive, &dists, &inrelease_url, &release, component))
+        .collect()
+}
+
+fn build_index(texts: &[(String, String)]) -> Result<PackagesIndex<'_>, ResolveError> {
+    let mut index = PackagesIndex::new();
+    for (text, url) in texts {
+        index.add(text).map_err(|source| ResolveError::IndexParse {
+            url: url.clone(),
+            source,
+        })?;
+    }
+    Ok(index)
+}
+
+/// Resolves an apt base: the archive's `Essential: yes` packages (dpkg needs them to install anything) and
+/// the profile's `packages`, each at its newest version, with their `Pre-Depends` + `Depends` closure (see
+/// [`super::closure`]). The result is every package the root gets, sorted by name; `pulled_by` is `base`
+/// for packages that came in as dependencies.
+pub fn resolve_base(
+    fetcher: &Fetcher,
+    archive: &ArchiveSpec,
+    packages: &[String],
+) -> Result<Vec<Resolved>, ResolveError> {
+    let started = Instant::now();
+    let texts = index_texts(fetcher, archive)?;
+    let index = build_index(&texts)?;
+    let base = archive.url.trim_end_matches('/');
+    let entry_err = |source| ResolveError::Entry {
+        suite: archive.suite.clone(),
+        source,
+    };
+    let mut names: Vec<&str> = index.essential_names().map_err(entry_err)?;
+    names.extend(packages.iter().map(String::as_str));
+    let mut seen = std::collections::BTreeSet::new();
+    names.retain(|n| seen.insert(*n));
+    let mut entries = Vec::with_capacity(names.len());
+    for name in &names {
+        let entry = index
+            .newest(name)
+            .map_err(entry_err)?
+            .ok_or_else(|| ResolveError::NotFound {
+                component: BASE.to_owned(),
+                package: (*name).to_owned(),
+                suite: archive.suite.clone(),
+                components: archive.components.join(", "),
+                arch: archive.arch.clone(),
+            })?;
+        entries.push(entry);
+    }
+    let present: Vec<Present<'_>> = entries
+        .iter()
+        .map(|entry| Present {
+            component: BASE,
+            entry,
+        })
+        .collect();
+    let roots: Vec<ClosureRoot<'_>> = entries
+        .iter()
+        .map(|entry| ClosureRoot {
+            component: BASE,
+            entry,
+            exclude: &[],
+        })
+        .collect();
+    let pulled = closure::closure(&index, &present, &roots).map_err(|source| ResolveError::Closure {
+        suite: archive.suite.clone(),
+        source,
+    })?;
+    let resolved = |entry: PackageEntry, pulled_by: Option<String>| Resolved {
+        component: entry.package.clone(),
+        url: format!("{base}/{}", entry.filename),
+        package: entry.package,
+        requested: None,
+        pulled_by,
+        version: entry.version.to_string(),
+        sha256: entry.sha256,
+        size: entry.size,
+    };
+    let mut out: Vec<Resolved> = entries.into_iter().map(|e| resolved(e, None)).collect();
+    out.extend(
+        pulled
+            .into_iter()
+            .map(|p| resolved(p.entry, Some(BASE.to_owned()))),
+    );
+    out.sort_by(|a, b| a.package.cmp(&b.package));
+    if fetcher.reports_progress() {
+        eprintln!(
+            "resolved the apt base in {}: {} package(s) ({} essential, {} asked for, {} dependencies) in {:.1}s",
+            archive.suite,
+            out.len(),
+            index.essential_names().map_err(entry_err)?.len(),
+            packages.len(),
+            out.iter().filter(|r| r.pulled_by.is_some()).count(),
+            started.elapsed().as_secs_f32()
+        );
+    }
+    Ok(out)
+}
+
+/// The name under which an apt base's packages appear in closure errors and the lock.
+pub const BASE: &str = "base";
 
 /// The decompressed `Packages` text of one component, and the URL it stands for (for messages).
 fn packages_text(

@@ -132,6 +132,20 @@ pub(super) fn extract_tar(
     file: &Path,
     member: &str,
 ) -> Result<(), UnpackError> {
+    extract_tar_routed(reader, &[dir], file, member, &mut |_, _| Some(0))
+}
+
+/// Extracts a tar stream, entry by entry, into the directory of `dirs` that `route` picks from the entry's
+/// relative path (`usr/bin/x`) and header, or skips it (`None`). Skipped entries are not checked for their
+/// kind, so a caller can drop the device nodes of a root tarball. The same safety rules apply as in
+/// [`extract_tar`]: no absolute paths, no `..`, nothing written through a symlink leading outside.
+pub fn extract_tar_routed(
+    reader: impl Read,
+    dirs: &[&Path],
+    file: &Path,
+    member: &str,
+    route: &mut dyn FnMut(&Path, &tar::Header) -> Option<usize>,
+) -> Result<(), UnpackError> {
     let corrupt = |source| UnpackError::Corrupt {
         file: file.to_owned(),
         member: member.to_owned(),
@@ -154,6 +168,9 @@ pub(super) fn extract_tar(
             entry: shown.clone(),
         };
         let rel = safe_relative(&raw_path).ok_or_else(unsafe_path)?;
+        let Some(&dir) = route(&rel, entry.header()).and_then(|i| dirs.get(i)) else {
+            continue;
+        };
         let kind = entry.header().entry_type();
         let refuse = |kind| UnpackError::UnsupportedEntry {
             file: file.to_owned(),

@@ -61,7 +61,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub(crate) use archive::Compression;
-pub use archive::{UnpackError, unpack_tarball};
+pub use archive::{UnpackError, extract_tar_routed, unpack_tarball};
 pub use cache::Cache;
 pub use deb::{control_fields, find_data_file, unpack_deb};
 

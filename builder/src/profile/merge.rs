@@ -114,9 +114,18 @@ pub fn merge(base: RawProfile, child: RawProfile) -> RawProfile {
             arch: pick(b.arch, c.arch),
             keyring: pick(b.keyring, c.keyring),
         }),
+        // An apt base names one archive and one package set: the child's table replaces the base's whole.
+        base: child.base.or(base.base),
         kernel: merge_table(base.kernel, child.kernel, |b, c| {
-            let (package, url, sha256, path) = merge_source!(b, c);
+            // `from = "base"` is a source like `package`: whichever the child names replaces the base's.
+            let (from, (package, url, sha256, path)) = if c.from.is_some() {
+                (c.from, (None, None, None, None))
+            } else {
+                let child_has = c.package.is_some() || c.url.is_some() || c.path.is_some();
+                (if child_has { None } else { b.from.clone() }, merge_source!(b, c))
+            };
             RawKernel {
+                from,
                 package,
                 url,
                 sha256,
@@ -210,6 +219,9 @@ pub fn rebase_paths(p: &mut RawProfile, dir: &Path) -> Result<(), (String, Strin
     };
     if let Some(a) = p.archive.as_mut() {
         rebase(&mut a.keyring, "archive.keyring")?;
+    }
+    if let Some(a) = p.base.as_mut().and_then(|b| b.apt.as_mut()) {
+        rebase(&mut a.keyring, "base.apt.keyring")?;
     }
     if let Some(k) = p.kernel.as_mut() {
         rebase(&mut k.path, "kernel.path")?;

@@ -36,8 +36,8 @@ pub use images::{ContainerImage, ImageSource, archive_file_name};
 pub use init_config::{Executable, parse_cidr, parse_duration_ms, parse_mac};
 pub use raw::Origin;
 pub use validate::{
-    Archive, Bootloader, Component, FileContent, FileMap, ImageFile, Kernel, PartitionSizes, Profile, Source,
-    parse_size,
+    AptBase, Archive, Bootloader, Component, FileContent, FileMap, ImageFile, Kernel, PartitionSizes,
+    Profile, Source, parse_size,
 };
 
 /// Longest `extends` chain accepted; deeper chains are almost certainly a mistake.
@@ -189,6 +189,7 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Profile, ProfileError> {
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Source::Base => write!(f, "the apt base"),
             Source::Package(p) => write!(f, "package {p}"),
             Source::Url { url, .. } => write!(f, "{url}"),
             Source::Path(p) => write!(f, "{}", p.display()),

@@ -18,6 +18,8 @@ pub struct RawProfile {
     pub extends: Option<String>,
     pub image: Option<RawImage>,
     pub archive: Option<RawArchive>,
+    /// `[base.apt]`: the root starts from packages installed by `mmdebstrap` from an apt archive.
+    pub base: Option<RawBase>,
     pub kernel: Option<RawKernel>,
     pub bootloader: Option<RawBootloader>,
     pub partitions: Option<RawPartitions>,
@@ -65,9 +67,31 @@ pub struct RawArchive {
     pub keyring: Option<String>,
 }
 
+/// `[base]`: what the root starts from before components are staged on top.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBase {
+    pub apt: Option<RawApt>,
+}
+
+/// `[base.apt]`: an apt archive and the packages installed from it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApt {
+    pub mirror: Option<String>,
+    pub suite: Option<String>,
+    pub components: Option<Vec<String>>,
+    pub arch: Option<String>,
+    /// The archive's OpenPGP keyring, relative to the profile.
+    pub keyring: Option<String>,
+    pub packages: Option<Vec<String>>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKernel {
+    /// `"base"`: the kernel is the one the apt base installs (its `/boot/vmlinuz-*` and modules).
+    pub from: Option<String>,
     /// Exactly one of `package` (resolved by `ingot lock` in the profile's archive), `url` + `sha256`, or
     /// `path` (a local file, relative to the profile).
     pub package: Option<String>,

@@ -23,6 +23,8 @@ pub struct Profile {
     pub source_date_epoch: u64,
     pub zstd_level: i32,
     pub archive: Option<Archive>,
+    /// `[base.apt]`: the root starts from these packages, installed by `mmdebstrap`.
+    pub base: Option<AptBase>,
     pub kernel: Kernel,
     pub bootloader: Bootloader,
     pub partitions: PartitionSizes,
@@ -39,8 +41,19 @@ pub struct Profile {
 /// A Debian-style archive that `ingot lock` resolves `package` sources in.
 pub type Archive = crate::debian::ArchiveSpec;
 
+/// A root built from an apt archive: `ingot lock` pins these packages, the archive's `Essential: yes` set and
+/// their dependencies; the build installs exactly those with `mmdebstrap`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AptBase {
+    pub archive: Archive,
+    /// The packages asked for, in profile order.
+    pub packages: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// Installed by the apt base (`[kernel] from = "base"`).
+    Base,
     /// A package name, resolved to a pool URL + sha256 by `ingot lock`.
     Package(String),
     /// A URL pinned in the profile itself.
@@ -111,6 +124,74 @@ pub struct ImageFile {
 
 /// Component names `kernel` and `bootloader` are taken by the `[kernel]` and `[bootloader]` tables.
 pub const RESERVED_COMPONENT_NAMES: [&str; 2] = ["kernel", "bootloader"];
+
+/// `[base.apt]`, checked.
+fn apt_base(cx: &Ctx<'_>, a: RawApt) -> Result<AptBase, ProfileError> {
+    let mirror = cx.required(
+        a.mirror,
+        "base.apt.mirror",
+        "e.g. \"https://deb.debian.org/debian\"",
+    )?;
+    if !(mirror.starts_with("https://") || mirror.starts_with("http://")) {
+        return Err(cx.err("base.apt.mirror", format!("{mirror:?} is not an http(s) URL")));
+    }
+    let suite = cx.required(a.suite, "base.apt.suite", "e.g. \"bookworm\" or \"noble\"")?;
+    let word = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    if !word(&suite) {
+        return Err(cx.err("base.apt.suite", format!("{suite:?} is not a suite name")));
+    }
+    let components = a.components.unwrap_or_else(|| vec!["main".into()]);
+    if let Some((i, c)) = components.iter().enumerate().find(|(_, c)| !word(c)) {
+        return Err(cx.err(
+            format!("base.apt.components[{i}]"),
+            format!("{c:?} is not a component name"),
+        ));
+    }
+    let arch = a.arch.unwrap_or_else(|| "amd64".into());
+    let keyring = cx.required(
+        a.keyring,
+        "base.apt.keyring",
+        "the archive's OpenPGP keyring file",
+    )?;
+    let packages = a.packages.unwrap_or_default();
+    if packages.is_empty() {
+        return Err(cx.err(
+            "base.apt.packages",
+            "lists no package (name what the root needs, e.g. [\"containerd\"])",
+        ));
+    }
+    for (i, p) in packages.iter().enumerate() {
+        let ok = !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+        if !ok {
+            return Err(cx.err(
+                format!("base.apt.packages[{i}]"),
+                format!("{p:?} is not a package name"),
+            ));
+        }
+        if packages[..i].contains(p) {
+            return Err(cx.err(
+                format!("base.apt.packages[{i}]"),
+                format!("{p:?} is listed twice"),
+            ));
+        }
+    }
+    Ok(AptBase {
+        archive: Archive {
+            url: mirror.trim_end_matches('/').to_string(),
+            suite,
+            components,
+            arch,
+            keyring: PathBuf::from(keyring),
+        },
+        packages,
+    })
+}
 
 /// Parses `"512M"`, `"1G"`, `"4096K"` or a plain number of bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -293,9 +374,37 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         }),
     };
 
+    let base = match raw.base.map(|b| b.apt) {
+        None => None,
+        Some(None) => return Err(cx.err("base", "needs an `apt` table (the only kind of base)")),
+        Some(Some(a)) => Some(apt_base(&cx, a)?),
+    };
+
     let k = cx.required(raw.kernel, "kernel", "a [kernel] table naming the kernel package")?;
+    let source = match k.from.as_deref() {
+        None => cx.source("kernel", k.package, k.url, k.sha256, k.path)?,
+        Some("base") if base.is_none() => {
+            return Err(cx.err(
+                "kernel.from",
+                "\"base\" needs a [base.apt] table that installs a kernel package",
+            ));
+        }
+        Some("base") if k.package.is_some() || k.url.is_some() || k.sha256.is_some() || k.path.is_some() => {
+            return Err(cx.err(
+                "kernel.from",
+                "\"base\" takes the kernel the apt base installs: drop `package`, `url`, `sha256` and `path`",
+            ));
+        }
+        Some("base") => Source::Base,
+        Some(other) => {
+            return Err(cx.err(
+                "kernel.from",
+                format!("{other:?} is not a kernel source (the only one is \"base\")"),
+            ));
+        }
+    };
     let kernel = Kernel {
-        source: cx.source("kernel", k.package, k.url, k.sha256, k.path)?,
+        source,
         cmdline: k.cmdline.unwrap_or_default(),
         initrd_modules: cx.names("kernel.initrd_modules", k.initrd_modules.unwrap_or_default())?,
         root_modules: cx.names("kernel.root_modules", k.root_modules.unwrap_or_default())?,
@@ -481,6 +590,7 @@ pub fn validate(path: &Path, raw: RawProfile) -> Result<Profile, ProfileError> {
         source_date_epoch: image.source_date_epoch.unwrap_or(DEFAULT_SOURCE_DATE_EPOCH),
         zstd_level,
         archive,
+        base,
         kernel,
         bootloader,
         partitions,
