@@ -13,7 +13,8 @@
 //! of an unchanged lock skips `mmdebstrap` (`--rebuild` does not).
 //!
 //! Unpacking the tarball is the strip step ([`unpack`]): it routes the kernel (`/boot`, `/usr/lib/modules`)
-//! to its own directory for the UKI and the module staging, and drops documentation, the contents of
+//! to its own directory for the UKI and the module staging, and drops documentation (but not the packages'
+//! copyright files), the contents of
 //! `/var` (the node mounts its var partition there) and of the runtime file systems. Set-user-ID and
 //! set-group-ID bits are cleared: the root is all root-owned ([`crate::rootfs::erofs`]), where a
 //! set-group-ID `shadow` program would become set-group-ID root, and nothing on a node logs in.
@@ -36,8 +37,9 @@ use crate::profile::AptBase;
 const MERGED_USR_HOOK: &str = "/usr/share/mmdebstrap/hooks/merged-usr";
 
 /// What the strip step drops (paths relative to the root), and how the build reports it.
-const STRIPPED: [(&str, &str); 6] = [
+const STRIPPED: [(&str, &str); 7] = [
     ("usr/share/doc", "documentation"),
+    ("usr/share/doc-base", "documentation"),
     ("usr/share/man", "manual pages"),
     ("usr/share/info", "info pages"),
     ("usr/share/locale", "translations"),
@@ -272,14 +274,22 @@ fn place(rel: &Path) -> Place {
     {
         return Place::Kernel;
     }
+    // Each package's copyright file stays: the licences of what the image ships travel with it.
+    if let Ok(doc) = rel.strip_prefix("usr/share/doc") {
+        let parts = doc.components().count();
+        if parts <= 1 || (parts == 2 && doc.ends_with("copyright")) {
+            return Place::Root;
+        }
+    }
     if let Some(i) = STRIPPED.iter().position(|(p, _)| rel.starts_with(p)) {
         return Place::Dropped(i);
     }
     if EMPTIED.iter().any(|d| rel.starts_with(d) && rel != Path::new(d)) {
         return Place::Dropped(STRIPPED.len());
     }
-    if rel == Path::new("etc/machine-id") {
-        // Written by systemd-firstboot-style tools on a real system; an image must not carry one.
+    // An image must not carry a machine ID (the node makes its own); the sources list names the build's
+    // temporary repository, and the root has no apt to read it.
+    if rel == Path::new("etc/machine-id") || rel == Path::new("etc/apt/sources.list") {
         return Place::Dropped(STRIPPED.len());
     }
     Place::Root
@@ -378,21 +388,23 @@ mod tests {
             Place::Root,
             "the directory itself stays"
         );
-        assert_eq!(
-            place(Path::new("usr/share/doc/runc/copyright")),
-            Place::Dropped(0)
-        );
-        assert_eq!(place(Path::new("usr/share/doc")), Place::Dropped(0));
-        assert_eq!(
-            place(Path::new("usr/share/man/man8/runc.8.gz")),
-            Place::Dropped(1)
-        );
+        let doc = |p: &str| place(Path::new(p));
+        assert_eq!(doc("usr/share/doc/runc/changelog.Debian.gz"), Place::Dropped(0));
+        assert_eq!(doc("usr/share/doc/runc/examples/x"), Place::Dropped(0));
+        assert_eq!(doc("usr/share/doc/runc/copyright"), Place::Root, "licences stay");
+        assert_eq!(doc("usr/share/doc/runc"), Place::Root);
+        assert_eq!(doc("usr/share/doc-base/x"), Place::Dropped(1));
+        assert_eq!(doc("usr/share/man/man8/runc.8.gz"), Place::Dropped(2));
         assert_eq!(place(Path::new("var")), Place::Root);
         assert_eq!(
             place(Path::new("var/lib/dpkg/status")),
             Place::Dropped(STRIPPED.len())
         );
         assert_eq!(place(Path::new("etc/machine-id")), Place::Dropped(STRIPPED.len()));
+        assert_eq!(
+            place(Path::new("etc/apt/sources.list")),
+            Place::Dropped(STRIPPED.len())
+        );
         assert_eq!(
             place(Path::new("usr/share/docker/x")),
             Place::Root,

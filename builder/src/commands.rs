@@ -30,8 +30,8 @@ struct LockPlan {
     wanted: Vec<String>,
     /// Components whose dependency closure is pinned too.
     pulling: Vec<String>,
-    /// The apt base's archive and packages.
-    base: Option<(ArchiveSpec, Vec<String>)>,
+    /// The apt base.
+    base: Option<profile::AptBase>,
 }
 
 /// A profile input the lock pins: its lock name, source, and closure settings.
@@ -138,10 +138,7 @@ fn plan(profile: &Profile) -> Result<LockPlan> {
         pinned,
         wanted,
         pulling,
-        base: profile
-            .base
-            .as_ref()
-            .map(|b| (b.archive.clone(), b.packages.clone())),
+        base: profile.base.clone(),
     })
 }
 
@@ -149,10 +146,7 @@ fn request_digest(plan: &LockPlan) -> Sha256 {
     Lock::request_digest(&LockRequest {
         archives: &plan.archives,
         pinned: &plan.pinned,
-        base: plan
-            .base
-            .as_ref()
-            .map(|(spec, packages)| (spec, packages.as_slice())),
+        base: plan.base.as_ref(),
     })
 }
 
@@ -196,14 +190,27 @@ pub fn lock(profile_arg: &str, offline: bool) -> Result<PathBuf> {
         }
     }
     let mut lock = Lock::new(request_digest(&plan), &resolved, &plan.pinned)?;
-    if let Some((archive, packages)) = &plan.base {
+    if let Some(profile::AptBase {
+        archive,
+        extra_suites,
+        packages,
+    }) = &plan.base
+    {
+        if !archive.keyring.is_file() {
+            bail!(
+                "{}: field base.apt.keyring: {} does not exist (the OpenPGP keyring that signs the archive's \
+                 InRelease; keyrings/README.md lists the ones ingot ships)",
+                profile.path.display(),
+                archive.keyring.display()
+            );
+        }
         eprintln!(
             "resolving the apt base in {} {}: {} package(s), the essential set and their dependencies",
             archive.url,
             archive.suite,
             packages.len()
         );
-        let base = debian::resolve_base(&fetcher, archive, packages)?;
+        let base = debian::resolve_base(&fetcher, archive, extra_suites, packages)?;
         let bytes: u64 = base.iter().map(|r| r.size).sum();
         eprintln!(
             "base: {} package(s), {:.1} MiB of .deb files",

@@ -143,8 +143,8 @@ pub struct LockRequest<'a> {
     pub archives: &'a [(ArchiveSpec, Vec<PackageRequest>)],
     /// Components pinned directly by URL and sha256 in the profile.
     pub pinned: &'a [Pinned],
-    /// The apt base's archive and the packages asked of it.
-    pub base: Option<(&'a ArchiveSpec, &'a [String])>,
+    /// The apt base: archive, suites and the packages asked of it.
+    pub base: Option<&'a crate::profile::AptBase>,
 }
 
 impl Lock {
@@ -491,19 +491,25 @@ fn canonical_request(request: &LockRequest<'_>) -> String {
         .collect();
     pinned.sort();
     // Only written with a base, so locks of profiles without one keep their digest.
-    let base = request.base.map(|(spec, packages)| {
-        let mut components: Vec<&str> = spec.components.iter().map(String::as_str).collect();
-        components.sort_unstable();
-        let mut packages: Vec<&str> = packages.iter().map(String::as_str).collect();
-        packages.sort_unstable();
-        format!(
+    let base = request.base.map(|base| {
+        let spec = &base.archive;
+        let list = |items: &[String]| {
+            let mut items: Vec<String> = items.iter().map(|i| q(i)).collect();
+            items.sort_unstable();
+            items.join(",")
+        };
+        let mut line = format!(
             "base apt url={} suite={} arch={} components=[{}] packages=[{}]",
             q(spec.url.trim_end_matches('/')),
             q(&spec.suite),
             q(&spec.arch),
-            components.iter().map(|c| q(c)).collect::<Vec<_>>().join(","),
-            packages.iter().map(|p| q(p)).collect::<Vec<_>>().join(",")
-        )
+            list(&spec.components),
+            list(&base.packages)
+        );
+        if !base.extra_suites.is_empty() {
+            let _ = write!(line, " extra_suites=[{}]", list(&base.extra_suites));
+        }
+        line
     });
     let mut out = String::from("ingot-lock-request 1\n");
     for line in archives.iter().chain(&pinned).chain(&base) {
@@ -914,13 +920,19 @@ sha256 = "3333333333333333333333333333333333333333333333333333333333333333"
     fn an_apt_base_is_pinned_in_its_own_tables_and_in_the_digest() {
         let (spec, _) = archive();
         let packages = vec!["containerd".to_owned(), "runc".to_owned()];
-        let digest = |packages: &[String]| {
+        let digest_with = |packages: &[String], extra_suites: &[&str]| {
             Lock::request_digest(&LockRequest {
                 archives: &[],
                 pinned: &[],
-                base: Some((&spec, packages)),
+                base: Some(&crate::profile::AptBase {
+                    archive: spec.clone(),
+                    extra_suites: extra_suites.iter().map(|s| (*s).to_owned()).collect(),
+                    packages: packages.to_vec(),
+                }),
             })
         };
+        let digest = |packages: &[String]| digest_with(packages, &[]);
+        assert_ne!(digest(&packages), digest_with(&packages, &["bookworm-updates"]));
         let none = Lock::request_digest(&LockRequest {
             archives: &[],
             pinned: &[],

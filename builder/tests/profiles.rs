@@ -22,6 +22,10 @@ fn shipped_profiles_load_and_their_locks_are_current() {
             "tests/profiles/containerd-smoke.toml",
             "tests/profiles/containerd-smoke.toml",
         ),
+        (
+            "tests/profiles/debian-worker.toml",
+            "tests/profiles/debian-worker.toml",
+        ),
     ] {
         let p = load(rel);
         if let Err(e) = ingot::commands::current_lock(&p, arg) {
@@ -128,4 +132,38 @@ fn containerd_smoke_describes_a_containerd_node() {
             .starts_with(repo_root().join("tests/profiles/../../profiles"))
     );
     assert!(Path::new(&p.path).ends_with("tests/profiles/containerd-smoke.toml"));
+}
+
+#[test]
+fn ubuntu_worker_builds_its_root_from_noble_with_the_hwe_kernel_and_upstream_kubelet() {
+    let p = load("profiles/ubuntu-worker.toml");
+    let base = p.base.as_ref().expect("an apt base");
+    assert_eq!(base.archive.url, "http://archive.ubuntu.com/ubuntu");
+    assert_eq!(base.archive.suite, "noble");
+    assert_eq!(base.extra_suites, ["noble-updates", "noble-security"]);
+    assert!(base.archive.keyring.ends_with("keyrings/ubuntu-archive.pgp"));
+    assert!(
+        base.archive.keyring.is_file(),
+        "the Ubuntu keyring ships in keyrings/"
+    );
+    for wanted in ["linux-image-generic-hwe-24.04", "containerd", "runc", "e2fsprogs"] {
+        assert!(base.packages.iter().any(|p| p == wanted), "{wanted} missing");
+    }
+    assert_eq!(p.kernel.source, Source::Base);
+    let kubelet = p.components.iter().find(|c| c.name == "kubelet").unwrap();
+    assert!(matches!(&kubelet.source, Source::Url { url, .. } if url.starts_with("https://dl.k8s.io/")));
+    assert!(p.init.kubernetes.is_some());
+
+    // Ubuntu's archive is not always reachable, so the profile ships without a lock; building says what
+    // to run, before anything is fetched.
+    let out = tempfile::tempdir().unwrap();
+    let o = run(ingot()
+        .args(["build", "--profile", "ubuntu-worker", "--offline", "--out"])
+        .arg(out.path()));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("ingot lock --profile ubuntu-worker"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -140,6 +140,15 @@ impl Keyring {
         })
     }
 
+    /// The primary keys' fingerprints, upper-case hex.
+    pub fn fingerprints(&self) -> Vec<String> {
+        use pgp::types::KeyDetails;
+        self.keys
+            .iter()
+            .map(|k| format!("{:X}", k.fingerprint()))
+            .collect()
+    }
+
     /// The file the keys came from.
     pub fn path(&self) -> &Path {
         &self.path

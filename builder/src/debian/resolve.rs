@@ -265,17 +265,26 @@ fn build_index(texts: &[(String, String)]) -> Result<PackagesIndex<'_>, ResolveE
     Ok(index)
 }
 
-/// Resolves an apt base: the archive's `Essential: yes` packages (dpkg needs them to install anything) and
+/// Resolves an apt base over `archive`'s suite and `extra_suites` (the newest version of a name in any of
+/// them wins): the archive's `Essential: yes` packages (dpkg needs them to install anything) and
 /// the profile's `packages`, each at its newest version, with their `Pre-Depends` + `Depends` closure (see
 /// [`super::closure`]). The result is every package the root gets, sorted by name; `pulled_by` is `base`
 /// for packages that came in as dependencies.
 pub fn resolve_base(
     fetcher: &Fetcher,
     archive: &ArchiveSpec,
+    extra_suites: &[String],
     packages: &[String],
 ) -> Result<Vec<Resolved>, ResolveError> {
     let started = Instant::now();
-    let texts = index_texts(fetcher, archive)?;
+    let mut texts = index_texts(fetcher, archive)?;
+    for suite in extra_suites {
+        let spec = ArchiveSpec {
+            suite: suite.clone(),
+            ..archive.clone()
+        };
+        texts.extend(index_texts(fetcher, &spec)?);
+    }
     let index = build_index(&texts)?;
     let base = archive.url.trim_end_matches('/');
     let entry_err = |source| ResolveError::Entry {
@@ -292,7 +301,7 @@ pub fn resolve_base(
             .newest(name)
             .map_err(entry_err)?
             .ok_or_else(|| ResolveError::NotFound {
-                component: BASE.to_owned(),
+                component: "base.apt.packages".to_owned(),
                 package: (*name).to_owned(),
                 suite: archive.suite.clone(),
                 components: archive.components.join(", "),

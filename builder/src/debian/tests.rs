@@ -33,7 +33,9 @@ fn packages() -> String {
          Filename: pool/main/r/runc/runc_1.1.5-1_amd64.deb\nSize: 5\nSHA256: {H1}\n\n\
          Package: libseccomp2\nVersion: 2.5.4-1\nDepends: libc6 (>= 2.4)\n\
          Filename: pool/main/libs/libseccomp/libseccomp2_2.5.4-1_amd64.deb\nSize: 6\nSHA256: {H2}\n\n\
-         Package: libc6\nVersion: 2.36-9\nFilename: pool/main/g/glibc/libc6_2.36-9_amd64.deb\nSize: 7\nSHA256: {H3}\n"
+         Package: libc6\nVersion: 2.36-9\nFilename: pool/main/g/glibc/libc6_2.36-9_amd64.deb\nSize: 7\nSHA256: {H3}\n\n\
+         Package: dash\nVersion: 0.5.12-2\nEssential: yes\nPre-Depends: libc6 (>= 2.34)\n\
+         Filename: pool/main/d/dash/dash_0.5.12-2_amd64.deb\nSize: 8\nSHA256: {H4}\n"
     )
 }
 
@@ -414,4 +416,55 @@ fn real_archive_bookworm() {
     bytes[at] ^= 0x01;
     let err = inrelease::verify(url, &bytes, &keyring).unwrap_err();
     assert!(matches!(err, InReleaseError::BadSignature { .. }), "{err:?}");
+}
+
+#[test]
+fn an_apt_base_is_the_essential_set_the_packages_asked_for_and_their_dependencies() {
+    let archive = TestArchive::new(false, true, "test");
+    let base = resolve_base(&archive.fetcher, &archive.spec, &[], &["runc".to_owned()]).unwrap();
+    let got: Vec<(&str, Option<&str>)> = base
+        .iter()
+        .map(|r| (r.package.as_str(), r.pulled_by.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("dash", None),
+            ("libc6", Some("base")),
+            ("libseccomp2", Some("base")),
+            ("runc", None)
+        ],
+        "sorted by name; dependencies marked"
+    );
+    let runc = base.iter().find(|r| r.package == "runc").unwrap();
+    assert_eq!(runc.version, "1.1.5-1");
+    assert!(
+        runc.url.ends_with("/pool/main/r/runc/runc_1.1.5-1_amd64.deb"),
+        "{}",
+        runc.url
+    );
+
+    let err = resolve_base(
+        &archive.fetcher,
+        &archive.spec,
+        &[],
+        &["runc".to_owned(), "runc-nightly".to_owned()],
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("base.apt.packages") && msg.contains("runc-nightly") && msg.contains("test"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_shipped_ubuntu_keyring_holds_the_key_that_signs_noble() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../keyrings/ubuntu-archive.pgp");
+    let keyring = Keyring::load(&path).unwrap();
+    let fingerprints = keyring.fingerprints();
+    assert!(
+        fingerprints.contains(&"F6ECB3762474EDA9D21B7022871920D1991BC93C".to_owned()),
+        "Ubuntu Archive Automatic Signing Key (2018): {fingerprints:?}"
+    );
 }

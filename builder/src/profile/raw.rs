@@ -80,6 +80,8 @@ pub struct RawBase {
 pub struct RawApt {
     pub mirror: Option<String>,
     pub suite: Option<String>,
+    /// More suites of the same archive whose newer versions win (`noble-updates`, `noble-security`).
+    pub extra_suites: Option<Vec<String>>,
     pub components: Option<Vec<String>>,
     pub arch: Option<String>,
     /// The archive's OpenPGP keyring, relative to the profile.

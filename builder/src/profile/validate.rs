@@ -45,7 +45,11 @@ pub type Archive = crate::debian::ArchiveSpec;
 /// their dependencies; the build installs exactly those with `mmdebstrap`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AptBase {
+    /// The archive and its main suite (the one mmdebstrap is told).
     pub archive: Archive,
+    /// More suites of the same archive, signed by the same keyring, whose newer versions win: Ubuntu's
+    /// `-updates` and `-security` pockets, Debian's `-updates`.
+    pub extra_suites: Vec<String>,
     /// The packages asked for, in profile order.
     pub packages: Vec<String>,
 }
@@ -144,6 +148,17 @@ fn apt_base(cx: &Ctx<'_>, a: RawApt) -> Result<AptBase, ProfileError> {
     if !word(&suite) {
         return Err(cx.err("base.apt.suite", format!("{suite:?} is not a suite name")));
     }
+    let extra_suites = a.extra_suites.unwrap_or_default();
+    if let Some((i, s)) = extra_suites
+        .iter()
+        .enumerate()
+        .find(|(i, s)| !word(s) || **s == suite || extra_suites[..*i].contains(s))
+    {
+        return Err(cx.err(
+            format!("base.apt.extra_suites[{i}]"),
+            format!("{s:?} is not a suite name, or is named twice"),
+        ));
+    }
     let components = a.components.unwrap_or_else(|| vec!["main".into()]);
     if let Some((i, c)) = components.iter().enumerate().find(|(_, c)| !word(c)) {
         return Err(cx.err(
@@ -189,6 +204,7 @@ fn apt_base(cx: &Ctx<'_>, a: RawApt) -> Result<AptBase, ProfileError> {
             arch,
             keyring: PathBuf::from(keyring),
         },
+        extra_suites,
         packages,
     })
 }
