@@ -16,7 +16,8 @@
 //!   `[[network.interfaces]]` by `match`: an entry with a key the base has replaces it in place (whole),
 //!   others are appended; an explicit empty list (`components = []` …) drops the base's entries;
 //! - the `[archive]` table merges field by field (its `components` list replaces rather than appends,
-//!   since it names one archive's sections).
+//!   since it names one archive's sections);
+//! - `[base]` is replaced whole by the child's; `kernel.from` counts as the kernel's source.
 //!
 //! The init configuration tables (`[node]`, `[network]`, `[time]`, `[[services]]`) validate into
 //! [`ingot_spec::config::InitConfig`], which the build writes to `/etc/ingot/init.json`; their values carry
