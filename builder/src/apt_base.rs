@@ -39,7 +39,7 @@ const MERGED_USR_HOOK: &str = "/usr/share/mmdebstrap/hooks/merged-usr";
 /// What the strip step drops (paths relative to the root), and how the build reports it.
 const STRIPPED: [(&str, &str); 7] = [
     ("usr/share/doc", "documentation"),
-    ("usr/share/doc-base", "documentation"),
+    ("usr/share/doc-base", "doc-base registrations"),
     ("usr/share/man", "manual pages"),
     ("usr/share/info", "info pages"),
     ("usr/share/locale", "translations"),
@@ -52,10 +52,45 @@ const EMPTIED: [&str; 6] = ["dev", "proc", "sys", "run", "tmp", "var"];
 /// Where the kernel lives in a root.
 const KERNEL_DIRS: [&str; 2] = ["boot", "usr/lib/modules"];
 
-/// One `.deb` of the base: its lock entry and the verified file.
+/// One `.deb` of the base: its lock entry, the verified file and its control fields.
 pub struct BaseDeb<'a> {
     pub locked: &'a LockedComponent,
     pub file: PathBuf,
+    pub control: Vec<(String, String)>,
+}
+
+impl<'a> BaseDeb<'a> {
+    /// Reads the control file of `file` and checks it is the package and version the lock pins.
+    pub fn new(locked: &'a LockedComponent, file: PathBuf) -> Result<Self> {
+        let control = crate::fetch::control_fields(&file)
+            .with_context(|| format!("reading the control file of base package {}", locked.name))?;
+        let deb = BaseDeb {
+            locked,
+            file,
+            control,
+        };
+        if deb.field("Package") != Some(locked.name.as_str())
+            || deb.field("Version") != locked.version.as_deref()
+        {
+            bail!(
+                "{} is {} {}, but the lock pins {} {}",
+                deb.file.display(),
+                deb.field("Package").unwrap_or("?"),
+                deb.field("Version").unwrap_or("?"),
+                locked.name,
+                locked.version.as_deref().unwrap_or("?")
+            );
+        }
+        Ok(deb)
+    }
+
+    /// A control field's value.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.control
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// `mmdebstrap --version`, which is part of the base tarball's cache key.
@@ -98,21 +133,7 @@ pub fn write_repo(dir: &Path, debs: &[BaseDeb<'_>]) -> Result<()> {
             fs::copy(&d.file, &dst)
                 .with_context(|| format!("copying {} to {}", d.file.display(), dst.display()))?;
         }
-        let fields = crate::fetch::control_fields(&d.file)
-            .with_context(|| format!("reading the control file of base package {}", d.locked.name))?;
-        let field = |k: &str| fields.iter().find(|(name, _)| name == k).map(|(_, v)| v.as_str());
-        if field("Package") != Some(d.locked.name.as_str()) || field("Version") != d.locked.version.as_deref()
-        {
-            bail!(
-                "{} is {} {}, but the lock pins {} {}",
-                d.file.display(),
-                field("Package").unwrap_or("?"),
-                field("Version").unwrap_or("?"),
-                d.locked.name,
-                d.locked.version.as_deref().unwrap_or("?")
-            );
-        }
-        for (k, v) in &fields {
+        for (k, v) in &d.control {
             let _ = writeln!(index, "{k}: {v}");
         }
         let size = fs::metadata(&d.file)

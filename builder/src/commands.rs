@@ -487,7 +487,7 @@ fn apt_base_input(
                 url: c.url.clone(),
                 sha256: c.sha256,
             })?;
-            Ok(crate::apt_base::BaseDeb { locked: c, file })
+            crate::apt_base::BaseDeb::new(c, file)
         })
         .collect::<Result<Vec<_>>>()?;
     let epoch = profile.source_date_epoch;
@@ -531,7 +531,7 @@ fn apt_base_input(
         .map(|d| crate::manifest::PackageEntry {
             name: d.locked.name.clone(),
             version: d.locked.version.clone().unwrap_or_default(),
-            architecture: base.archive.arch.clone(),
+            architecture: d.field("Architecture").unwrap_or(&base.archive.arch).to_owned(),
             sha256: d.locked.sha256.to_hex(),
             dependency: d.locked.pulled_by.is_some() && !requested.contains(&d.locked.name.as_str()),
         })

@@ -32,6 +32,8 @@ pub struct Report {
     /// root-a's dm-verity parameters, from the manifest.
     pub verity: Option<crate::manifest::VerityInfo>,
     pub components: Vec<ComponentEntry>,
+    /// The apt base's installed packages, from the manifest.
+    pub packages: Vec<crate::manifest::PackageEntry>,
 }
 
 #[derive(Debug, Serialize)]
@@ -164,6 +166,7 @@ pub fn inspect(image: &Path) -> Result<Report> {
         boot_loader,
         manifest: manifest.as_ref().map(|_| manifest_path),
         verity: manifest.as_ref().and_then(|m| m.verity.clone()),
+        packages: manifest.as_ref().map(|m| m.packages.clone()).unwrap_or_default(),
         components: manifest.map(|m| m.components).unwrap_or_default(),
     })
 }
@@ -345,6 +348,18 @@ pub fn render(r: &Report) -> String {
                     _ => c.url.clone(),
                 };
                 let _ = writeln!(s, "  {:<12} {:<52} sha256 {}", c.name, what, c.sha256);
+            }
+            if !r.packages.is_empty() {
+                let deps = r.packages.iter().filter(|p| p.dependency).count();
+                let _ = writeln!(
+                    s,
+                    "\napt base: {} packages ({} as dependencies; the manifest lists each)",
+                    r.packages.len(),
+                    deps
+                );
+                for p in r.packages.iter().filter(|p| !p.dependency) {
+                    let _ = writeln!(s, "  {:<40} {} {}", p.name, p.version, p.architecture);
+                }
             }
         }
     }

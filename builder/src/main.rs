@@ -39,8 +39,9 @@ enum Command {
     /// takes the Packages index (checked against InRelease) and picks the newest version of each package.
     /// Kernel metapackages are followed to the versioned kernel package; components with `depends = true`
     /// also pin their dependency closure (listed under the component). Inputs given by `url` or `path`
-    /// (components and `[[images]]` archives) are pinned by their sha256. The lock is the profile's path
-    /// with `.lock`.
+    /// (components and `[[images]]` archives) are pinned by their sha256. A `[base.apt]` root pins the
+    /// archive's `Essential: yes` packages, the packages it names and their dependencies as `[[base]]`
+    /// entries, which the build installs with mmdebstrap. The lock is the profile's path with `.lock`.
     Lock {
         /// Profile name (profiles/NAME.toml) or path to a profile file.
         #[arg(long, short)]
