@@ -324,3 +324,116 @@ fn a_profile_parsed_from_text_is_the_one_loaded_from_its_file() {
         Err(ProfileError::Parse { .. })
     ));
 }
+
+const APT: &str = r#"
+[base.apt]
+mirror = "http://archive.ubuntu.com/ubuntu/"
+suite = "noble"
+extra_suites = ["noble-updates"]
+components = ["main", "universe"]
+keyring = "keys/ubuntu.pgp"
+packages = ["linux-image-generic", "containerd"]
+"#;
+
+#[test]
+fn an_apt_base_validates_and_gives_the_kernel() {
+    let d = tempfile::tempdir().unwrap();
+    let text = BASE.replace("package = \"linux-image-cloud-amd64\"", "from = \"base\"") + APT;
+    let p = load(&write(d.path(), "apt.toml", &text)).unwrap();
+    let base = p.base.unwrap();
+    assert_eq!(base.archive.url, "http://archive.ubuntu.com/ubuntu");
+    assert_eq!(base.archive.suite, "noble");
+    assert_eq!(base.extra_suites, ["noble-updates"]);
+    assert_eq!(base.archive.components, ["main", "universe"]);
+    assert_eq!(base.archive.arch, "amd64");
+    assert_eq!(base.archive.keyring, d.path().join("keys/ubuntu.pgp"));
+    assert_eq!(base.packages, ["linux-image-generic", "containerd"]);
+    assert_eq!(p.kernel.source, Source::Base);
+}
+
+#[test]
+fn apt_base_mistakes_name_the_field() {
+    let d = tempfile::tempdir().unwrap();
+    let from_base = BASE.replace("package = \"linux-image-cloud-amd64\"", "from = \"base\"");
+    for (text, field, says) in [
+        (from_base.clone(), "kernel.from", "needs a [base.apt] table"),
+        (
+            BASE.replace(
+                "package = \"linux-image-cloud-amd64\"",
+                "from = \"base\"\npackage = \"x\"",
+            ) + APT,
+            "kernel.from",
+            "drop `package`",
+        ),
+        (
+            BASE.replace("package = \"linux-image-cloud-amd64\"", "from = \"apt\"") + APT,
+            "kernel.from",
+            "not a kernel source",
+        ),
+        (
+            from_base.clone()
+                + &APT.replace(
+                    "packages = [\"linux-image-generic\", \"containerd\"]",
+                    "packages = []",
+                ),
+            "base.apt.packages",
+            "lists no package",
+        ),
+        (
+            from_base.clone() + &APT.replace("\"containerd\"]", "\"containerd\", \"containerd\"]"),
+            "base.apt.packages[2]",
+            "listed twice",
+        ),
+        (
+            from_base.clone() + &APT.replace("\"containerd\"]", "\"Containerd\"]"),
+            "base.apt.packages[1]",
+            "not a package name",
+        ),
+        (
+            from_base.clone() + &APT.replace("suite = \"noble\"", "suite = \"noble main\""),
+            "base.apt.suite",
+            "not a suite name",
+        ),
+        (
+            from_base.clone() + &APT.replace("[\"noble-updates\"]", "[\"noble\"]"),
+            "base.apt.extra_suites[0]",
+            "named twice",
+        ),
+        (
+            from_base.clone() + &APT.replace("http://archive", "ftp://archive"),
+            "base.apt.mirror",
+            "not an http(s) URL",
+        ),
+        (
+            from_base.clone() + &APT.replace("keyring = \"keys/ubuntu.pgp\"\n", ""),
+            "base.apt.keyring",
+            "is required",
+        ),
+        (from_base.clone() + "\n[base]\n", "base", "needs an `apt` table"),
+    ] {
+        let err = load(&write(d.path(), "bad.toml", &text)).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("field `{field}`")) && err.contains(says),
+            "{field}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_child_replaces_the_base_table_and_may_take_its_kernel_from_it() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "base.toml", BASE);
+    let child = format!("extends = \"base\"\n[kernel]\nfrom = \"base\"\n{APT}");
+    let p = load(&write(d.path(), "child.toml", &child)).unwrap();
+    assert_eq!(p.kernel.source, Source::Base, "from replaces the base's package");
+    assert_eq!(
+        p.kernel.cmdline,
+        ["console=ttyS0", "quiet"],
+        "the rest of [kernel] still merges"
+    );
+    assert!(p.base.is_some());
+    // And back: a grandchild naming a package replaces `from`.
+    let grandchild = "extends = \"child\"\n[kernel]\npackage = \"linux-image-amd64\"\n";
+    let p = load(&write(d.path(), "grandchild.toml", grandchild)).unwrap();
+    assert_eq!(p.kernel.source, Source::Package("linux-image-amd64".into()));
+}
