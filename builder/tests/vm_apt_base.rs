@@ -89,8 +89,7 @@ fn vm_apt_based_node_runs_a_container_on_a_read_only_root_and_keeps_var() {
     );
 
     // Ctrl-Alt-Del: an orderly reboot into the same disk; /var keeps what the first boot wrote.
-    let keys = r#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"ctrl"},{"type":"qcode","data":"alt"},{"type":"qcode","data":"delete"}]}}"#;
-    vm.qmp(keys).unwrap();
+    vm.ctrl_alt_del().unwrap();
     let var2 = expect_line(&mut vm, "ingot: phase=var ", BOOT);
     assert!(var2.contains("boot=2") && !var2.contains("formatted"), "{var2}");
     expect_line(

@@ -273,8 +273,7 @@ fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behi
 
     // Ctrl-Alt-Del: the next boot uses the credentials kubelet was issued, without discovery (the token's
     // kubeconfig is gone anyway), and the node is Ready again.
-    let keys = r#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"ctrl"},{"type":"qcode","data":"alt"},{"type":"qcode","data":"delete"}]}}"#;
-    vm.qmp(keys).unwrap();
+    vm.ctrl_alt_del().unwrap();
     let var2 = expect_line(&mut vm, "ingot: phase=var ", JOIN_TIMEOUT);
     assert!(var2.contains("boot=2"), "{var2}");
     expect_line(&mut vm, "skipping discovery", JOIN_TIMEOUT);

@@ -158,8 +158,7 @@ fn vm_node_runs_containers_restarts_containerd_keeps_var_across_reboot_and_power
     );
 
     // Ctrl-Alt-Del: an orderly reboot into the same disk.
-    let keys = r#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"ctrl"},{"type":"qcode","data":"alt"},{"type":"qcode","data":"delete"}]}}"#;
-    vm.qmp(keys).unwrap();
+    vm.ctrl_alt_del().unwrap();
     let var2 = expect_line(&mut vm, "ingot: phase=var ", BOOT);
     assert_eq!(detail(&var2, "boot"), "2", "{var2}");
     assert!(!var2.contains("formatted"), "var was formatted again: {var2}");

@@ -296,6 +296,15 @@ impl Vm {
         self.qmp(r#"{"execute":"system_powerdown"}"#).map(drop)
     }
 
+    /// Presses Ctrl-Alt-Del on the guest's keyboard: ingot-init reboots in order (QEMU then boots the same
+    /// disk again when reboots are allowed).
+    pub fn ctrl_alt_del(&self) -> Result<(), QemuError> {
+        self.qmp(
+            r#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"ctrl"},{"type":"qcode","data":"alt"},{"type":"qcode","data":"delete"}]}}"#,
+        )
+        .map(drop)
+    }
+
     /// QEMU's QMP socket (in the scratch directory), for clients of its own.
     pub fn qmp_socket(&self) -> &Path {
         &self.qmp_socket
