@@ -98,13 +98,18 @@ pub fn mmdebstrap_version() -> Result<String> {
     let out = Command::new("mmdebstrap")
         .arg("--version")
         .output()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow::anyhow!(
-                "`mmdebstrap` is not installed: a profile with [base.apt] needs it (apt-get install mmdebstrap uidmap)"
-            ),
-            _ => anyhow::Error::new(e).context("running `mmdebstrap --version`"),
-        })?;
+        .map_err(|e| spawn_error(e, "running `mmdebstrap --version`"))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A failure to start mmdebstrap: not installed (say how to install it), or another error in `doing`.
+fn spawn_error(e: std::io::Error, doing: &str) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "`mmdebstrap` is not installed: a profile with [base.apt] needs it (apt-get install mmdebstrap uidmap)"
+        ),
+        _ => anyhow::Error::new(e).context(doing.to_owned()),
+    }
 }
 
 /// The cache key of a base tarball: mmdebstrap's version, the suite and architecture, the epoch, the
@@ -198,12 +203,7 @@ pub fn run_mmdebstrap(
         .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow::anyhow!(
-                "`mmdebstrap` is not installed: a profile with [base.apt] needs it (apt-get install mmdebstrap uidmap)"
-            ),
-            _ => anyhow::Error::new(e).context("starting mmdebstrap"),
-        })?;
+        .map_err(|e| spawn_error(e, "starting mmdebstrap"))?;
     // Keep the last lines for the error; show mmdebstrap's own progress lines (not dpkg's) unless quiet.
     let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     if let Some(stderr) = child.stderr.take() {

@@ -292,6 +292,7 @@ pub fn resolve_base(
         source,
     };
     let mut names: Vec<&str> = index.essential_names().map_err(entry_err)?;
+    let essential = names.len();
     names.extend(packages.iter().map(String::as_str));
     let mut seen = std::collections::BTreeSet::new();
     names.retain(|n| seen.insert(*n));
@@ -350,7 +351,7 @@ pub fn resolve_base(
             "resolved the apt base in {}: {} package(s) ({} essential, {} asked for, {} dependencies) in {:.1}s",
             archive.suite,
             out.len(),
-            index.essential_names().map_err(entry_err)?.len(),
+            essential,
             packages.len(),
             out.iter().filter(|r| r.pulled_by.is_some()).count(),
             started.elapsed().as_secs_f32()
