@@ -69,7 +69,7 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
         /// Rebuild every artifact; only downloaded inputs come from the cache (by default the initramfs, UKI
-        /// and ESP are reused when nothing they are made of changed).
+        /// and ESP, and an apt base's mmdebstrap tarball, are reused when nothing they are made of changed).
         #[arg(long)]
         rebuild: bool,
         /// Keep the work directory (staged root, ESP files, file system images) at this new path.
