@@ -89,15 +89,7 @@ fn vm_apt_based_node_runs_a_container_on_a_read_only_root_and_keeps_var() {
     );
 
     // Ctrl-Alt-Del: an orderly reboot into the same disk; /var keeps what the first boot wrote.
-    vm.ctrl_alt_del().unwrap();
-    let var2 = expect_line(&mut vm, "ingot: phase=var ", BOOT);
-    assert!(var2.contains("boot=2") && !var2.contains("formatted"), "{var2}");
-    expect_line(
-        &mut vm,
-        "persist| kept from the first boot: written-on-boot-1",
-        BOOT,
-    );
-    expect_line(&mut vm, "ingot: phase=ready ", BOOT);
+    reboot_keeps_var(&mut vm, BOOT);
     vm.powerdown().unwrap();
     expect_line(&mut vm, "ingot: powering off", Duration::from_secs(120));
     let status = vm.wait_exit(Duration::from_secs(60)).unwrap();

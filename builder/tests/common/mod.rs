@@ -142,3 +142,20 @@ pub fn expect_line(vm: &mut ingot_qemu::Vm, pattern: &str, timeout: std::time::D
         ),
     }
 }
+
+/// Ctrl-Alt-Del, then the second boot up to `ready`: var is mounted again without being formatted, and the
+/// `persist` service of the node-check profiles finds what the first boot wrote. Returns the second
+/// boot's `phase=var` line.
+pub fn reboot_keeps_var(vm: &mut ingot_qemu::Vm, timeout: std::time::Duration) -> String {
+    vm.ctrl_alt_del().unwrap();
+    let var2 = expect_line(vm, "ingot: phase=var ", timeout);
+    assert!(var2.contains(" boot=2"), "{var2}");
+    assert!(!var2.contains("formatted"), "var was formatted again: {var2}");
+    expect_line(
+        vm,
+        "persist| kept from the first boot: written-on-boot-1",
+        timeout,
+    );
+    expect_line(vm, "ingot: phase=ready ", timeout);
+    var2
+}
