@@ -106,7 +106,8 @@ pub fn mmdebstrap_version() -> Result<String> {
 fn spawn_error(e: std::io::Error, doing: &str) -> anyhow::Error {
     match e.kind() {
         std::io::ErrorKind::NotFound => anyhow::anyhow!(
-            "`mmdebstrap` is not installed: a profile with [base.apt] needs it (apt-get install mmdebstrap uidmap)"
+            "a profile with [base.apt] needs mmdebstrap: {}",
+            ingot_spec::host_tools::missing_message("mmdebstrap")
         ),
         _ => anyhow::Error::new(e).context(doing.to_owned()),
     }
@@ -194,10 +195,12 @@ pub fn run_mmdebstrap(
         .reopen()
         .with_context(|| format!("opening {}", tmp.path().display()))?;
     let args = mmdebstrap_args(base, debs, repo);
-    let mut child = Command::new("mmdebstrap")
+    let mut cmd = Command::new("mmdebstrap");
+    crate::host_env::pin_tool_env(&mut cmd, epoch);
+    let mut child = cmd
         .args(&args)
         .args(quiet.then_some("--quiet"))
-        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        // dpkg and maintainer scripts want a UTF-8 locale; C.UTF-8 is in every Debian and Ubuntu base.
         .env("LC_ALL", "C.UTF-8")
         .stdin(Stdio::null())
         .stdout(stdout)

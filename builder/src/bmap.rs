@@ -216,13 +216,7 @@ mod tests {
         (path, m)
     }
 
-    fn have(tool: &str) -> bool {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
+    const BMAPTOOL: (&str, &str) = ("bmaptool", "bmap-tools");
 
     #[test]
     fn matches_the_golden_file() {
@@ -244,8 +238,7 @@ mod tests {
     /// blocks with the same checksums.
     #[test]
     fn is_what_bmaptool_create_writes_for_the_same_ranges() {
-        if !have("bmaptool") {
-            eprintln!("skipping: bmaptool is missing (apt-get install bmap-tools)");
+        if !ingot_testkit::require_tools("is_what_bmaptool_create_writes_for_the_same_ranges", &[BMAPTOOL]) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -271,7 +264,11 @@ mod tests {
                 "--- ours\n{ours}\n--- bmaptool create\n{theirs}"
             );
         } else {
-            eprintln!("not comparing with bmaptool create: this file system's block size is not 4096");
+            ingot_testkit::skip(
+                "is_what_bmaptool_create_writes_for_the_same_ranges",
+                "the comparison with bmaptool create needs a temporary directory on a file system with \
+                 4096-byte blocks (set TMPDIR to one)",
+            );
         }
     }
 
@@ -290,8 +287,7 @@ mod tests {
     /// a changed byte inside a range fails its checksum.
     #[test]
     fn bmaptool_copy_accepts_the_map_and_checks_the_ranges() {
-        if !have("bmaptool") {
-            eprintln!("skipping: bmaptool is missing (apt-get install bmap-tools)");
+        if !ingot_testkit::require_tools("bmaptool_copy_accepts_the_map_and_checks_the_ranges", &[BMAPTOOL]) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -328,12 +324,10 @@ mod tests {
     /// block of the map, zero blocks included, and nothing else.
     #[test]
     fn bmaptool_copy_onto_a_used_disk_writes_the_ranges_zeros_included() {
-        if !have("bmaptool") {
-            eprintln!("skipping: bmaptool is missing (apt-get install bmap-tools)");
-            return;
-        }
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipping: a loop device needs root");
+        let test = "bmaptool_copy_onto_a_used_disk_writes_the_ranges_zeros_included";
+        if !ingot_testkit::require_tools(test, &[BMAPTOOL])
+            || !ingot_testkit::require_root(test, "a loop device")
+        {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -349,9 +343,12 @@ mod tests {
             .output()
             .unwrap();
         if !o.status.success() {
-            eprintln!(
-                "skipping: no loop device: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
+            ingot_testkit::skip(
+                test,
+                format!(
+                    "no free loop device (losetup --find: {})",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
             );
             return;
         }

@@ -354,6 +354,9 @@ pub fn build(profile_arg: &str, out_dir: &Path, opts: BuildOptions<'_>) -> Resul
     // Single programs (not a .deb or tarball) are laid out here as a one-file tree; next to the output,
     // like the build's other work files, and removed when the build ends.
     fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    // The output directory takes the user's umask; everything the build makes from here on, in the work
+    // directory and the cache, takes the build's (see host_env).
+    let _umask = crate::host_env::pin_umask();
     let programs = tempfile::Builder::new()
         .prefix(".ingot-programs-")
         .tempdir_in(out_dir)
@@ -796,8 +799,8 @@ pub fn secure_boot_firmware(dir: &Path) -> Result<ingot_qemu::Firmware> {
     for f in [&code, &PathBuf::from(crate::secure_boot::OVMF_VARS_TEMPLATE)] {
         if !f.is_file() {
             bail!(
-                "{} is missing: Secure Boot under QEMU needs Debian's OVMF built with it (apt-get install ovmf)",
-                f.display()
+                "Secure Boot under QEMU needs Debian's OVMF built with it: {}",
+                ingot_spec::host_tools::missing_message(&f.to_string_lossy())
             );
         }
     }

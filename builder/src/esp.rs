@@ -19,7 +19,7 @@ pub const BOOT_TRIES: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EspError {
-    #[error("`{tool}` is not installed (install it with `apt-get install mtools`)")]
+    #[error("{}", ingot_spec::host_tools::missing_message(tool))]
     MissingTool { tool: String },
     #[error("`{command}` failed: {stderr}")]
     Tool { command: String, stderr: String },
@@ -54,9 +54,9 @@ pub fn loader_conf(timeout: u32) -> String {
 
 fn mtools(tool: &str, epoch: u64) -> Command {
     let mut c = Command::new(tool);
-    // SOURCE_DATE_EPOCH pins the times mtools stamps on directories and the volume; MTOOLS_SKIP_CHECK stops it
-    // from rejecting images whose geometry does not match a floppy.
-    c.env("SOURCE_DATE_EPOCH", epoch.to_string())
+    // The epoch and time zone pin the times mtools stamps on files, directories and the volume;
+    // MTOOLS_SKIP_CHECK stops it from rejecting images whose geometry does not match a floppy.
+    crate::host_env::pin_tool_env(&mut c, epoch)
         .env("MTOOLS_SKIP_CHECK", "1")
         .env("MTOOLSRC", "/dev/null");
     c
@@ -231,14 +231,22 @@ pub fn list_dir(image: &Path, offset: u64, dir: &str) -> Result<Vec<String>, Esp
 mod tests {
     use super::*;
 
-    fn tools() -> bool {
-        Command::new("mformat").arg("--version").output().is_ok()
+    /// Whether mtools is installed; otherwise skips `test`.
+    fn tools(test: &str) -> bool {
+        ingot_testkit::require_tools(
+            test,
+            &[
+                ("mformat", "mtools"),
+                ("mmd", "mtools"),
+                ("mcopy", "mtools"),
+                ("mdir", "mtools"),
+            ],
+        )
     }
 
     #[test]
     fn builds_a_clean_reproducible_esp_and_reads_it_back() {
-        if !tools() {
-            eprintln!("skipping: mtools not installed");
+        if !tools("builds_a_clean_reproducible_esp_and_reads_it_back") {
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -271,12 +279,19 @@ mod tests {
             std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
             "ESP images differ"
         );
-        if let Ok(out) = Command::new("fsck.fat").arg("-n").arg(&a).output() {
-            assert!(
-                out.status.success(),
-                "fsck.fat: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+        match ingot_testkit::find_program("fsck.fat") {
+            Some(fsck) => {
+                let out = Command::new(fsck).arg("-n").arg(&a).output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "fsck.fat: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+            None => ingot_testkit::skip(
+                "builds_a_clean_reproducible_esp_and_reads_it_back",
+                "the fsck.fat check (the rest ran): fsck.fat not installed (apt-get install dosfstools)",
+            ),
         }
         assert_eq!(read_file(&a, 0, BOOT_LOADER_PATH).unwrap(), b"MZ boot");
         assert_eq!(
@@ -293,8 +308,7 @@ mod tests {
 
     #[test]
     fn add_file_creates_the_directory_and_replaces_the_file() {
-        if !tools() {
-            eprintln!("skipping: mtools not installed");
+        if !tools("add_file_creates_the_directory_and_replaces_the_file") {
             return;
         }
         let d = tempfile::tempdir().unwrap();

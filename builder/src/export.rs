@@ -94,7 +94,7 @@ pub enum ExportError {
     OutputIsImage(PathBuf),
     #[error("the output {0} is a directory; give a file name")]
     OutputIsDirectory(PathBuf),
-    #[error("qemu-img is not installed; it comes with the qemu-utils package (apt-get install qemu-utils)")]
+    #[error("{}", ingot_spec::host_tools::missing_message("qemu-img"))]
     QemuImgMissing,
     #[error("starting qemu-img")]
     QemuImgStart(#[source] io::Error),

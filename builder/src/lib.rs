@@ -6,12 +6,14 @@ pub mod commands;
 pub mod debian;
 pub mod deliver;
 pub mod disk;
+pub mod doctor;
 pub mod esp;
 pub mod export;
 pub mod fetch;
 pub mod flash;
 #[cfg(test)]
 mod golden;
+pub mod host_env;
 pub mod hostile;
 pub mod image_ranges;
 pub mod images;

@@ -24,7 +24,8 @@ use ingot_spec::node_config::Channel;
         ingot inspect out/minimal.raw     # partitions, hashes, kernel command line, components\n  \
         ingot export out/minimal.raw --format raw.zst   # → out/minimal.raw.zst for bmaptool, Tinkerbell\n  \
         ingot node-config from-join-command \"kubeadm join …\" -o node.toml   # which cluster a node joins\n  \
-        ingot kernel check /boot/config-$(uname -r)   # can this kernel run containerd, kubelet, a CNI?"
+        ingot kernel check /boot/config-$(uname -r)   # can this kernel run containerd, kubelet, a CNI?\n  \
+        ingot doctor                      # which host tools each command needs, and what is missing"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -303,6 +304,46 @@ enum Command {
         #[command(subcommand)]
         command: KernelCommand,
     },
+    /// Check that this machine has the host tools each command needs, and say how to install what is missing.
+    ///
+    /// Checks the programs and files of each command (mtools and mkfs.erofs for build, QEMU and OVMF for run,
+    /// qemu-img, virt-fw-vars, mmdebstrap, …), QEMU's version, whether KVM is usable (without it guests run
+    /// under TCG) and, for an unprivileged apt-based build, the user's subordinate IDs. A command that finds
+    /// a tool missing fails with the same words. Exits 1 when anything checked is missing.
+    #[command(after_help = DOCTOR_AFTER_HELP)]
+    Doctor {
+        /// Check only these (default: every command, not the tests).
+        #[arg(value_name = "NEED", value_parser = parse_need)]
+        needs: Vec<ingot_spec::host_tools::Need>,
+        /// Print JSON instead of text (same exit status).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const DOCTOR_AFTER_HELP: &str = "NEED is one of:\n  \
+    build        ingot build, ingot lock\n  \
+    apt-build    ingot build of a profile with [base.apt] (mmdebstrap)\n  \
+    run          ingot run\n  \
+    disk-size    ingot run --disk-size\n  \
+    secure-boot  ingot run --secure-boot\n  \
+    inspect      ingot inspect, ingot verify\n  \
+    flash        ingot flash\n  \
+    export       ingot export --format qcow2\n  \
+    test         scripts/test, the whole test suite\n\n\
+    Examples:\n  \
+    ingot doctor                 # every command\n  \
+    ingot doctor build run       # just what building and booting need\n  \
+    ingot doctor --json | jq '.commands[] | select(.ready | not) | .command'\n";
+
+fn parse_need(s: &str) -> Result<ingot_spec::host_tools::Need, String> {
+    ingot_spec::host_tools::Need::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = ingot_spec::host_tools::Need::ALL
+            .iter()
+            .map(|n| n.name())
+            .collect();
+        format!("expected one of {}", all.join(", "))
+    })
 }
 
 const EXPORT_AFTER_HELP: &str = "What each tool takes:\n  \
@@ -747,6 +788,22 @@ fn main() -> ExitCode {
                 })
                 .map_err(Into::into)
         }
+        Command::Doctor { needs, json } => (|| -> anyhow::Result<()> {
+            let needs = if needs.is_empty() {
+                ingot::doctor::default_needs()
+            } else {
+                needs
+            };
+            let r = ingot::doctor::check(&needs);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", ingot::doctor::render(&r));
+            }
+            // The report says what is missing; only the exit status is left to set.
+            incomplete = !r.ready;
+            Ok(())
+        })(),
         Command::Inspect { image, json } => ingot::inspect::inspect(&image).and_then(|r| {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

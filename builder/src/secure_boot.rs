@@ -134,7 +134,8 @@ pub enum SecureBootError {
     #[error("encoding the signature: {0}")]
     Encode(String),
     #[error(
-        "virt-fw-vars (from the virt-firmware Python package: `pip install virt-firmware`) is not on PATH; it enrolls the keys into the firmware's variable store"
+        "{} (it enrolls the keys into the firmware's variable store)",
+        ingot_spec::host_tools::missing_message("virt-fw-vars")
     )]
     NoVirtFwVars,
     #[error("running virt-fw-vars")]
@@ -919,8 +920,10 @@ mod tests {
 
     #[test]
     fn sbverify_accepts_the_signature_with_the_db_certificate() {
-        if ingot_qemu::find_tool("sbverify").is_none() {
-            eprintln!("skipping: sbverify not installed (apt-get install sbsigntool)");
+        if !ingot_testkit::require_tools(
+            "sbverify_accepts_the_signature_with_the_db_certificate",
+            &[("sbverify", "sbsigntool")],
+        ) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

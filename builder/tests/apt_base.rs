@@ -13,12 +13,9 @@ use common::*;
 
 const PROFILE: &str = "tests/profiles/debian-worker.toml";
 
-fn skip(test: &str) -> bool {
-    if !have("mmdebstrap") {
-        eprintln!("skipping {test}: mmdebstrap is not installed (apt-get install mmdebstrap uidmap)");
-        return true;
-    }
-    false
+/// Whether mmdebstrap is installed; otherwise skips `test`.
+fn can_run(test: &str) -> bool {
+    ingot_testkit::require_tools(test, &[("mmdebstrap", "mmdebstrap")])
 }
 
 fn build(out: &Path, extra: &[&str]) -> PathBuf {
@@ -54,7 +51,7 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn apt_base_builds_are_byte_identical_stripped_and_list_their_packages() {
-    if skip("apt_base_builds_are_byte_identical_stripped_and_list_their_packages") {
+    if !can_run("apt_base_builds_are_byte_identical_stripped_and_list_their_packages") {
         return;
     }
     let a = tempfile::tempdir().unwrap();

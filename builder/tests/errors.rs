@@ -206,8 +206,13 @@ fn run_disk_size_must_be_a_size_that_holds_the_image() {
     let o = run(ingot().args(["run", "--disk-size", "1000"]).arg(&image));
     assert!(stderr(&o).contains("512-byte sectors"), "{}", stderr(&o));
 
-    if !have("qemu-system-x86_64") {
-        eprintln!("skipping the size check: qemu-system-x86_64 not installed");
+    if tool_for_check(
+        "run_disk_size_must_be_a_size_that_holds_the_image",
+        "the size check against QEMU",
+        QEMU,
+    )
+    .is_none()
+    {
         return;
     }
     let o = run(ingot()

@@ -45,9 +45,10 @@ fn a_built_image_copies_with_bmaptool_and_exports_reproducibly() {
             "minimal.raw"
         ]
     );
-    bmaptool_copies_verify(&b);
-    raw_zst_decompresses_to_the_image_and_is_reproducible(&b);
-    qcow2_holds_the_image_and_is_reproducible(&b);
+    let test = "a_built_image_copies_with_bmaptool_and_exports_reproducibly";
+    bmaptool_copies_verify(test, &b);
+    raw_zst_decompresses_to_the_image_and_is_reproducible(test, &b);
+    qcow2_holds_the_image_and_is_reproducible(test, &b);
     without_qemu_img_the_package_is_named_and_the_old_output_kept(&b);
     let o = export(&b.image, "raw.zst", Some(&b.image));
     assert!(!o.status.success());
@@ -116,9 +117,8 @@ fn bmaptool_copy(bmap: &Path, source: &Path, target: &Path) {
     );
 }
 
-fn bmaptool_copies_verify(b: &Built) {
-    if !have("bmaptool") {
-        eprintln!("not copying with bmaptool: it is missing (apt-get install bmap-tools)");
+fn bmaptool_copies_verify(test: &str, b: &Built) {
+    if tool_for_check(test, "copying with bmaptool", ("bmaptool", "bmap-tools")).is_none() {
         return;
     }
     let bmap = b.path("out/minimal.bmap");
@@ -137,7 +137,7 @@ fn bmaptool_copies_verify(b: &Built) {
     verify(b, &target);
 }
 
-fn raw_zst_decompresses_to_the_image_and_is_reproducible(b: &Built) {
+fn raw_zst_decompresses_to_the_image_and_is_reproducible(test: &str, b: &Built) {
     let work = tempfile::tempdir().unwrap();
     let first = export_ok(&b.image, "raw.zst", None);
     assert_eq!(
@@ -159,8 +159,7 @@ fn raw_zst_decompresses_to_the_image_and_is_reproducible(b: &Built) {
     );
     std::fs::remove_file(&first).unwrap();
 
-    if !have("zstd") {
-        eprintln!("not decompressing: zstd is missing (apt-get install zstd)");
+    if tool_for_check(test, "decompressing the export with zstd", ("zstd", "zstd")).is_none() {
         return;
     }
     let raw = work.path().join("back.raw");
@@ -183,9 +182,8 @@ fn raw_zst_decompresses_to_the_image_and_is_reproducible(b: &Built) {
     );
 }
 
-fn qcow2_holds_the_image_and_is_reproducible(b: &Built) {
-    if !have("qemu-img") {
-        eprintln!("not exporting qcow2: qemu-img is missing (apt-get install qemu-utils)");
+fn qcow2_holds_the_image_and_is_reproducible(test: &str, b: &Built) {
+    if tool_for_check(test, "the qcow2 export", QEMU_IMG).is_none() {
         return;
     }
     let work = tempfile::tempdir().unwrap();

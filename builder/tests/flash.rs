@@ -68,30 +68,28 @@ impl Drop for Mounted {
     }
 }
 
-/// Why loop-device tests cannot run here, if they cannot.
-fn no_loop_devices() -> Option<String> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("not root".into());
+/// Whether loop-device tests can run here (as root, with losetup and a free loop device); otherwise skips
+/// `test`, naming what is missing.
+fn loop_devices(test: &str) -> bool {
+    if !ingot_testkit::require_root(test, "a loop device")
+        || !ingot_testkit::require_tools(test, &[("losetup", "mount")])
+    {
+        return false;
     }
-    if !have("losetup") {
-        return Some("losetup is missing (apt-get install mount)".into());
-    }
-    let o = Command::new("losetup").arg("--find").output().ok()?;
-    (!o.status.success()).then(|| {
-        format!(
-            "no free loop device: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )
-    })
-}
-
-macro_rules! need_loop_devices {
-    () => {
-        if let Some(why) = no_loop_devices() {
-            eprintln!("skipping: {why}");
-            return;
-        }
+    let Ok(o) = Command::new("losetup").arg("--find").output() else {
+        return true;
     };
+    if !o.status.success() {
+        ingot_testkit::skip(
+            test,
+            format!(
+                "no free loop device (losetup --find: {})",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        );
+        return false;
+    }
+    true
 }
 
 /// sha256 of a whole device or file (sha2 uses the CPU's SHA extensions; coreutils' sha256sum does not).
@@ -196,7 +194,9 @@ fn fill_with_junk(dev: &Path, size: u64) {
 
 #[test]
 fn flash_onto_a_used_larger_disk_writes_the_image_moves_the_backup_and_reads_back() {
-    need_loop_devices!();
+    if !loop_devices("flash_onto_a_used_larger_disk_writes_the_image_moves_the_backup_and_reads_back") {
+        return;
+    }
     let s = signed_minimal();
     let size = s.size() + (512 << 20);
     let lo = Loop::new(s.dir.path(), "disk.img", size, false);
@@ -256,7 +256,9 @@ fn flash_onto_a_used_larger_disk_writes_the_image_moves_the_backup_and_reads_bac
 
 #[test]
 fn a_same_size_disk_verifies_as_the_image_afterwards() {
-    need_loop_devices!();
+    if !loop_devices("a_same_size_disk_verifies_as_the_image_afterwards") {
+        return;
+    }
     let s = signed_minimal();
     let lo = Loop::new(s.dir.path(), "disk.img", s.size(), false);
     let o = s.flash(&lo.dev, &[]);
@@ -308,7 +310,9 @@ fn refused(s: &Signed, target: &Path, args: &[&str], key: Option<&Path>, message
 
 #[test]
 fn refusals_leave_the_target_untouched() {
-    need_loop_devices!();
+    if !loop_devices("refusals_leave_the_target_untouched") {
+        return;
+    }
     let s = signed_minimal();
     let pubkey = Some(s.public.as_path());
 
@@ -386,7 +390,10 @@ fn refusals_leave_the_target_untouched() {
 
 #[test]
 fn a_partition_or_a_disk_with_a_mounted_partition_is_refused() {
-    need_loop_devices!();
+    let test = "a_partition_or_a_disk_with_a_mounted_partition_is_refused";
+    if !loop_devices(test) {
+        return;
+    }
     let s = signed_minimal();
     // A disk holding the image, partitions scanned, its ESP mounted.
     let lo = Loop::new(s.dir.path(), "disk.img", s.size(), false);
@@ -395,16 +402,27 @@ fn a_partition_or_a_disk_with_a_mounted_partition_is_refused() {
     drop(lo);
     let lo = Loop::new(s.dir.path(), "disk.img", s.size(), true);
     let p1 = PathBuf::from(format!("{}p1", lo.dev.display()));
-    for _ in 0..50 {
-        if p1.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    let appears = || {
+        (0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            p1.exists()
+        })
+    };
+    // Some kernels scan a loop device's partitions only when asked through BLKPG, which partx does.
+    if !appears()
+        && ingot_testkit::find_program("partx").is_some()
+        && Command::new("partx").arg("-a").arg(&lo.dev).status().is_ok()
+    {
+        appears();
     }
     if !p1.exists() {
-        eprintln!(
-            "skipping: the kernel made no partition devices for {}",
-            lo.dev.display()
+        ingot_testkit::skip(
+            test,
+            format!(
+                "the partition cases: no partition devices appeared for {} with losetup --partscan \
+                 (in a container, /dev must be the host's devtmpfs)",
+                lo.dev.display()
+            ),
         );
         return;
     }
@@ -419,7 +437,11 @@ fn a_partition_or_a_disk_with_a_mounted_partition_is_refused() {
         .unwrap()
         .success()
     {
-        eprintln!("skipping the mounted-partition case: cannot mount the ESP here (no vfat?)");
+        ingot_testkit::skip(
+            test,
+            "the mounted-partition case (the rest ran): cannot mount the ESP here (the kernel needs vfat: \
+             modprobe vfat)",
+        );
         return;
     }
     let message = format!("{} is mounted on {}", p1.display(), mnt.display());
@@ -444,8 +466,15 @@ fn the_disk_of_the_running_system_is_refused() {
         rustix::fs::major(dev),
         rustix::fs::minor(dev)
     ));
+    let test = "the_disk_of_the_running_system_is_refused";
     let Ok(dir) = std::fs::canonicalize(&sys) else {
-        eprintln!("skipping: / is not on a block device ({})", sys.display());
+        ingot_testkit::skip(
+            test,
+            format!(
+                "/ is not on a block device ({} does not exist): run it where / is on a disk, not in a container",
+                sys.display()
+            ),
+        );
         return;
     };
     let disk = if dir.join("partition").exists() {
@@ -455,7 +484,13 @@ fn the_disk_of_the_running_system_is_refused() {
     };
     let dev = Path::new("/dev").join(disk.file_name().unwrap());
     if !dev.exists() {
-        eprintln!("skipping: {} does not exist", dev.display());
+        ingot_testkit::skip(
+            test,
+            format!(
+                "{}, the disk holding /, does not exist here (a container without the host's /dev?)",
+                dev.display()
+            ),
+        );
         return;
     }
     let s = signed_minimal();

@@ -77,11 +77,14 @@ fn kubeconfig_field<'a>(kubeconfig: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} in the kubeconfig:\n{kubeconfig}"))
 }
 
-/// The CA pin as `openssl` computes it (the recipe of the kubeadm docs), if openssl is installed.
-fn openssl_pin(ca_pem: &str) -> Option<String> {
-    if !common::have("openssl") {
-        return None;
-    }
+/// The CA pin as `openssl` computes it (the recipe of the kubeadm docs), or `None` after skipping that
+/// comparison for `test` when openssl is not installed.
+fn openssl_pin(test: &str, ca_pem: &str) -> Option<String> {
+    common::tool_for_check(
+        test,
+        "comparing the CA pin with openssl's",
+        ("openssl", "openssl"),
+    )?;
     let mut child = Command::new("sh")
         .arg("-c")
         .arg("openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | sha256sum")
@@ -103,8 +106,7 @@ fn now_rfc3339() -> String {
 
 #[test]
 fn kube_control_plane_serves_a_kubeadm_token_join() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipping kube_control_plane_serves_a_kubeadm_token_join: {why}");
+    if !control_plane_can_start("kube_control_plane_serves_a_kubeadm_token_join") {
         return;
     }
     let cluster = KubeCluster::start(KubeOpts {
@@ -172,9 +174,8 @@ fn kube_control_plane_serves_a_kubeadm_token_join() {
     let ca = ca.parse_x509().unwrap();
     let pin = spki_pin(ca.public_key().raw);
     assert_eq!(pin, cluster.ca_cert_hash());
-    match openssl_pin(&ca_pem) {
-        Some(p) => assert_eq!(p, pin, "openssl computes another pin"),
-        None => eprintln!("openssl is missing: the pin is not compared with openssl's"),
+    if let Some(p) = openssl_pin("kube_control_plane_serves_a_kubeadm_token_join", &ca_pem) {
+        assert_eq!(p, pin, "openssl computes another pin");
     }
 
     // Then again with the server verified against that CA, at the guest's address: same bytes.
@@ -367,12 +368,8 @@ fn dead(pid: u32) -> bool {
 
 #[test]
 fn kube_control_plane_dies_with_the_thread_that_started_it() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipping kube_control_plane_dies_with_the_thread_that_started_it: {why}");
-        return;
-    }
-    if !common::have("setpriv") {
-        eprintln!("skipping kube_control_plane_dies_with_the_thread_that_started_it: setpriv is missing");
+    let test = "kube_control_plane_dies_with_the_thread_that_started_it";
+    if !control_plane_can_start(test) || !ingot_testkit::require_tools(test, &[("setpriv", "util-linux")]) {
         return;
     }
     // A cluster that is never dropped, as when the test process is killed: the kernel kills the
@@ -407,8 +404,7 @@ fn kube_control_plane_dies_with_the_thread_that_started_it() {
 
 #[test]
 fn kube_control_plane_start_failure_shows_the_components_log() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipping kube_control_plane_start_failure_shows_the_components_log: {why}");
+    if !control_plane_can_start("kube_control_plane_start_failure_shows_the_components_log") {
         return;
     }
     let err = KubeCluster::start(KubeOpts {

@@ -181,15 +181,18 @@ fn signed_builds_are_reproducible_sbverify_clean_and_cached_apart_from_unsigned_
         "{out}"
     );
 
-    if !have("sbverify") {
-        eprintln!("skipping the sbverify cross-check: sbverify not installed (apt-get install sbsigntool)");
+    let Some(sbverify) = tool_for_check(
+        "signed_builds_are_reproducible_sbverify_clean_and_cached_apart_from_unsigned_ones",
+        "the sbverify cross-check",
+        ("sbverify", "sbsigntool"),
+    ) else {
         return;
-    }
+    };
     let loader = dir.path().join("bootx64.efi");
     esp_file(&a, esp_offset, "EFI/BOOT/BOOTX64.EFI", &loader);
     for file in [&loader, &uki] {
         let check = |cert: &str| {
-            std::process::Command::new("sbverify")
+            std::process::Command::new(&sbverify)
                 .arg("--cert")
                 .arg(keys.join(cert))
                 .arg(file)

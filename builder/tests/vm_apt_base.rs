@@ -14,10 +14,10 @@ const BOOT: Duration = Duration::from_secs(300);
 
 #[test]
 fn vm_apt_based_node_runs_a_container_on_a_read_only_root_and_keeps_var() {
-    if !have("qemu-system-x86_64") || !have("qemu-img") || !have("mmdebstrap") {
-        eprintln!(
-            "skipping: qemu-system-x86_64, qemu-img or mmdebstrap not installed (scripts/test installs them)"
-        );
+    if !ingot_testkit::require_tools(
+        "vm_apt_based_node_runs_a_container_on_a_read_only_root_and_keeps_var",
+        &[QEMU, QEMU_IMG, ("mmdebstrap", "mmdebstrap")],
+    ) {
         return;
     }
     let out = tempfile::tempdir().unwrap();

@@ -12,8 +12,10 @@ fn sha256_file(p: &std::path::Path) -> String {
 
 #[test]
 fn vm_minimal_boots_to_ready_and_run_leaves_the_image_alone() {
-    if !have("qemu-system-x86_64") {
-        eprintln!("skipping: qemu-system-x86_64 not installed (apt-get install qemu-system-x86 ovmf)");
+    if !ingot_testkit::require_tools(
+        "vm_minimal_boots_to_ready_and_run_leaves_the_image_alone",
+        &[QEMU],
+    ) {
         return;
     }
     let out = tempfile::tempdir().unwrap();
@@ -52,8 +54,10 @@ fn vm_minimal_boots_to_ready_and_run_leaves_the_image_alone() {
 
 #[test]
 fn vm_run_fails_with_the_console_tail_when_the_marker_never_comes() {
-    if !have("qemu-system-x86_64") {
-        eprintln!("skipping: qemu-system-x86_64 not installed");
+    if !ingot_testkit::require_tools(
+        "vm_run_fails_with_the_console_tail_when_the_marker_never_comes",
+        &[QEMU],
+    ) {
         return;
     }
     let out = tempfile::tempdir().unwrap();
@@ -72,10 +76,10 @@ fn vm_run_fails_with_the_console_tail_when_the_marker_never_comes() {
 
 #[test]
 fn vm_run_with_a_disk_size_gives_the_guest_a_bigger_disk() {
-    if !have("qemu-system-x86_64") || !have("qemu-img") {
-        eprintln!(
-            "skipping: qemu-system-x86_64 or qemu-img not installed (apt-get install qemu-system-x86 qemu-utils)"
-        );
+    if !ingot_testkit::require_tools(
+        "vm_run_with_a_disk_size_gives_the_guest_a_bigger_disk",
+        &[QEMU, QEMU_IMG],
+    ) {
         return;
     }
     let out = tempfile::tempdir().unwrap();

@@ -33,9 +33,9 @@ fn used_disk(path: &Path, size: u64, image_size: u64) {
 
 /// Flashes `image` onto the disk file `disk`, through a loop device when possible.
 fn flash(image: &Path, public: &Path, state: &Path, disk: &Path) {
-    let as_root = rustix::process::geteuid().is_root() && have("losetup");
-    let dev = as_root.then(|| {
-        let o = Command::new("losetup")
+    let losetup = ingot_testkit::find_program("losetup").filter(|_| rustix::process::geteuid().is_root());
+    let dev = losetup.as_ref().map(|losetup| {
+        let o = Command::new(losetup)
             .args(["--find", "--show"])
             .arg(disk)
             .output()
@@ -55,16 +55,15 @@ fn flash(image: &Path, public: &Path, state: &Path, disk: &Path) {
         c.arg("--to-file");
     }
     let o = run(&mut c);
-    if let Some(dev) = &dev {
-        let _ = Command::new("losetup").arg("-d").arg(dev).status();
+    if let (Some(losetup), Some(dev)) = (&losetup, &dev) {
+        let _ = Command::new(losetup).arg("-d").arg(dev).status();
     }
     assert!(o.status.success(), "flash failed:\n{}", stderr(&o));
 }
 
 #[test]
 fn vm_flashed_disk_boots_and_grows_var() {
-    if !have("qemu-system-x86_64") {
-        eprintln!("skipping: qemu-system-x86_64 not installed (apt-get install qemu-system-x86 ovmf)");
+    if !ingot_testkit::require_tools("vm_flashed_disk_boots_and_grows_var", &[QEMU]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -26,18 +26,9 @@ const API_GUEST_PORT: u16 = 6443;
 const NODE: &str = "ingot-e2e-1";
 const JOIN_TIMEOUT: Duration = Duration::from_secs(420);
 
-fn skip(test: &str) -> bool {
-    if !have("qemu-system-x86_64") || !have("qemu-img") {
-        eprintln!(
-            "skipping {test}: qemu-system-x86_64 or qemu-img not installed (scripts/test installs them)"
-        );
-        return true;
-    }
-    if let Some(why) = kube_cluster::skip_reason() {
-        eprintln!("skipping {test}: {why}");
-        return true;
-    }
-    false
+/// Whether QEMU and a control plane are here; otherwise skips `test`, naming what is missing.
+fn can_run(test: &str) -> bool {
+    ingot_testkit::require_tools(test, &[QEMU, QEMU_IMG]) && kube_cluster::control_plane_can_start(test)
 }
 
 /// Builds `tests/profiles/<profile>.toml` through a profile in `dir` that extends it: the lock then records
@@ -144,7 +135,7 @@ fn phase_times(log: &Path) -> Vec<(String, u64)> {
 #[test]
 fn vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behind() {
     let test = "vm_worker_joins_a_kubernetes_1_20_cluster_runs_a_pod_and_leaves_no_token_behind";
-    if skip(test) {
+    if !can_run(test) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

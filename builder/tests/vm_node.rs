@@ -58,19 +58,14 @@ fn phases(lines: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn skip(test: &str) -> bool {
-    if !have("qemu-system-x86_64") || !have("qemu-img") {
-        eprintln!(
-            "skipping {test}: qemu-system-x86_64 or qemu-img not installed (scripts/test installs them)"
-        );
-        return true;
-    }
-    false
+/// Whether QEMU and qemu-img are installed; otherwise skips `test`.
+fn can_run(test: &str) -> bool {
+    ingot_testkit::require_tools(test, &[QEMU, QEMU_IMG])
 }
 
 #[test]
 fn vm_node_runs_containers_restarts_containerd_keeps_var_across_reboot_and_powers_off() {
-    if skip("vm_node_runs_containers_restarts_containerd_keeps_var_across_reboot_and_powers_off") {
+    if !can_run("vm_node_runs_containers_restarts_containerd_keeps_var_across_reboot_and_powers_off") {
         return;
     }
     let out = tempfile::tempdir().unwrap();
@@ -181,21 +176,12 @@ fn vm_node_runs_containers_restarts_containerd_keeps_var_across_reboot_and_power
 
 #[test]
 fn vm_static_address_and_ntp_on_a_tap_device() {
-    if skip("vm_static_address_and_ntp_on_a_tap_device") {
+    let test = "vm_static_address_and_ntp_on_a_tap_device";
+    if !can_run(test) || !ingot_testkit::require_tools(test, &[("chronyd", "chrony")]) {
         return;
     }
-    if !have("chronyd") {
-        eprintln!(
-            "skipping vm_static_address_and_ntp_on_a_tap_device: chronyd not installed (apt-get install chrony)"
-        );
+    let Some(netns) = ingot_testkit::require(test, TestNetns::create("ingot-ntp")) else {
         return;
-    }
-    let netns = match TestNetns::create("ingot-ntp") {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("skipping vm_static_address_and_ntp_on_a_tap_device: {e}");
-            return;
-        }
     };
     let out = tempfile::tempdir().unwrap();
     let conf = out.path().join("chrony.conf");

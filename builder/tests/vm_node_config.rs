@@ -16,12 +16,9 @@ const SECRET: &str = "0123456789abcdef";
 /// The endpoint is unreachable on purpose: nothing joins yet, the test ends at the console line.
 const LINE: &str = "cluster 10.0.2.100:6443, token abcdef.<redacted>, node name worker-1";
 
-fn skip(test: &str) -> bool {
-    if !have("qemu-system-x86_64") || !have("mcopy") {
-        eprintln!("skipping {test}: qemu-system-x86_64 or mtools not installed (scripts/test installs them)");
-        return true;
-    }
-    false
+/// Whether QEMU and mtools are installed; otherwise skips `test`.
+fn can_run(test: &str) -> bool {
+    ingot_testkit::require_tools(test, &[QEMU, ("mcopy", "mtools")])
 }
 
 fn write_config(dir: &Path, token: &str) -> std::path::PathBuf {
@@ -97,7 +94,7 @@ fn boots_with_config_on(channel: &str, source: &str) {
 
 #[test]
 fn vm_node_config_on_fw_cfg() {
-    if skip("vm_node_config_on_fw_cfg") {
+    if !can_run("vm_node_config_on_fw_cfg") {
         return;
     }
     boots_with_config_on("fw_cfg", "opt/io.ingot/node.toml");
@@ -105,7 +102,7 @@ fn vm_node_config_on_fw_cfg() {
 
 #[test]
 fn vm_node_config_on_smbios() {
-    if skip("vm_node_config_on_smbios") {
+    if !can_run("vm_node_config_on_smbios") {
         return;
     }
     boots_with_config_on("smbios", "type 11 entry 11-0, string 1");
@@ -113,7 +110,7 @@ fn vm_node_config_on_smbios() {
 
 #[test]
 fn vm_node_config_on_the_esp() {
-    if skip("vm_node_config_on_the_esp") {
+    if !can_run("vm_node_config_on_the_esp") {
         return;
     }
     boots_with_config_on("esp", "/dev/vda1 ingot/node.toml");
@@ -121,7 +118,7 @@ fn vm_node_config_on_the_esp() {
 
 #[test]
 fn vm_node_config_on_the_kernel_command_line() {
-    if skip("vm_node_config_on_the_kernel_command_line") {
+    if !can_run("vm_node_config_on_the_kernel_command_line") {
         return;
     }
     boots_with_config_on("cmdline", "/proc/cmdline ingot.node=");
@@ -140,7 +137,7 @@ fn build_baked(out: &Path, config: &Path) -> std::path::PathBuf {
 
 #[test]
 fn vm_a_baked_node_config_is_used_when_no_channel_holds_one() {
-    if skip("vm_a_baked_node_config_is_used_when_no_channel_holds_one") {
+    if !can_run("vm_a_baked_node_config_is_used_when_no_channel_holds_one") {
         return;
     }
     let out = tempfile::tempdir().unwrap();
@@ -164,7 +161,7 @@ fn vm_a_baked_node_config_is_used_when_no_channel_holds_one() {
 
 #[test]
 fn vm_a_broken_config_on_a_higher_channel_is_rejected_without_falling_back() {
-    if skip("vm_a_broken_config_on_a_higher_channel_is_rejected_without_falling_back") {
+    if !can_run("vm_a_broken_config_on_a_higher_channel_is_rejected_without_falling_back") {
         return;
     }
     let out = tempfile::tempdir().unwrap();

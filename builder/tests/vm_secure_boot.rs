@@ -11,27 +11,30 @@ use std::time::Duration;
 use common::*;
 use ingot_qemu::{Accel, Vm, VmConfig, is_os_line};
 
-/// Everything the tests need: QEMU, Debian's Secure Boot OVMF, virt-fw-vars to enroll the keys, mtools.
-fn skip(test: &str) -> bool {
-    let missing: Vec<&str> = ["qemu-system-x86_64", "virt-fw-vars", "mcopy"]
-        .into_iter()
-        .filter(|t| !have(t))
-        .collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "skipping {test}: {} not installed (scripts/test installs them: qemu-system-x86, mtools, and virt-firmware from PyPI)",
-            missing.join(", ")
+/// Whether everything the tests need is here: QEMU, Debian's Secure Boot OVMF, virt-fw-vars to enroll the
+/// keys, mtools. Otherwise skips `test`, naming what is missing.
+fn can_run(test: &str) -> bool {
+    if !ingot_testkit::require_tools(test, &[QEMU, ("mcopy", "mtools")]) {
+        return false;
+    }
+    if ingot_testkit::find_program("virt-fw-vars").is_none() {
+        ingot_testkit::skip(
+            test,
+            "virt-fw-vars not installed (virt-firmware from PyPI: scripts/setup-host test installs it)",
         );
-        return true;
+        return false;
     }
     if !Path::new(ingot_qemu::OVMF_SECURE_BOOT_CODE).is_file() {
-        eprintln!(
-            "skipping {test}: {} missing (apt-get install ovmf)",
-            ingot_qemu::OVMF_SECURE_BOOT_CODE
+        ingot_testkit::skip(
+            test,
+            format!(
+                "{} missing (apt-get install ovmf)",
+                ingot_qemu::OVMF_SECURE_BOOT_CODE
+            ),
         );
-        return true;
+        return false;
     }
-    false
+    true
 }
 
 fn keygen(out: &Path) {
@@ -122,7 +125,7 @@ fn with_changed_cmdline(image: &Path, dir: &Path) -> PathBuf {
 
 #[test]
 fn vm_secure_boot_signed_image_boots_to_ready_with_secure_boot_on() {
-    if skip("vm_secure_boot_signed_image_boots_to_ready_with_secure_boot_on") {
+    if !can_run("vm_secure_boot_signed_image_boots_to_ready_with_secure_boot_on") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -162,7 +165,7 @@ fn vm_secure_boot_signed_image_boots_to_ready_with_secure_boot_on() {
 
 #[test]
 fn vm_secure_boot_firmware_refuses_a_changed_uki_and_an_unsigned_image() {
-    if skip("vm_secure_boot_firmware_refuses_a_changed_uki_and_an_unsigned_image") {
+    if !can_run("vm_secure_boot_firmware_refuses_a_changed_uki_and_an_unsigned_image") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

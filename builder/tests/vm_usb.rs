@@ -18,10 +18,10 @@ fn var_size_mib(line: &str) -> u64 {
 
 #[test]
 fn vm_minimal_boots_from_a_usb_stick_and_grows_var_onto_it() {
-    if !have("qemu-system-x86_64") || !have("qemu-img") {
-        eprintln!(
-            "skipping: qemu-system-x86_64 or qemu-img not installed (apt-get install qemu-system-x86 qemu-utils)"
-        );
+    if !ingot_testkit::require_tools(
+        "vm_minimal_boots_from_a_usb_stick_and_grows_var_onto_it",
+        &[QEMU, QEMU_IMG],
+    ) {
         return;
     }
     let out = tempfile::tempdir().unwrap();

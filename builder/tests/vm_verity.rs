@@ -19,16 +19,9 @@ use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(300);
 
-fn skip(test: &str) -> bool {
-    for tool in ["qemu-system-x86_64", "dump.erofs"] {
-        if !have(tool) {
-            eprintln!(
-                "skipping {test}: {tool} not installed (apt-get install qemu-system-x86 ovmf erofs-utils)"
-            );
-            return true;
-        }
-    }
-    false
+/// Whether QEMU and dump.erofs are installed; otherwise skips `test`.
+fn can_run(test: &str) -> bool {
+    ingot_testkit::require_tools(test, &[QEMU, ("dump.erofs", "erofs-utils")])
 }
 
 fn manifest(image: &Path) -> Value {
@@ -142,7 +135,7 @@ fn boots_to_a_stop(image: &Path, log: &Path, expected: &str) -> String {
 
 #[test]
 fn vm_verity_root_boots_and_a_flipped_byte_stops_the_node() {
-    if skip("vm_verity_root_boots_and_a_flipped_byte_stops_the_node") {
+    if !can_run("vm_verity_root_boots_and_a_flipped_byte_stops_the_node") {
         return;
     }
     let out = tempfile::tempdir().unwrap();

@@ -8,13 +8,13 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
     /// `qemu-system-x86_64` is not on `PATH`.
-    #[error("qemu-system-x86_64 not found on PATH; install it with `apt-get install qemu-system-x86`")]
+    #[error("{}", ingot_spec::host_tools::missing_message(crate::host::QEMU_BINARY))]
     QemuNotFound,
 
     /// No usable OVMF firmware.
     #[error(
-        "OVMF firmware not found (looked for {tried}); install it with `apt-get install ovmf` or set \
-         INGOT_OVMF_CODE and INGOT_OVMF_VARS"
+        "OVMF firmware not found (looked for {tried}): {} or set INGOT_OVMF_CODE and INGOT_OVMF_VARS",
+        ingot_spec::host_tools::missing_message(crate::host::DEBIAN_OVMF[0].0)
     )]
     OvmfNotFound { tried: String },
 
@@ -57,9 +57,7 @@ pub enum QemuError {
     },
 
     /// [`VmConfig::disk_size`](crate::VmConfig::disk_size) is set but `qemu-img` is not on `PATH`.
-    #[error(
-        "qemu-img not found on PATH (needed for a disk size); install it with `apt-get install qemu-utils`"
-    )]
+    #[error("{}", ingot_spec::host_tools::missing_message(crate::host::QEMU_IMG_BINARY))]
     QemuImgNotFound,
 
     /// [`VmConfig::disk_size`](crate::VmConfig::disk_size) is smaller than the image.

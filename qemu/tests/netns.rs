@@ -5,19 +5,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::write_image;
+use common::{QEMU, write_image};
 use ingot_qemu::{Accel, Firmware, NetMode, NetnsError, NetnsOptions, TestNetns, Vm, VmConfig};
 
-/// The namespace, or `None` after saying why it cannot be made here.
+/// The namespace, or `None` after [`ingot_testkit::skip`]ping `test` because it cannot be made here (no
+/// root, no `ip`).
 fn netns(test: &str, opts: NetnsOptions) -> Option<TestNetns> {
-    match TestNetns::create_with("ingot-qemu-test", opts) {
-        Ok(ns) => Some(ns),
-        Err(e @ (NetnsError::NotRoot { .. } | NetnsError::IpNotFound)) => {
-            eprintln!("skipping {test}: {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
+    if !ingot_testkit::require_root(test, "a network namespace with a tap device")
+        || !ingot_testkit::require_tools(test, &[("ip", "iproute2")])
+    {
+        return None;
     }
+    Some(TestNetns::create_with("ingot-qemu-test", opts).unwrap_or_else(|e| panic!("{e}")))
 }
 
 fn listed(name: &str) -> bool {
@@ -111,8 +110,7 @@ fn netns_rejects_bad_names() {
 #[test]
 fn qemu_in_a_netns_opens_the_tap_device() {
     let test = "qemu_in_a_netns_opens_the_tap_device";
-    if let Err(e) = ingot_qemu::find_qemu() {
-        eprintln!("skipping {test}: {e}");
+    if !ingot_testkit::require_tools(test, &[QEMU]) {
         return;
     }
     let Some(ns) = netns(test, NetnsOptions::default()) else {
@@ -190,8 +188,7 @@ fn qemu_in_a_netns_opens_the_tap_device() {
 
 #[test]
 fn missing_netns_is_named() {
-    if ingot_qemu::find_qemu().is_err() {
-        eprintln!("skipping missing_netns_is_named: QEMU not installed");
+    if !ingot_testkit::require_tools("missing_netns_is_named", &[QEMU]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{sha256_file, write_image};
+use common::{QEMU, QEMU_IMG, sha256_file, write_image};
 use ingot_qemu::{Accel, Firmware, QemuError, Vm, VmConfig};
 
 /// A TCG VM with legacy BIOS and no NIC on `image`: QEMU runs, the BIOS finds nothing to boot.
@@ -19,23 +19,13 @@ fn idle_config(image: &std::path::Path) -> VmConfig {
     cfg
 }
 
-fn have_qemu(test: &str) -> bool {
-    match ingot_qemu::find_qemu() {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("skipping {test}: {e}");
-            false
-        }
-    }
-}
-
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{s:?} is not JSON: {e}"))
 }
 
 #[test]
 fn qmp_answers_queries_and_accepts_the_power_button() {
-    if !have_qemu("qmp_answers_queries_and_accepts_the_power_button") {
+    if !ingot_testkit::require_tools("qmp_answers_queries_and_accepts_the_power_button", &[QEMU]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -89,11 +79,7 @@ fn qmp_answers_queries_and_accepts_the_power_button() {
 #[test]
 fn disk_size_attaches_a_grown_overlay_backed_by_the_unchanged_image() {
     let test = "disk_size_attaches_a_grown_overlay_backed_by_the_unchanged_image";
-    if !have_qemu(test) {
-        return;
-    }
-    if ingot_qemu::find_tool("qemu-img").is_none() {
-        eprintln!("skipping {test}: qemu-img not installed (apt-get install qemu-utils)");
+    if !ingot_testkit::require_tools(test, &[QEMU, QEMU_IMG]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -156,7 +142,7 @@ fn disk_size_attaches_a_grown_overlay_backed_by_the_unchanged_image() {
 
 #[test]
 fn disk_size_must_hold_the_image() {
-    if !have_qemu("disk_size_must_hold_the_image") {
+    if !ingot_testkit::require_tools("disk_size_must_hold_the_image", &[QEMU]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

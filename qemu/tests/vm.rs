@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BOOT_TIMEOUT, firmware_kit, kit, sha256_file, write_image};
+use common::{BOOT_TIMEOUT, QEMU_IMG, firmware_kit, kit, sha256_file, write_image};
 use ingot_qemu::bench::time_to_marker;
 use ingot_qemu::{Accel, AccelUsed, Firmware, Vm, VmConfig, WaitFailure};
 
@@ -352,10 +352,7 @@ fn vm_reboot_keeps_the_grown_disk_and_the_console() {
     let Some(kit) = kit("vm_reboot_keeps_the_grown_disk_and_the_console") else {
         return;
     };
-    if ingot_qemu::find_tool("qemu-img").is_none() {
-        eprintln!(
-            "skipping vm_reboot_keeps_the_grown_disk_and_the_console: qemu-img not installed (apt-get install qemu-utils)"
-        );
+    if !ingot_testkit::require_tools("vm_reboot_keeps_the_grown_disk_and_the_console", &[QEMU_IMG]) {
         return;
     }
     let image = kit.image("disk.raw", 4);
@@ -439,19 +436,14 @@ fn vm_exit_on_reboot_ends_qemu_at_the_first_reboot() {
 fn vm_tap_in_a_netns_carries_dhcp_from_a_host_service() {
     let test = "vm_tap_in_a_netns_carries_dhcp_from_a_host_service";
     let Some(kit) = kit(test) else { return };
-    let Some(dnsmasq) = ingot_qemu::find_tool("dnsmasq") else {
-        eprintln!("skipping {test}: dnsmasq not installed (apt-get install dnsmasq-base)");
+    if !ingot_testkit::require_tools(test, &[("dnsmasq", "dnsmasq-base")])
+        || !ingot_testkit::require_root(test, "a network namespace with a tap device")
+    {
         return;
-    };
+    }
+    let dnsmasq = ingot_testkit::find_program("dnsmasq").unwrap();
     // Declared before the VM and the service, so both are gone before the namespace is deleted.
-    let ns = match ingot_qemu::TestNetns::create("ingot-qemu-vm") {
-        Ok(ns) => ns,
-        Err(e @ ingot_qemu::NetnsError::NotRoot { .. }) => {
-            eprintln!("skipping {test}: {e}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let ns = ingot_qemu::TestNetns::create("ingot-qemu-vm").unwrap_or_else(|e| panic!("{e}"));
     let d = kit.dir.path();
     let log = std::fs::File::create(d.join("dnsmasq.log")).unwrap();
     let mut server = ns

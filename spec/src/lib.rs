@@ -9,6 +9,7 @@ pub mod cmdline;
 pub mod config;
 pub mod gpt;
 pub mod gpt_grow;
+pub mod host_tools;
 pub mod marker;
 pub mod node_config;
 pub mod partition;

@@ -364,7 +364,10 @@ fn shipped_keyrings_parse() {
 #[test]
 fn real_archive_bookworm() {
     if std::env::var_os("INGOT_OFFLINE_TESTS").is_some_and(|v| v == "1") {
-        eprintln!("skipping real_archive_bookworm: INGOT_OFFLINE_TESTS=1");
+        ingot_testkit::skip(
+            "real_archive_bookworm",
+            "INGOT_OFFLINE_TESTS=1 opts out of the tests that need deb.debian.org (unset it to run them)",
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -405,6 +405,19 @@ mod tests {
         std::fs::copy(host, dest).unwrap();
     }
 
+    /// [`true_tree`], or `None` after skipping `test` on a host where it cannot be made.
+    fn true_tree_or_skip(test: &str) -> Option<tempfile::TempDir> {
+        let tree = true_tree();
+        if tree.is_none() {
+            ingot_testkit::skip(
+                test,
+                "this host's /bin/true is not a dynamically linked glibc ELF with Debian's library layout \
+                 (run the tests on Debian or Ubuntu, x86-64)",
+            );
+        }
+        tree
+    }
+
     /// A tree with `/bin/true` from the host and its libraries, laid out like Debian bookworm (merged /usr, with
     /// `/lib64` and `/lib` as absolute and relative symlinks).
     fn true_tree() -> Option<tempfile::TempDir> {
@@ -454,8 +467,7 @@ mod tests {
 
     #[test]
     fn host_true_with_its_libraries_resolves() {
-        let Some(tree) = true_tree() else {
-            eprintln!("skipped: /bin/true is not a dynamically linked ELF on this host");
+        let Some(tree) = true_tree_or_skip("host_true_with_its_libraries_resolves") else {
             return;
         };
         let root = tree.path();
@@ -482,8 +494,7 @@ mod tests {
 
     #[test]
     fn missing_interpreter_is_reported() {
-        let Some(tree) = true_tree() else {
-            eprintln!("skipped: /bin/true is not a dynamically linked ELF on this host");
+        let Some(tree) = true_tree_or_skip("missing_interpreter_is_reported") else {
             return;
         };
         let root = tree.path();
@@ -500,8 +511,7 @@ mod tests {
 
     #[test]
     fn absolute_symlinks_stay_inside_the_tree() {
-        let Some(tree) = true_tree() else {
-            eprintln!("skipped: /bin/true is not a dynamically linked ELF on this host");
+        let Some(tree) = true_tree_or_skip("absolute_symlinks_stay_inside_the_tree") else {
             return;
         };
         let root = tree.path();
@@ -519,15 +529,20 @@ mod tests {
     fn static_binary_and_kernel_module_are_fine() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        for busybox in ["/bin/busybox", "/usr/bin/busybox"] {
-            if let Ok(data) = std::fs::read(busybox)
-                && read_deps(&data)
+        let static_busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|busybox| {
+            std::fs::read(busybox).is_ok_and(|data| {
+                read_deps(&data)
                     .unwrap()
                     .is_some_and(|d| d.interpreter.is_none() && d.needed.is_empty())
-            {
-                copy_into(root, busybox, "/bin/busybox");
-                break;
-            }
+            })
+        });
+        match static_busybox {
+            Some(busybox) => copy_into(root, busybox, "/bin/busybox"),
+            None => ingot_testkit::skip(
+                "static_binary_and_kernel_module_are_fine",
+                "the static-binary case (the rest ran): no statically linked busybox at /bin/busybox \
+                 (apt-get install busybox-static)",
+            ),
         }
         // A file named like a kernel module with broken ELF contents is not looked at.
         std::fs::create_dir_all(root.join("lib/modules")).unwrap();
@@ -546,8 +561,7 @@ mod tests {
 
     #[test]
     fn origin_run_path_is_relative_to_the_file() {
-        let Some(tree) = true_tree() else {
-            eprintln!("skipped: /bin/true is not a dynamically linked ELF on this host");
+        let Some(tree) = true_tree_or_skip("origin_run_path_is_relative_to_the_file") else {
             return;
         };
         let root = tree.path();

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ErofsError {
-    #[error("`mkfs.erofs` is not installed (install it with `apt-get install erofs-utils`)")]
+    #[error("{}", ingot_spec::host_tools::missing_message("mkfs.erofs"))]
     Missing,
     #[error("`mkfs.erofs` failed on {tree}: {stderr}")]
     Failed { tree: String, stderr: String },
@@ -37,7 +37,8 @@ pub fn mkfs(
     if compression == Compression::Lz4hc {
         c.arg("-zlz4hc");
     }
-    c.arg(out).arg(tree).env("SOURCE_DATE_EPOCH", epoch.to_string());
+    c.arg(out).arg(tree);
+    crate::host_env::pin_tool_env(&mut c, epoch);
     let o = c.output().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ErofsError::Missing,
         _ => ErofsError::Failed {
@@ -60,8 +61,10 @@ mod tests {
 
     #[test]
     fn same_tree_gives_same_bytes_and_passes_fsck() {
-        if Command::new("mkfs.erofs").arg("--help").output().is_err() {
-            eprintln!("skipping: erofs-utils not installed");
+        if !ingot_testkit::require_tools(
+            "same_tree_gives_same_bytes_and_passes_fsck",
+            &[("mkfs.erofs", "erofs-utils"), ("fsck.erofs", "erofs-utils")],
+        ) {
             return;
         }
         let d = tempfile::tempdir().unwrap();

@@ -168,13 +168,14 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Why a control plane cannot start here, or `None` when it can. Tests skip with this reason, unless
-/// `INGOT_K8S_BIN` is set: then the binaries were asked for and a missing piece fails the start instead.
-pub fn skip_reason() -> Option<String> {
+/// Whether a control plane can start here; when it cannot, [`ingot_testkit::skip`]s `test` saying what is
+/// missing (a failure under CI). With `INGOT_K8S_BIN` set, always true: the binaries were asked for, and a
+/// missing piece fails the start instead.
+pub fn control_plane_can_start(test: &str) -> bool {
     if std::env::var_os("INGOT_K8S_BIN").is_some() {
-        return None;
+        return true;
     }
-    missing(&k8s_bin_dir()).err()
+    ingot_testkit::require(test, missing(&k8s_bin_dir())).is_some()
 }
 
 fn missing(bin_dir: &Path) -> Result<(), String> {
@@ -187,7 +188,7 @@ fn missing(bin_dir: &Path) -> Result<(), String> {
         }
     }
     if find_in_path("etcd").is_none() {
-        return Err("etcd is missing (apt-get install etcd-server)".into());
+        return Err("etcd not installed (apt-get install etcd-server)".into());
     }
     Ok(())
 }

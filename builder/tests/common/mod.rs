@@ -51,13 +51,17 @@ pub fn build_minimal_with(out: &Path, extra: &[&str]) -> PathBuf {
 
 /// Cross-checks an image's dm-verity tree with `veritysetup verify` (cryptsetup-bin): root-a's covered
 /// blocks and root-a-verity are copied out (veritysetup takes no data offset) and verified against the
-/// root hash on the UKI's command line as the manifest records it. Prints why when veritysetup is missing.
+/// root hash on the UKI's command line as the manifest records it. Without veritysetup, skips the cross-check
+/// for the running test (a failure under CI).
 pub fn veritysetup_agrees(image: &Path) {
     use std::os::unix::fs::FileExt as _;
-    if !have("veritysetup") {
-        eprintln!("not cross-checking dm-verity: veritysetup is missing (apt-get install cryptsetup-bin)");
+    let Some(veritysetup) = tool_for_check(
+        &running_test(),
+        "the dm-verity cross-check",
+        ("veritysetup", "cryptsetup-bin"),
+    ) else {
         return;
-    }
+    };
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(image.with_extension("manifest.json")).unwrap()).unwrap();
     let v = &manifest["verity"];
@@ -93,7 +97,7 @@ pub fn veritysetup_agrees(image: &Path) {
         part(&v["hash_partition"]),
         v["hash_size"].as_u64().unwrap(),
     );
-    let o = Command::new("veritysetup")
+    let o = Command::new(veritysetup)
         .arg("verify")
         .arg(&data)
         .arg(&hash)
@@ -121,13 +125,33 @@ pub fn dir_entries(dir: &Path) -> Vec<String> {
     v
 }
 
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+/// `qemu-system-x86_64` and its Debian package, for [`ingot_testkit::require_tools`].
+pub const QEMU: (&str, &str) = ("qemu-system-x86_64", "qemu-system-x86");
+/// `qemu-img` and its Debian package.
+pub const QEMU_IMG: (&str, &str) = ("qemu-img", "qemu-utils");
+
+/// The path of `tool` (`(program, Debian package)`), or `None` after [`ingot_testkit::skip`]ping the part of
+/// `test` that `check` names: the rest of the test runs, but under CI the missing tool fails it.
+pub fn tool_for_check(test: &str, check: &str, tool: (&str, &str)) -> Option<PathBuf> {
+    let (program, package) = tool;
+    let found = ingot_testkit::find_program(program);
+    if found.is_none() {
+        ingot_testkit::skip(
+            test,
+            format!(
+                "{check} (the rest of the test ran): {program} not installed (apt-get install {package})"
+            ),
+        );
+    }
+    found
+}
+
+/// The name of the running test, for helpers that many tests share: libtest runs each test on a thread
+/// named after it.
+pub fn running_test() -> String {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("an unnamed test thread");
+    name.rsplit("::").next().unwrap_or(name).to_owned()
 }
 
 pub mod kube_cluster;

@@ -69,11 +69,10 @@ struct Chronyd {
 }
 
 impl Chronyd {
-    /// Starts chronyd as an NTP server on a free loopback port; `None` (with the reason printed) when
-    /// it cannot run here.
-    fn start() -> Option<Chronyd> {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: chronyd only starts as root");
+    /// Starts chronyd as an NTP server on a free loopback port; `None` when it cannot run here, after
+    /// [`ingot_testkit::skip`]ping `test` with the reason.
+    fn start(test: &str) -> Option<Chronyd> {
+        if !ingot_testkit::require_root(test, "starting chronyd") {
             return None;
         }
         let port = UdpSocket::bind("127.0.0.1:0")
@@ -99,7 +98,7 @@ impl Chronyd {
         let child = match spawned {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!("skipped: chronyd is not installed (apt-get install chrony)");
+                ingot_testkit::skip(test, "chronyd not installed (apt-get install chrony)");
                 return None;
             }
             Err(e) => panic!("starting chronyd: {e}"),
@@ -172,7 +171,9 @@ fn run_real(clock: &mut Clock, sys: &FakeSys, limit: Duration, done: impl Fn(&Cl
 
 #[test]
 fn chrony_on_loopback_syncs_the_clock_to_within_milliseconds() {
-    let Some(chronyd) = Chronyd::start() else { return };
+    let Some(chronyd) = Chronyd::start("chrony_on_loopback_syncs_the_clock_to_within_milliseconds") else {
+        return;
+    };
     let (recorder, log) = RecordingClock::new(0);
     let mut clock = Clock::with_io(
         vec![chronyd.addr],
@@ -225,7 +226,9 @@ fn chrony_on_loopback_syncs_the_clock_to_within_milliseconds() {
 
 #[test]
 fn chrony_corrects_a_clock_three_seconds_ahead_by_stepping_it() {
-    let Some(chronyd) = Chronyd::start() else { return };
+    let Some(chronyd) = Chronyd::start("chrony_corrects_a_clock_three_seconds_ahead_by_stepping_it") else {
+        return;
+    };
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let (recorder, log) = RecordingClock::new(3 * SEC);
     let servers = vec![chronyd.addr, silent.local_addr().unwrap()];

@@ -1,7 +1,7 @@
 //! The network against the real kernel and a real DHCP server, each test in network namespaces of its
 //! own: the test thread enters a new namespace (only that thread: `CLONE_NEWNET` is per thread), the
 //! server side lives in a named namespace at the other end of a veth pair. Needs root, `ip` and, for
-//! DHCP, `dnsmasq`; without them the tests say why and skip.
+//! DHCP, `dnsmasq`; without them the tests skip (fail under CI), naming what is missing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -26,30 +26,13 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Why the test cannot run here, if it cannot.
-fn missing(tools: &[&str]) -> Option<String> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("needs root for network namespaces".to_owned());
-    }
-    tools.iter().find(|t| which(t).is_none()).map(|t| {
-        format!(
-            "`{t}` is not installed (apt-get install {})",
-            if *t == "dnsmasq" {
-                "dnsmasq-base"
-            } else {
-                "iproute2"
-            }
-        )
-    })
-}
+const IP: (&str, &str) = ("ip", "iproute2");
+const DNSMASQ: (&str, &str) = ("dnsmasq", "dnsmasq-base");
 
-/// Says why `test` cannot run here, if it cannot.
-fn skip(test: &str, tools: &[&str]) -> bool {
-    let why = missing(tools);
-    if let Some(why) = &why {
-        eprintln!("skipping {test}: {why}");
-    }
-    why.is_some()
+/// Whether `test` can run here: as root (network namespaces need it) with `tools` installed; otherwise
+/// [`ingot_testkit::skip`]s it, saying what is missing.
+fn can_run(test: &str, tools: &[(&str, &str)]) -> bool {
+    ingot_testkit::require_root(test, "a network namespace") && ingot_testkit::require_tools(test, tools)
 }
 
 /// Runs a command in the test thread's namespace and returns its stdout; fails the test on error.
@@ -159,10 +142,7 @@ fn wait_for_log(path: &Path, needle: &str, limit: Duration) -> bool {
 
 #[test]
 fn dhcp_lease_from_dnsmasq_is_applied_and_renewed() {
-    if skip(
-        "dhcp_lease_from_dnsmasq_is_applied_and_renewed",
-        &["ip", "dnsmasq"],
-    ) {
+    if !can_run("dhcp_lease_from_dnsmasq_is_applied_and_renewed", &[IP, DNSMASQ]) {
         return;
     }
     enter_new_network_namespace().unwrap();
@@ -338,9 +318,9 @@ fn dhcp_lease_from_dnsmasq_is_applied_and_renewed() {
 
 #[test]
 fn static_addresses_route_mtu_and_resolv_conf_are_applied_at_start() {
-    if skip(
+    if !can_run(
         "static_addresses_route_mtu_and_resolv_conf_are_applied_at_start",
-        &["ip"],
+        &[IP],
     ) {
         return;
     }
@@ -427,7 +407,7 @@ fn static_addresses_route_mtu_and_resolv_conf_are_applied_at_start() {
 
 #[test]
 fn a_gateway_outside_the_subnet_is_reached_on_link() {
-    if skip("a_gateway_outside_the_subnet_is_reached_on_link", &["ip"]) {
+    if !can_run("a_gateway_outside_the_subnet_is_reached_on_link", &[IP]) {
         return;
     }
     enter_new_network_namespace().unwrap();
@@ -463,9 +443,9 @@ fn a_gateway_outside_the_subnet_is_reached_on_link() {
 
 #[test]
 fn a_missing_link_is_waited_for_and_configured_when_it_appears() {
-    if skip(
+    if !can_run(
         "a_missing_link_is_waited_for_and_configured_when_it_appears",
-        &["ip"],
+        &[IP],
     ) {
         return;
     }
@@ -511,7 +491,7 @@ fn a_missing_link_is_waited_for_and_configured_when_it_appears() {
 
 #[test]
 fn kernel_refusals_name_the_operation() {
-    if skip("kernel_refusals_name_the_operation", &["ip"]) {
+    if !can_run("kernel_refusals_name_the_operation", &[IP]) {
         return;
     }
     enter_new_network_namespace().unwrap();

@@ -274,28 +274,32 @@ mod tests {
         assert!(put_targets(&mut payload, &[long]).is_err());
     }
 
-    /// Why the root-only test cannot run here, if it cannot.
-    fn host_skip() -> Option<String> {
-        if !rustix::process::geteuid().is_root() {
-            return Some("not root".to_owned());
+    /// Whether the device-mapper test can run here: root, veritysetup, losetup and a kernel with the device
+    /// mapper; otherwise skips `test`, naming what is missing.
+    fn host_ready(test: &str) -> bool {
+        if !ingot_testkit::require_root(test, "mapping a device") {
+            return false;
         }
-        for tool in ["veritysetup", "losetup"] {
+        for (tool, package) in [("veritysetup", "cryptsetup-bin"), ("losetup", "mount")] {
             let found = std::process::Command::new(tool).arg("--version").output();
             if !found.is_ok_and(|o| o.status.success()) {
-                return Some(format!(
-                    "{tool} is missing (apt-get install cryptsetup-bin util-linux)"
-                ));
+                ingot_testkit::skip(test, format!("{tool} not installed (apt-get install {package})"));
+                return false;
             }
         }
         if !std::path::Path::new(CONTROL).exists() {
             let _ = std::process::Command::new("modprobe").arg("dm_verity").output();
         }
         if !std::path::Path::new(CONTROL).exists() {
-            return Some(format!(
-                "the running kernel has no device mapper ({CONTROL} is missing; CONFIG_BLK_DEV_DM and CONFIG_DM_VERITY)"
-            ));
+            ingot_testkit::skip(
+                test,
+                format!(
+                    "the running kernel has no device mapper ({CONTROL} is missing; CONFIG_BLK_DEV_DM and CONFIG_DM_VERITY)"
+                ),
+            );
+            return false;
         }
-        None
+        true
     }
 
     fn run(program: &str, args: &[&str]) -> String {
@@ -391,8 +395,7 @@ mod tests {
 
     #[test]
     fn maps_verity_reads_the_data_and_fails_a_flipped_byte_with_eio_as_root() {
-        if let Some(why) = host_skip() {
-            eprintln!("skipping the device-mapper host test: {why}");
+        if !host_ready("maps_verity_reads_the_data_and_fails_a_flipped_byte_with_eio_as_root") {
             return;
         }
         use crate::sys::Sys as _;

@@ -47,8 +47,8 @@ static BLOCK_SIGNALS_BEFORE_MAIN: extern "C" fn() = block_signals_before_main;
 
 /// Runs test `path` (its full name, `module::tests::name`) as PID 1 of a new pid namespace and asserts it
 /// passed there; returns false, and the caller returns too. Inside that namespace it returns true: the
-/// caller runs the test body. Without root or without `unshare`, prints why the test is skipped and
-/// returns false.
+/// caller runs the test body. Without root or without `unshare`, [`ingot_testkit::skip`]s the test (a
+/// failure under CI) and returns false.
 pub fn as_pid1(path: &str) -> bool {
     if std::env::var_os(ENV).is_some() {
         assert!(
@@ -57,8 +57,9 @@ pub fn as_pid1(path: &str) -> bool {
         );
         return true;
     }
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipping {path}: creating a pid namespace needs root");
+    // The test function's own name, for the skip.
+    let test = path.rsplit("::").next().unwrap_or(path);
+    if !ingot_testkit::require_root(test, "creating a pid namespace") {
         return false;
     }
     let exe = std::env::current_exe().unwrap();
@@ -71,7 +72,7 @@ pub fn as_pid1(path: &str) -> bool {
     {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("skipping {path}: unshare (util-linux) is not installed");
+            ingot_testkit::skip(test, "unshare not installed (apt-get install util-linux)");
             return false;
         }
         Err(e) => panic!("running unshare: {e}"),

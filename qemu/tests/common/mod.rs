@@ -39,33 +39,32 @@ pub struct Kit {
     pub dir: tempfile::TempDir,
 }
 
-/// Returns `None` (after saying why on stderr) when something a VM test needs is missing, so the test can
-/// return early instead of failing on a machine without QEMU.
+/// `qemu-system-x86_64` and its Debian package, for [`ingot_testkit::require_tools`].
+pub const QEMU: (&str, &str) = ("qemu-system-x86_64", "qemu-system-x86");
+/// `qemu-img` and its Debian package.
+pub const QEMU_IMG: (&str, &str) = ("qemu-img", "qemu-utils");
+
+/// Returns `None` when something a VM test needs is missing, after [`ingot_testkit::skip`]ping `test` with
+/// what it is (a failure under CI).
 pub fn kit(test: &str) -> Option<Kit> {
-    match try_kit() {
-        Ok(k) => Some(k),
-        Err(why) => {
-            eprintln!("skipping {test}: {why}");
-            None
-        }
+    if !ingot_testkit::require_tools(test, &[QEMU]) {
+        return None;
     }
+    ingot_testkit::require(test, ingot_qemu::find_ovmf())?;
+    ingot_testkit::require(test, try_kit())
 }
 
 /// Like [`kit`] for tests that boot only the firmware: needs QEMU and OVMF, returns a scratch directory.
 pub fn firmware_kit(test: &str) -> Option<tempfile::TempDir> {
-    let found = ingot_qemu::find_qemu().and_then(|_| ingot_qemu::find_ovmf());
-    match found {
-        Ok(_) => Some(tempfile::tempdir().unwrap()),
-        Err(why) => {
-            eprintln!("skipping {test}: {why}");
-            None
-        }
+    if !ingot_testkit::require_tools(test, &[QEMU]) {
+        return None;
     }
+    ingot_testkit::require(test, ingot_qemu::find_ovmf())?;
+    Some(tempfile::tempdir().unwrap())
 }
 
+/// The kernel, its modules and busybox, or what is missing of them.
 fn try_kit() -> Result<Kit, String> {
-    ingot_qemu::find_qemu().map_err(|e| e.to_string())?;
-    ingot_qemu::find_ovmf().map_err(|e| e.to_string())?;
     let root =
         std::env::var_os(KERNEL_ROOT_ENV).map_or_else(|| PathBuf::from(DEFAULT_KERNEL_ROOT), PathBuf::from);
     let kernel = first_entry(&root.join("boot"), "vmlinuz-").ok_or_else(|| {
@@ -82,11 +81,14 @@ fn try_kit() -> Result<Kit, String> {
         .to_string();
     let modules = root.join("lib/modules").join(&version).join("kernel");
     if !modules.join(VIRTIO_BLK_MODULES[5]).is_file() {
-        return Err(format!("virtio_blk.ko not found under {}", modules.display()));
+        return Err(format!(
+            "virtio_blk.ko not found under {} (set {KERNEL_ROOT_ENV} to an unpacked linux-image package)",
+            modules.display()
+        ));
     }
     let busybox = PathBuf::from("/bin/busybox");
     if !busybox.is_file() {
-        return Err("/bin/busybox not found; install it with `apt-get install busybox-static`".into());
+        return Err("/bin/busybox not found (apt-get install busybox-static)".into());
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     Ok(Kit {

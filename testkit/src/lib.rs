@@ -1,0 +1,183 @@
+//! What a test does when the host lacks something it needs.
+//!
+//! On a developer's machine the test skips: it says why on stderr and returns early, and the skip is
+//! appended to the file `INGOT_TEST_SKIP_LOG` names (scripts/test counts those lines per tier, because a
+//! skipped test is reported as passed by the test runner). Under CI (`CI=true`) or with
+//! `INGOT_TEST_STRICT=1`, a missing prerequisite is a failure that names it instead: a green run must
+//! mean the test ran.
+//!
+//! Use it at the top of a test:
+//!
+//! ```no_run
+//! # fn t() {
+//! if !ingot_testkit::require_tools("vm_boots", &[("qemu-img", "qemu-utils")]) {
+//!     return;
+//! }
+//! # }
+//! ```
+
+use std::fmt::Display;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Set to `1` to fail instead of skip outside CI.
+pub const STRICT_ENV: &str = "INGOT_TEST_STRICT";
+/// File that each skip appends one line to: the test's name, a tab, the reason.
+pub const SKIP_LOG_ENV: &str = "INGOT_TEST_SKIP_LOG";
+
+/// Whether a missing prerequisite fails the test: under CI (`CI` set to `true` or `1`, as CI services
+/// do) or with `INGOT_TEST_STRICT=1`.
+pub fn strict() -> bool {
+    strict_from(
+        std::env::var("CI").ok().as_deref(),
+        std::env::var(STRICT_ENV).ok().as_deref(),
+    )
+}
+
+fn strict_from(ci: Option<&str>, explicit: Option<&str>) -> bool {
+    let on = |v: Option<&str>| v.is_some_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "True"));
+    match explicit.map(str::trim) {
+        Some("0") | Some("false") => false,
+        _ => on(ci) || on(explicit),
+    }
+}
+
+/// `test` cannot run because of `why` (what is missing, and how to get it). Under [`strict`] this panics
+/// with `why`; otherwise it prints `skipping TEST: WHY`, records the skip and returns, and the caller
+/// returns from the test.
+#[track_caller]
+pub fn skip(test: &str, why: impl Display) {
+    if strict() {
+        panic!(
+            "{test} cannot run: {why}\n(a missing prerequisite fails under CI=true or {STRICT_ENV}=1; \
+             `scripts/setup-host test` installs the host tools, `ingot doctor` lists what is missing)"
+        );
+    }
+    eprintln!("skipping {test}: {why}");
+    if let Some(log) = std::env::var_os(SKIP_LOG_ENV).filter(|v| !v.is_empty()) {
+        record(Path::new(&log), test, &why.to_string());
+    }
+}
+
+fn record(log: &Path, test: &str, why: &str) {
+    let line = format!("{test}\t{}\n", why.replace(['\n', '\t'], " "));
+    // One short append per skip: O_APPEND keeps lines of concurrent test processes whole.
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("could not record the skip in {}: {e}", log.display());
+    }
+}
+
+/// Finds `program` on `PATH`, then in `/usr/sbin` and `/sbin` (which not every user's `PATH` has).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The `(program, Debian package)` pairs of `tools` that are not installed, as one readable phrase, or
+/// `None` when all are.
+pub fn missing_tools(tools: &[(&str, &str)]) -> Option<String> {
+    let missing: Vec<&(&str, &str)> = tools.iter().filter(|(p, _)| find_program(p).is_none()).collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
+    let mut packages: Vec<&str> = missing.iter().map(|(_, pkg)| *pkg).collect();
+    packages.dedup();
+    Some(format!(
+        "{} not installed (apt-get install {})",
+        names.join(", "),
+        packages.join(" ")
+    ))
+}
+
+/// True when every program of `tools` is installed; otherwise [`skip`]s `test` naming the missing ones.
+#[track_caller]
+pub fn require_tools(test: &str, tools: &[(&str, &str)]) -> bool {
+    match missing_tools(tools) {
+        None => true,
+        Some(why) => {
+            skip(test, why);
+            false
+        }
+    }
+}
+
+/// True when running as root; otherwise [`skip`]s `test` saying what root is needed for.
+#[track_caller]
+pub fn require_root(test: &str, for_what: &str) -> bool {
+    // The effective UID from /proc, so this crate needs no libc.
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    });
+    if !root {
+        skip(test, format!("{for_what} needs root"));
+    }
+    root
+}
+
+/// True when `result` is `Ok`; otherwise [`skip`]s `test` with the error. For prerequisites found by
+/// other means (a kernel to boot, a control plane's binaries).
+#[track_caller]
+pub fn require<T, E: Display>(test: &str, result: Result<T, E>) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(why) => {
+            skip(test, why);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_true_or_the_explicit_variable_makes_skips_fail() {
+        assert!(strict_from(Some("true"), None));
+        assert!(strict_from(Some("1"), None));
+        assert!(strict_from(None, Some("1")));
+        assert!(!strict_from(None, None));
+        assert!(!strict_from(Some("false"), None));
+        assert!(!strict_from(Some(""), None));
+        // The explicit variable can turn strictness off on a CI machine.
+        assert!(!strict_from(Some("true"), Some("0")));
+    }
+
+    #[test]
+    fn a_missing_program_is_named_with_its_package() {
+        let why = missing_tools(&[("sh", "dash"), ("ingot-no-such-tool", "ingot-no-such-package")]).unwrap();
+        assert_eq!(
+            why,
+            "ingot-no-such-tool not installed (apt-get install ingot-no-such-package)"
+        );
+        assert_eq!(missing_tools(&[("sh", "dash")]), None);
+    }
+
+    #[test]
+    fn skips_are_recorded_one_line_each() {
+        let dir = std::env::temp_dir().join(format!("ingot-testkit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("skips");
+        record(&log, "t1", "qemu-img not installed");
+        record(&log, "t2", "two\nlines");
+        let text = std::fs::read_to_string(&log).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(text, "t1\tqemu-img not installed\nt2\ttwo lines\n");
+    }
+}
