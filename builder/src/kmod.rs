@@ -709,10 +709,9 @@ mod tests {
     /// The `lib/modules` directory and release of the minimal profile's kernel, fetched and unpacked as a
     /// build does.
     fn minimal_profile_kernel() -> (PathBuf, String) {
-        let lock = crate::lock::Lock::load(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/minimal.lock"),
-        )
-        .unwrap();
+        let lock =
+            crate::lock::Lock::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/minimal.lock"))
+                .unwrap();
         let dir = crate::fetch::Fetcher::from_env(false)
             .unwrap()
             .unpacked(&lock.pinned("kernel").unwrap())
@@ -749,7 +748,10 @@ mod tests {
         for (i, name) in order.iter().enumerate() {
             for dep in index.modinfo(name).unwrap().depends {
                 let at = order.iter().position(|m| *m == dep);
-                assert!(at.is_some_and(|d| d < i), "{dep} (needed by {name}) not before it: {order:?}");
+                assert!(
+                    at.is_some_and(|d| d < i),
+                    "{dep} (needed by {name}) not before it: {order:?}"
+                );
             }
         }
         let mut sorted = order.clone();

@@ -64,7 +64,11 @@ fn builds_do_not_depend_on_the_builders_umask_time_zone_locale_or_paths() {
     let img_b = build_in(
         &out_b,
         "077",
-        &[("INGOT_CACHE_DIR", &cache_b), ("HOME", &home_b), ("TMPDIR", &tmp_b)],
+        &[
+            ("INGOT_CACHE_DIR", &cache_b),
+            ("HOME", &home_b),
+            ("TMPDIR", &tmp_b),
+        ],
         &[
             // A POSIX zone string: no tzdata needed, five hours west of UTC.
             ("TZ", "EST+5"),
@@ -81,7 +85,10 @@ fn builds_do_not_depend_on_the_builders_umask_time_zone_locale_or_paths() {
         );
         assert!(a == b, "{name} differs between the two builders");
     }
-    assert_eq!(std::fs::read(&img_a).unwrap().len(), std::fs::read(&img_b).unwrap().len());
+    assert_eq!(
+        std::fs::read(&img_a).unwrap().len(),
+        std::fs::read(&img_b).unwrap().len()
+    );
 
     // The outputs follow the user's umask: 077 leaves the output directory to its owner.
     use std::os::unix::fs::PermissionsExt as _;

@@ -174,33 +174,6 @@ fn vm_boot_times_to_marker() {
     }
 }
 
-#[test]
-fn vm_auto_accel_reaches_the_kernel() {
-    let name = "vm_auto_accel_reaches_the_kernel";
-    if let Some(v) = std::env::var_os(ingot_qemu::ACCEL_ENV) {
-        eprintln!(
-            "skipping {name}: {}={} overrides the automatic choice",
-            ingot_qemu::ACCEL_ENV,
-            v.display()
-        );
-        return;
-    }
-    let Some(kit) = kit(name) else { return };
-    let image = kit.image("disk.raw", 1);
-    let initrd = kit.initramfs("marker.cpio", "echo 'ingot-test: marker'\n");
-    let mut cfg = kit.direct_config(&image, &initrd);
-    cfg.accel = Accel::Auto;
-    cfg.firmware = Firmware::LegacyBios;
-    cfg.kvm_probe = Duration::from_secs(10);
-    let mut vm = Vm::start(cfg).unwrap();
-    vm.wait_for(MARKER, BOOT_TIMEOUT).unwrap();
-    eprintln!("accel {}: {:?}", vm.accel(), vm.accel_notice());
-    match vm.accel() {
-        AccelUsed::Kvm => assert_eq!(vm.accel_notice(), None),
-        AccelUsed::Tcg => assert!(vm.accel_notice().is_some_and(|n| n.contains("TCG"))),
-    }
-}
-
 /// Serves one canned HTTP response per connection on a loopback port; counts connections.
 fn http_server(
     body: &'static str,
