@@ -111,6 +111,7 @@ fn check_need(need: Need, table: &[HostTool]) -> CommandReport {
                 Err(why) => format!("KVM: {why}; guests run under TCG (software emulation), which is slower"),
             });
         }
+        Need::Build => notes.extend(tool_versions_note()),
         Need::AptBuild => {
             if let Some(c) = subordinate_ids_check() {
                 checks.push(c);
@@ -177,6 +178,27 @@ fn qemu_version_check() -> Option<Check> {
             .map(|_| "apt-get install qemu-system-x86".to_string()),
         problem,
         why: "q35, OVMF, qemu-xhci and the options ingot run passes".into(),
+    })
+}
+
+/// The packages whose versions reach an image's bytes (mkfs.erofs writes the root, mtools the ESP's boot
+/// sector and FATs), as dpkg knows them: builds agree byte for byte only between builders with the same.
+fn tool_versions_note() -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package} ${Version}\n", "erofs-utils", "mtools"])
+        .output()
+        .ok()?;
+    let versions: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split(' ').nth(1).is_some_and(|v| !v.is_empty()))
+        .map(str::to_string)
+        .collect();
+    (!versions.is_empty()).then(|| {
+        format!(
+            "image bytes depend on {}: another Debian release's versions build a different (equally \
+             valid) image",
+            versions.join(", ")
+        )
     })
 }
 
