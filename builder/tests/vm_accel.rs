@@ -47,5 +47,8 @@ fn vm_run_auto_accel_uses_kvm_or_falls_back_to_tcg_and_says_why() {
             );
         }
     }
+    for l in err.lines().filter(|l| l.starts_with("ingot-qemu:")) {
+        eprintln!("{l}");
+    }
     eprintln!("{saw}");
 }
