@@ -310,7 +310,7 @@ enum Command {
     /// qemu-img, virt-fw-vars, mmdebstrap, …), QEMU's version, whether KVM is usable (without it guests run
     /// under TCG) and, for an unprivileged apt-based build, the user's subordinate IDs. A command that finds
     /// a tool missing fails with the same words. Exits 1 when anything checked is missing.
-    #[command(after_help = DOCTOR_AFTER_HELP)]
+    #[command(after_help = doctor_after_help())]
     Doctor {
         /// Check only these (default: every command, not the tests).
         #[arg(value_name = "NEED", value_parser = parse_need)]
@@ -321,20 +321,19 @@ enum Command {
     },
 }
 
-const DOCTOR_AFTER_HELP: &str = "NEED is one of:\n  \
-    build        ingot build, ingot lock\n  \
-    apt-build    ingot build of a profile with [base.apt] (mmdebstrap)\n  \
-    run          ingot run\n  \
-    disk-size    ingot run --disk-size\n  \
-    secure-boot  ingot run --secure-boot\n  \
-    inspect      ingot inspect, ingot verify\n  \
-    flash        ingot flash\n  \
-    export       ingot export --format qcow2\n  \
-    test         scripts/test, the whole test suite\n\n\
-    Examples:\n  \
-    ingot doctor                 # every command\n  \
-    ingot doctor build run       # just what building and booting need\n  \
-    ingot doctor --json | jq '.commands[] | select(.ready | not) | .command'\n";
+/// `ingot doctor --help`'s list of needs, from the one table of them.
+fn doctor_after_help() -> String {
+    let needs: String = ingot_spec::host_tools::Need::ALL
+        .iter()
+        .map(|n| format!("  {:<12} {}\n", n.name(), n.command()))
+        .collect();
+    format!(
+        "NEED is one of:\n{needs}\nExamples:\n  \
+         ingot doctor                 # every command\n  \
+         ingot doctor build run       # just what building and booting need\n  \
+         ingot doctor --json | jq '.commands[] | select(.ready | not) | .command'\n"
+    )
+}
 
 fn parse_need(s: &str) -> Result<ingot_spec::host_tools::Need, String> {
     ingot_spec::host_tools::Need::parse(s).ok_or_else(|| {

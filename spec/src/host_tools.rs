@@ -91,7 +91,7 @@ impl Need {
             Need::Inspect => "ingot inspect, ingot verify",
             Need::Flash => "ingot flash",
             Need::Export => "ingot export --format qcow2",
-            Need::Test => "scripts/test",
+            Need::Test => "scripts/test (every test tier)",
         }
     }
 
