@@ -501,6 +501,20 @@ fn parse_disk_size(s: &str) -> anyhow::Result<u64> {
     Ok(bytes)
 }
 
+/// Prints a report as pretty JSON or as its text rendering.
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    render: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", render(report));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut incomplete = false;
@@ -701,14 +715,9 @@ fn main() -> ExitCode {
                 (None, None) => ingot::commands::KernelConfigInput::Path(PathBuf::new()),
             };
             ingot::commands::kernel_check(&input, &features, offline).and_then(|r| {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&r)?);
-                } else {
-                    print!("{}", ingot::kconfig::render(&r));
-                }
                 // The report says what is missing; only the exit status is left to set.
                 incomplete = !r.complete;
-                Ok(())
+                print_report(json, &r, ingot::kconfig::render)
             })
         }
         Command::Flash {
@@ -787,30 +796,19 @@ fn main() -> ExitCode {
                 })
                 .map_err(Into::into)
         }
-        Command::Doctor { needs, json } => (|| -> anyhow::Result<()> {
+        Command::Doctor { needs, json } => {
             let needs = if needs.is_empty() {
                 ingot::doctor::default_needs()
             } else {
                 needs
             };
             let r = ingot::doctor::check(&needs);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", ingot::doctor::render(&r));
-            }
-            // The report says what is missing; only the exit status is left to set.
             incomplete = !r.ready;
-            Ok(())
-        })(),
-        Command::Inspect { image, json } => ingot::inspect::inspect(&image).and_then(|r| {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", ingot::inspect::render(&r));
-            }
-            Ok(())
-        }),
+            print_report(json, &r, ingot::doctor::render)
+        }
+        Command::Inspect { image, json } => {
+            ingot::inspect::inspect(&image).and_then(|r| print_report(json, &r, ingot::inspect::render))
+        }
     };
     match result {
         Ok(()) if incomplete => ExitCode::FAILURE,

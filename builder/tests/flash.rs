@@ -73,30 +73,6 @@ impl Drop for Mounted {
     }
 }
 
-/// Whether loop-device tests can run here (as root, with losetup and a free loop device); otherwise skips
-/// `test`, naming what is missing.
-fn loop_devices(test: &str) -> bool {
-    if !ingot_testkit::require_root(test, "a loop device")
-        || !ingot_testkit::require_tools(test, &[("losetup", "mount")])
-    {
-        return false;
-    }
-    let Ok(o) = Command::new("losetup").arg("--find").output() else {
-        return true;
-    };
-    if !o.status.success() {
-        ingot_testkit::skip(
-            test,
-            format!(
-                "no free loop device (losetup --find: {})",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-        );
-        return false;
-    }
-    true
-}
-
 /// sha256 of a whole device or file (sha2 uses the CPU's SHA extensions; coreutils' sha256sum does not).
 fn sha256sum(path: &Path) -> String {
     use sha2::Digest as _;
@@ -199,7 +175,9 @@ fn fill_with_junk(dev: &Path, size: u64) {
 
 #[test]
 fn flash_onto_a_used_larger_disk_writes_the_image_moves_the_backup_and_reads_back() {
-    if !loop_devices("flash_onto_a_used_larger_disk_writes_the_image_moves_the_backup_and_reads_back") {
+    if !ingot_testkit::require_loop_devices(
+        "flash_onto_a_used_larger_disk_writes_the_image_moves_the_backup_and_reads_back",
+    ) {
         return;
     }
     let s = signed_minimal();
@@ -261,7 +239,7 @@ fn flash_onto_a_used_larger_disk_writes_the_image_moves_the_backup_and_reads_bac
 
 #[test]
 fn a_same_size_disk_verifies_as_the_image_afterwards() {
-    if !loop_devices("a_same_size_disk_verifies_as_the_image_afterwards") {
+    if !ingot_testkit::require_loop_devices("a_same_size_disk_verifies_as_the_image_afterwards") {
         return;
     }
     let s = signed_minimal();
@@ -315,7 +293,7 @@ fn refused(s: &Signed, target: &Path, args: &[&str], key: Option<&Path>, message
 
 #[test]
 fn refusals_leave_the_target_untouched() {
-    if !loop_devices("refusals_leave_the_target_untouched") {
+    if !ingot_testkit::require_loop_devices("refusals_leave_the_target_untouched") {
         return;
     }
     let s = signed_minimal();
@@ -396,7 +374,7 @@ fn refusals_leave_the_target_untouched() {
 #[test]
 fn a_partition_or_a_disk_with_a_mounted_partition_is_refused() {
     let test = "a_partition_or_a_disk_with_a_mounted_partition_is_refused";
-    if !loop_devices(test) {
+    if !ingot_testkit::require_loop_devices(test) {
         return;
     }
     let s = signed_minimal();

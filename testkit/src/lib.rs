@@ -143,6 +143,23 @@ pub fn require_root(test: &str, for_what: &str) -> bool {
     root
 }
 
+/// True when loop devices can be used here: root, `losetup` and a free loop device; otherwise [`skip`]s
+/// `test` naming what is missing.
+#[track_caller]
+pub fn require_loop_devices(test: &str) -> bool {
+    if !require_root(test, "a loop device") || !require_tools(test, &[("losetup", "mount")]) {
+        return false;
+    }
+    let found = std::process::Command::new("losetup").arg("--find").output();
+    let why = match found {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(e) => e.to_string(),
+    };
+    skip(test, format!("no free loop device (losetup --find: {why})"));
+    false
+}
+
 /// True when `result` is `Ok`; otherwise [`skip`]s `test` with the error. For prerequisites found by
 /// other means (a kernel to boot, a control plane's binaries).
 #[track_caller]
