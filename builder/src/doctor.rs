@@ -132,6 +132,22 @@ fn check_need(need: Need, table: &[HostTool]) -> CommandReport {
 }
 
 fn check_tool(t: &HostTool) -> Check {
+    // `ingot run` also takes OVMF from INGOT_OVMF_CODE/VARS or Debian's 2M pair: ask it, and say what it
+    // would say.
+    let (code, vars) = ingot_qemu::DEBIAN_OVMF[0];
+    if t.name == code || t.name == vars {
+        let found = ingot_qemu::find_ovmf();
+        return Check {
+            name: t.name.to_string(),
+            found: found.as_ref().ok().map(|o| {
+                let p = if t.name == code { &o.code } else { &o.vars };
+                p.display().to_string()
+            }),
+            install: found.is_err().then(|| t.package.install_command()),
+            problem: found.err().map(|e| e.to_string()),
+            why: t.why.to_string(),
+        };
+    }
     let found = if t.is_file() {
         Path::new(t.name).is_file().then(|| t.name.to_string())
     } else {

@@ -13,8 +13,9 @@ pub enum QemuError {
 
     /// No usable OVMF firmware.
     #[error(
-        "OVMF firmware not found (looked for {tried}): {} or set INGOT_OVMF_CODE and INGOT_OVMF_VARS",
-        ingot_spec::host_tools::missing_message(crate::host::DEBIAN_OVMF[0].0)
+        "OVMF firmware not found (looked for {tried}): {}, or set INGOT_OVMF_CODE and INGOT_OVMF_VARS",
+        ingot_spec::host_tools::tool(crate::host::DEBIAN_OVMF[0].0)
+            .map_or_else(|| "`apt-get install ovmf`".into(), |t| ingot_spec::host_tools::provided_by(&t))
     )]
     OvmfNotFound { tried: String },
 

@@ -95,8 +95,8 @@ pub use config::{
 pub use console::{ConsoleLine, LineSplitter, is_os_line};
 pub use error::{NetnsError, QemuError, WaitError, WaitFailure};
 pub use host::{
-    ACCEL_ENV, OVMF_CODE_ENV, OVMF_SECURE_BOOT_CODE, OVMF_SECURE_BOOT_VARS_TEMPLATE, OVMF_VARS_ENV,
-    QEMU_BINARY, QEMU_IMG_BINARY, find_ovmf, find_qemu, find_tool, kvm_usable,
+    ACCEL_ENV, DEBIAN_OVMF, OVMF_CODE_ENV, OVMF_SECURE_BOOT_CODE, OVMF_SECURE_BOOT_VARS_TEMPLATE,
+    OVMF_VARS_ENV, QEMU_BINARY, QEMU_IMG_BINARY, find_ovmf, find_qemu, find_tool, kvm_usable,
 };
 pub use netns::{NetnsOptions, TestNetns};
 pub use qmp::QMP_TIMEOUT;

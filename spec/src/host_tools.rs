@@ -199,14 +199,16 @@ pub fn missing_summary(name: &str) -> String {
             } else {
                 "is not installed"
             };
-            format!(
-                "{name} {what}: it comes with {} (`{}`)",
-                t.package,
-                t.package.install_command()
-            )
+            format!("{name} {what}: {}", provided_by(&t))
         }
         None => format!("{name} is not installed"),
     }
+}
+
+/// Where `t` comes from and how to install it: "it comes with the Debian package ovmf (`apt-get install
+/// ovmf`)".
+pub fn provided_by(t: &HostTool) -> String {
+    format!("it comes with {} (`{}`)", t.package, t.package.install_command())
 }
 
 #[cfg(test)]
