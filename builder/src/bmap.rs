@@ -216,7 +216,7 @@ mod tests {
         (path, m)
     }
 
-    const BMAPTOOL: (&str, &str) = ("bmaptool", "bmap-tools");
+    const BMAPTOOL: &str = "bmaptool";
 
     #[test]
     fn matches_the_golden_file() {

@@ -432,20 +432,18 @@ mod tests {
         assert_eq!(parts[1].name, "root-a");
         assert_eq!(parts[1].offset_bytes(), place.offset);
         assert_eq!(parts[5].attributes, ingot_spec::partition::ATTR_GROW_FS);
-        match ingot_testkit::find_program("sgdisk") {
-            Some(sgdisk) => {
-                let out = std::process::Command::new(sgdisk)
-                    .arg("-v")
-                    .arg(&img)
-                    .output()
-                    .unwrap();
-                let text = String::from_utf8_lossy(&out.stdout);
-                assert!(text.contains("No problems found"), "sgdisk -v: {text}");
-            }
-            None => ingot_testkit::skip(
-                "copy_is_sparse_and_table_passes_sgdisk",
-                "the sgdisk check (the rest ran): sgdisk not installed (apt-get install gdisk)",
-            ),
+        if let Some(sgdisk) = ingot_testkit::tool_for_check(
+            "copy_is_sparse_and_table_passes_sgdisk",
+            "the sgdisk check",
+            "sgdisk",
+        ) {
+            let out = std::process::Command::new(sgdisk)
+                .arg("-v")
+                .arg(&img)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("No problems found"), "sgdisk -v: {text}");
         }
         let allocated = std::fs::metadata(&img)
             .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)

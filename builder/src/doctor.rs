@@ -64,12 +64,11 @@ pub fn default_needs() -> Vec<Need> {
 
 /// Checks `needs` on this machine.
 pub fn check(needs: &[Need]) -> Report {
-    let table = host_tools::table();
-    let commands: Vec<CommandReport> = needs.iter().map(|&n| check_need(n, &table)).collect();
+    let commands: Vec<CommandReport> = needs.iter().map(|&n| check_need(n)).collect();
     let mut apt = Vec::new();
     let mut pip = Vec::new();
     for c in commands.iter().flat_map(|c| &c.checks) {
-        let Some(t) = table.iter().find(|t| t.name == c.name).filter(|_| !c.ok()) else {
+        let Some(t) = host_tools::tool(&c.name).filter(|_| !c.ok()) else {
             continue;
         };
         match t.package {
@@ -92,8 +91,8 @@ pub fn check(needs: &[Need]) -> Report {
     }
 }
 
-fn check_need(need: Need, table: &[HostTool]) -> CommandReport {
-    let mut checks: Vec<Check> = table
+fn check_need(need: Need) -> CommandReport {
+    let mut checks: Vec<Check> = host_tools::table()
         .iter()
         .filter(|t| t.needed_by.contains(&need))
         .map(check_tool)
@@ -105,9 +104,11 @@ fn check_need(need: Need, table: &[HostTool]) -> CommandReport {
                 checks.push(c);
             }
             notes.push(match ingot_qemu::kvm_usable() {
-                Ok(()) => "KVM: /dev/kvm is usable; `--accel auto` tries it first and falls back to TCG \
-                           if the guest shows nothing within 30 s"
-                    .into(),
+                Ok(()) => format!(
+                    "KVM: /dev/kvm is usable; `--accel auto` tries it first and falls back to TCG if the \
+                     guest shows nothing within {} s",
+                    ingot_qemu::DEFAULT_KVM_PROBE.as_secs()
+                ),
                 Err(why) => format!("KVM: {why}; guests run under TCG (software emulation), which is slower"),
             });
         }
@@ -191,7 +192,7 @@ fn qemu_version_check() -> Option<Check> {
         found: version.map(|(a, b, c)| format!("{a}.{b}.{c}")),
         install: problem
             .as_ref()
-            .map(|_| "apt-get install qemu-system-x86".to_string()),
+            .and_then(|_| host_tools::tool(ingot_qemu::QEMU_BINARY).map(|t| t.package.install_command())),
         problem,
         why: "q35, OVMF, qemu-xhci and the options ingot run passes".into(),
     })
@@ -234,6 +235,9 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// How many subordinate IDs mmdebstrap --mode=unshare maps.
+const SUBORDINATE_IDS: u64 = 65536;
+
 /// mmdebstrap --mode=unshare as an ordinary user maps 65536 subordinate IDs from /etc/subuid and
 /// /etc/subgid; root needs none. `None` for root.
 fn subordinate_ids_check() -> Option<Check> {
@@ -252,7 +256,7 @@ fn subordinate_ids_check() -> Option<Check> {
     let who = user.clone().unwrap_or_else(|| uid.to_string());
     let problem = (!missing.is_empty()).then(|| {
         format!(
-            "{} has no range for {who}: mmdebstrap --mode=unshare needs 65536 subordinate IDs",
+            "{} has no range for {who}: mmdebstrap --mode=unshare needs {SUBORDINATE_IDS} subordinate IDs",
             missing.join(" and ")
         )
     });
@@ -286,7 +290,7 @@ fn has_subordinate_range(text: &str, user: Option<&str>, uid: u32) -> bool {
         let (Some(who), Some(_start), Some(count)) = (f.next(), f.next(), f.next()) else {
             return false;
         };
-        (Some(who) == user || who == uid) && count.parse::<u64>().is_ok_and(|c| c >= 65536)
+        (Some(who) == user || who == uid) && count.parse::<u64>().is_ok_and(|c| c >= SUBORDINATE_IDS)
     })
 }
 

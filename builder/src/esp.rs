@@ -233,15 +233,7 @@ mod tests {
 
     /// Whether mtools is installed; otherwise skips `test`.
     fn tools(test: &str) -> bool {
-        ingot_testkit::require_tools(
-            test,
-            &[
-                ("mformat", "mtools"),
-                ("mmd", "mtools"),
-                ("mcopy", "mtools"),
-                ("mdir", "mtools"),
-            ],
-        )
+        ingot_testkit::require_tools(test, &["mformat", "mmd", "mcopy", "mdir"])
     }
 
     #[test]
@@ -279,19 +271,17 @@ mod tests {
             std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
             "ESP images differ"
         );
-        match ingot_testkit::find_program("fsck.fat") {
-            Some(fsck) => {
-                let out = Command::new(fsck).arg("-n").arg(&a).output().unwrap();
-                assert!(
-                    out.status.success(),
-                    "fsck.fat: {}",
-                    String::from_utf8_lossy(&out.stdout)
-                );
-            }
-            None => ingot_testkit::skip(
-                "builds_a_clean_reproducible_esp_and_reads_it_back",
-                "the fsck.fat check (the rest ran): fsck.fat not installed (apt-get install dosfstools)",
-            ),
+        if let Some(fsck) = ingot_testkit::tool_for_check(
+            "builds_a_clean_reproducible_esp_and_reads_it_back",
+            "the fsck.fat check",
+            "fsck.fat",
+        ) {
+            let out = Command::new(fsck).arg("-n").arg(&a).output().unwrap();
+            assert!(
+                out.status.success(),
+                "fsck.fat: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         assert_eq!(read_file(&a, 0, BOOT_LOADER_PATH).unwrap(), b"MZ boot");
         assert_eq!(

@@ -480,7 +480,7 @@ mod tests {
         let Some((ok, listing)) = run_cpio(&archive, &["-itv", "--quiet"]) else {
             ingot_testkit::skip(
                 "listing_matches_golden_file",
-                "cpio not installed (apt-get install cpio)",
+                ingot_spec::host_tools::missing_summary("cpio"),
             );
             return;
         };

@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -249,9 +248,6 @@ pub fn build(
     let epoch = profile.source_date_epoch;
     let stage_dir = work.path().join("root");
     fs::create_dir(&stage_dir).with_context(|| format!("creating {}", stage_dir.display()))?;
-    // The root's own mode is the image's `/`, whatever the umask.
-    fs::set_permissions(&stage_dir, fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("setting the mode of {}", stage_dir.display()))?;
     let base_kernel = work.path().join("kernel");
     if let Some(base) = &inputs.base {
         let report = steps.run("unpacking the apt base (strip)", || {

@@ -922,7 +922,7 @@ mod tests {
     fn sbverify_accepts_the_signature_with_the_db_certificate() {
         if !ingot_testkit::require_tools(
             "sbverify_accepts_the_signature_with_the_db_certificate",
-            &[("sbverify", "sbsigntool")],
+            &["sbverify"],
         ) {
             return;
         }

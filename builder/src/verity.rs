@@ -268,14 +268,7 @@ mod tests {
 
     /// Whether veritysetup runs here; otherwise skips `test`.
     fn veritysetup_present(test: &str) -> bool {
-        let runs = Command::new("veritysetup")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !runs {
-            ingot_testkit::skip(test, "veritysetup not installed (apt-get install cryptsetup-bin)");
-        }
-        runs
+        ingot_testkit::require_tools(test, &["veritysetup"])
     }
 
     fn veritysetup(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {

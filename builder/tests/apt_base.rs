@@ -15,7 +15,7 @@ const PROFILE: &str = "tests/profiles/debian-worker.toml";
 
 /// Whether mmdebstrap is installed; otherwise skips `test`.
 fn can_run(test: &str) -> bool {
-    ingot_testkit::require_tools(test, &[("mmdebstrap", "mmdebstrap")])
+    ingot_testkit::require_tools(test, &["mmdebstrap"])
 }
 
 fn build(out: &Path, extra: &[&str]) -> PathBuf {

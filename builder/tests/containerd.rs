@@ -36,15 +36,7 @@ const IMAGE: &str = "ingot.local/busybox:latest";
 /// (a failure under CI) naming what is missing.
 fn containerd_can_run(test: &str) -> bool {
     ingot_testkit::require_root(test, "running containerd and runc")
-        && ingot_testkit::require_tools(
-            test,
-            &[
-                ("containerd", "containerd"),
-                ("ctr", "containerd"),
-                ("containerd-shim-runc-v2", "containerd"),
-                ("runc", "runc"),
-            ],
-        )
+        && ingot_testkit::require_tools(test, &["containerd", "ctr", "containerd-shim-runc-v2", "runc"])
 }
 
 /// A containerd of our own; killed and waited for on drop.

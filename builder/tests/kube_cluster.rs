@@ -80,11 +80,7 @@ fn kubeconfig_field<'a>(kubeconfig: &'a str, key: &str) -> &'a str {
 /// The CA pin as `openssl` computes it (the recipe of the kubeadm docs), or `None` after skipping that
 /// comparison for `test` when openssl is not installed.
 fn openssl_pin(test: &str, ca_pem: &str) -> Option<String> {
-    common::tool_for_check(
-        test,
-        "comparing the CA pin with openssl's",
-        ("openssl", "openssl"),
-    )?;
+    common::tool_for_check(test, "comparing the CA pin with openssl's", "openssl")?;
     let mut child = Command::new("sh")
         .arg("-c")
         .arg("openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | sha256sum")
@@ -369,7 +365,7 @@ fn dead(pid: u32) -> bool {
 #[test]
 fn kube_control_plane_dies_with_the_thread_that_started_it() {
     let test = "kube_control_plane_dies_with_the_thread_that_started_it";
-    if !control_plane_can_start(test) || !ingot_testkit::require_tools(test, &[("setpriv", "util-linux")]) {
+    if !control_plane_can_start(test) || !ingot_testkit::require_tools(test, &["setpriv"]) {
         return;
     }
     // A cluster that is never dropped, as when the test process is killed: the kernel kills the

@@ -184,7 +184,7 @@ fn signed_builds_are_reproducible_sbverify_clean_and_cached_apart_from_unsigned_
     let Some(sbverify) = tool_for_check(
         "signed_builds_are_reproducible_sbverify_clean_and_cached_apart_from_unsigned_ones",
         "the sbverify cross-check",
-        ("sbverify", "sbsigntool"),
+        "sbverify",
     ) else {
         return;
     };

@@ -16,7 +16,7 @@ const BOOT: Duration = Duration::from_secs(300);
 fn vm_apt_based_node_runs_a_container_on_a_read_only_root_and_keeps_var() {
     if !ingot_testkit::require_tools(
         "vm_apt_based_node_runs_a_container_on_a_read_only_root_and_keeps_var",
-        &[QEMU, QEMU_IMG, ("mmdebstrap", "mmdebstrap")],
+        &[QEMU, QEMU_IMG, "mmdebstrap"],
     ) {
         return;
     }

@@ -18,7 +18,7 @@ const LINE: &str = "cluster 10.0.2.100:6443, token abcdef.<redacted>, node name 
 
 /// Whether QEMU and mtools are installed; otherwise skips `test`.
 fn can_run(test: &str) -> bool {
-    ingot_testkit::require_tools(test, &[QEMU, ("mcopy", "mtools")])
+    ingot_testkit::require_tools(test, &[QEMU, "mcopy"])
 }
 
 fn write_config(dir: &Path, token: &str) -> std::path::PathBuf {

@@ -14,23 +14,13 @@ use ingot_qemu::{Accel, Vm, VmConfig, is_os_line};
 /// Whether everything the tests need is here: QEMU, Debian's Secure Boot OVMF, virt-fw-vars to enroll the
 /// keys, mtools. Otherwise skips `test`, naming what is missing.
 fn can_run(test: &str) -> bool {
-    if !ingot_testkit::require_tools(test, &[QEMU, ("mcopy", "mtools")]) {
-        return false;
-    }
-    if ingot_testkit::find_program("virt-fw-vars").is_none() {
-        ingot_testkit::skip(
-            test,
-            "virt-fw-vars not installed (virt-firmware from PyPI: scripts/setup-host test installs it)",
-        );
+    if !ingot_testkit::require_tools(test, &[QEMU, "mcopy", "virt-fw-vars"]) {
         return false;
     }
     if !Path::new(ingot_qemu::OVMF_SECURE_BOOT_CODE).is_file() {
         ingot_testkit::skip(
             test,
-            format!(
-                "{} missing (apt-get install ovmf)",
-                ingot_qemu::OVMF_SECURE_BOOT_CODE
-            ),
+            ingot_spec::host_tools::missing_summary(ingot_qemu::OVMF_SECURE_BOOT_CODE),
         );
         return false;
     }

@@ -21,7 +21,7 @@ const BOOT: Duration = Duration::from_secs(300);
 
 /// Whether QEMU and dump.erofs are installed; otherwise skips `test`.
 fn can_run(test: &str) -> bool {
-    ingot_testkit::require_tools(test, &[QEMU, ("dump.erofs", "erofs-utils")])
+    ingot_testkit::require_tools(test, &[QEMU, "dump.erofs"])
 }
 
 fn manifest(image: &Path) -> Value {

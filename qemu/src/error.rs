@@ -15,7 +15,7 @@ pub enum QemuError {
     #[error(
         "OVMF firmware not found (looked for {tried}): {}, or set INGOT_OVMF_CODE and INGOT_OVMF_VARS",
         ingot_spec::host_tools::tool(crate::host::DEBIAN_OVMF[0].0)
-            .map_or_else(|| "`apt-get install ovmf`".into(), |t| ingot_spec::host_tools::provided_by(&t))
+            .map_or_else(|| "`apt-get install ovmf`".into(), ingot_spec::host_tools::provided_by)
     )]
     OvmfNotFound { tried: String },
 

@@ -12,7 +12,7 @@ use ingot_qemu::{Accel, Firmware, NetMode, NetnsError, NetnsOptions, TestNetns, 
 /// root, no `ip`).
 fn netns(test: &str, opts: NetnsOptions) -> Option<TestNetns> {
     if !ingot_testkit::require_root(test, "a network namespace with a tap device")
-        || !ingot_testkit::require_tools(test, &[("ip", "iproute2")])
+        || !ingot_testkit::require_tools(test, &["ip"])
     {
         return None;
     }

@@ -409,7 +409,7 @@ fn vm_exit_on_reboot_ends_qemu_at_the_first_reboot() {
 fn vm_tap_in_a_netns_carries_dhcp_from_a_host_service() {
     let test = "vm_tap_in_a_netns_carries_dhcp_from_a_host_service";
     let Some(kit) = kit(test) else { return };
-    if !ingot_testkit::require_tools(test, &[("dnsmasq", "dnsmasq-base")])
+    if !ingot_testkit::require_tools(test, &["dnsmasq"])
         || !ingot_testkit::require_root(test, "a network namespace with a tap device")
     {
         return;

@@ -2,7 +2,7 @@
 //!
 //! The table is `scripts/host-tools`, compiled in: `scripts/setup-host` installs from the same file, so the
 //! set-up and `ingot doctor` cannot drift. Every command that finds a tool missing says so with
-//! [`missing_message`], the words `ingot doctor` prints for it.
+//! [`missing_message`], the words `ingot doctor` prints for it, and so does a test that skips for it.
 
 use std::fmt;
 
@@ -175,13 +175,14 @@ fn after_fields(line: &str, n: usize) -> &str {
 }
 
 /// The compiled-in table. A unit test proves it parses, so this never fails in a released binary.
-pub fn table() -> Vec<HostTool> {
-    parse(TABLE).unwrap_or_default()
+pub fn table() -> &'static [HostTool] {
+    static TOOLS: std::sync::OnceLock<Vec<HostTool>> = std::sync::OnceLock::new();
+    TOOLS.get_or_init(|| parse(TABLE).unwrap_or_default())
 }
 
 /// The table's line for `name`.
-pub fn tool(name: &str) -> Option<HostTool> {
-    table().into_iter().find(|t| t.name == name)
+pub fn tool(name: &str) -> Option<&'static HostTool> {
+    table().iter().find(|t| t.name == name)
 }
 
 /// What every command says when `name` (a program or file of the table) is missing: [`missing_summary`] and
@@ -199,7 +200,7 @@ pub fn missing_summary(name: &str) -> String {
             } else {
                 "is not installed"
             };
-            format!("{name} {what}: {}", provided_by(&t))
+            format!("{name} {what}: {}", provided_by(t))
         }
         None => format!("{name} is not installed"),
     }

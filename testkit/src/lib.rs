@@ -10,7 +10,7 @@
 //!
 //! ```no_run
 //! # fn t() {
-//! if !ingot_testkit::require_tools("vm_boots", &[("qemu-img", "qemu-utils")]) {
+//! if !ingot_testkit::require_tools("vm_boots", &["qemu-img"]) {
 //!     return;
 //! }
 //! # }
@@ -85,39 +85,44 @@ fn record(log: &Path, test: &str, why: &str) {
     }
 }
 
-/// Finds `program` on `PATH`, then in `/usr/sbin` and `/sbin` (which not every user's `PATH` has).
-pub fn find_program(program: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|dir| dir.join(program))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+/// Finds `program` on `PATH`, then in `/usr/sbin` and `/sbin`, as `ingot run` looks for its tools.
+pub use ingot_qemu::find_tool as find_program;
+
+/// What is missing of `tools` (programs of `scripts/host-tools`), in the words `ingot doctor` uses: each
+/// with its package and install command. `None` when all are installed.
+pub fn missing_tools(tools: &[&str]) -> Option<String> {
+    describe_missing(tools, |p| find_program(p).is_some())
 }
 
-/// The `(program, Debian package)` pairs of `tools` that are not installed, as one readable phrase, or
-/// `None` when all are.
-pub fn missing_tools(tools: &[(&str, &str)]) -> Option<String> {
-    let missing: Vec<&(&str, &str)> = tools.iter().filter(|(p, _)| find_program(p).is_none()).collect();
-    if missing.is_empty() {
-        return None;
+fn describe_missing(tools: &[&str], installed: impl Fn(&str) -> bool) -> Option<String> {
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|p| !installed(p))
+        .map(|p| ingot_spec::host_tools::missing_summary(p))
+        .collect();
+    (!missing.is_empty()).then(|| missing.join("; "))
+}
+
+/// The path of `tool`, or `None` after [`skip`]ping the part of `test` that `check` names: the rest of
+/// the test runs, but under CI the missing tool fails it.
+#[track_caller]
+pub fn tool_for_check(test: &str, check: &str, tool: &str) -> Option<PathBuf> {
+    let found = find_program(tool);
+    if found.is_none() {
+        skip(
+            test,
+            format!(
+                "{check} (the rest of the test ran): {}",
+                ingot_spec::host_tools::missing_summary(tool)
+            ),
+        );
     }
-    let names: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
-    let mut packages: Vec<&str> = missing.iter().map(|(_, pkg)| *pkg).collect();
-    packages.dedup();
-    Some(format!(
-        "{} not installed (apt-get install {})",
-        names.join(", "),
-        packages.join(" ")
-    ))
+    found
 }
 
 /// True when every program of `tools` is installed; otherwise [`skip`]s `test` naming the missing ones.
 #[track_caller]
-pub fn require_tools(test: &str, tools: &[(&str, &str)]) -> bool {
+pub fn require_tools(test: &str, tools: &[&str]) -> bool {
     match missing_tools(tools) {
         None => true,
         Some(why) => {
@@ -130,24 +135,23 @@ pub fn require_tools(test: &str, tools: &[(&str, &str)]) -> bool {
 /// True when running as root; otherwise [`skip`]s `test` saying what root is needed for.
 #[track_caller]
 pub fn require_root(test: &str, for_what: &str) -> bool {
-    // The effective UID from /proc, so this crate needs no libc.
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1))
-            == Some("0")
-    });
+    let root = rustix::process::geteuid().is_root();
     if !root {
         skip(test, format!("{for_what} needs root"));
     }
     root
 }
 
+/// Why a test that serves time with chronyd cannot run without it. The chrony package is not installed for
+/// the tests: its daemon would set this machine's clock.
+pub const CHRONYD_MISSING: &str =
+    "chronyd not found (scripts/test unpacks Debian's chrony binary into its cache and puts it on PATH)";
+
 /// True when loop devices can be used here: root, `losetup` and a free loop device; otherwise [`skip`]s
 /// `test` naming what is missing.
 #[track_caller]
 pub fn require_loop_devices(test: &str) -> bool {
-    if !require_root(test, "a loop device") || !require_tools(test, &[("losetup", "mount")]) {
+    if !require_root(test, "a loop device") || !require_tools(test, &["losetup"]) {
         return false;
     }
     let found = std::process::Command::new("losetup").arg("--find").output();
@@ -191,12 +195,20 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_named_with_its_package() {
-        let why = missing_tools(&[("sh", "dash"), ("ingot-no-such-tool", "ingot-no-such-package")]).unwrap();
+        assert_eq!(missing_tools(&["sh"]), None);
+        let why = describe_missing(&["qemu-img", "sh", "mcopy"], |p| p == "sh").unwrap();
         assert_eq!(
             why,
-            "ingot-no-such-tool not installed (apt-get install ingot-no-such-package)"
+            format!(
+                "{}; {}",
+                ingot_spec::host_tools::missing_summary("qemu-img"),
+                ingot_spec::host_tools::missing_summary("mcopy")
+            )
         );
-        assert_eq!(missing_tools(&[("sh", "dash")]), None);
+        assert!(
+            why.contains("qemu-img is not installed") && why.contains("apt-get install qemu-utils"),
+            "{why}"
+        );
     }
 
     #[test]

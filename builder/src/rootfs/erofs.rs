@@ -63,7 +63,7 @@ mod tests {
     fn same_tree_gives_same_bytes_and_passes_fsck() {
         if !ingot_testkit::require_tools(
             "same_tree_gives_same_bytes_and_passes_fsck",
-            &[("mkfs.erofs", "erofs-utils"), ("fsck.erofs", "erofs-utils")],
+            &["mkfs.erofs", "fsck.erofs"],
         ) {
             return;
         }

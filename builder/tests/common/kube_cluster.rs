@@ -161,13 +161,6 @@ pub fn k8s_bin_dir() -> PathBuf {
     cache.join("ingot-tests/k8s-1.20.2/bin")
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 /// Whether a control plane can start here; when it cannot, [`ingot_testkit::skip`]s `test` saying what is
 /// missing (a failure under CI). With `INGOT_K8S_BIN` set, always true: the binaries were asked for, and a
 /// missing piece fails the start instead.
@@ -187,8 +180,8 @@ fn missing(bin_dir: &Path) -> Result<(), String> {
             ));
         }
     }
-    if find_in_path("etcd").is_none() {
-        return Err("etcd not installed (apt-get install etcd-server)".into());
+    if ingot_testkit::find_program("etcd").is_none() {
+        return Err(ingot_spec::host_tools::missing_summary("etcd"));
     }
     Ok(())
 }
@@ -770,7 +763,7 @@ impl KubeCluster {
         // etcd.
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
-        let etcd = find_in_path("etcd").ok_or_else(|| ClusterError::Missing("etcd".into()))?;
+        let etcd = ingot_testkit::find_program("etcd").ok_or_else(|| ClusterError::Missing("etcd".into()))?;
         cluster.spawn(
             "etcd",
             &etcd,
@@ -885,7 +878,7 @@ impl KubeCluster {
         let out = fs::File::create(&log).map_err(write_err)?;
         let err = out.try_clone().map_err(write_err)?;
         // SIGKILL when the starting thread ends, also when the test process is killed.
-        let mut cmd = match find_in_path("setpriv") {
+        let mut cmd = match ingot_testkit::find_program("setpriv") {
             Some(setpriv) => {
                 let mut c = Command::new(setpriv);
                 c.args(["--pdeathsig", "KILL", "--"]).arg(bin);

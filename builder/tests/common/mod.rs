@@ -55,11 +55,8 @@ pub fn build_minimal_with(out: &Path, extra: &[&str]) -> PathBuf {
 /// for the running test (a failure under CI).
 pub fn veritysetup_agrees(image: &Path) {
     use std::os::unix::fs::FileExt as _;
-    let Some(veritysetup) = tool_for_check(
-        &running_test(),
-        "the dm-verity cross-check",
-        ("veritysetup", "cryptsetup-bin"),
-    ) else {
+    let Some(veritysetup) = tool_for_check(&running_test(), "the dm-verity cross-check", "veritysetup")
+    else {
         return;
     };
     let manifest: serde_json::Value =
@@ -126,25 +123,11 @@ pub fn dir_entries(dir: &Path) -> Vec<String> {
 }
 
 /// `qemu-system-x86_64` and its Debian package, for [`ingot_testkit::require_tools`].
-pub const QEMU: (&str, &str) = ("qemu-system-x86_64", "qemu-system-x86");
+pub const QEMU: &str = "qemu-system-x86_64";
 /// `qemu-img` and its Debian package.
-pub const QEMU_IMG: (&str, &str) = ("qemu-img", "qemu-utils");
+pub const QEMU_IMG: &str = "qemu-img";
 
-/// The path of `tool` (`(program, Debian package)`), or `None` after [`ingot_testkit::skip`]ping the part of
-/// `test` that `check` names: the rest of the test runs, but under CI the missing tool fails it.
-pub fn tool_for_check(test: &str, check: &str, tool: (&str, &str)) -> Option<PathBuf> {
-    let (program, package) = tool;
-    let found = ingot_testkit::find_program(program);
-    if found.is_none() {
-        ingot_testkit::skip(
-            test,
-            format!(
-                "{check} (the rest of the test ran): {program} not installed (apt-get install {package})"
-            ),
-        );
-    }
-    found
-}
+pub use ingot_testkit::tool_for_check;
 
 /// The name of the running test, for helpers that many tests share: libtest runs each test on a thread
 /// named after it.

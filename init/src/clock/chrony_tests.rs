@@ -98,7 +98,7 @@ impl Chronyd {
         let child = match spawned {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                ingot_testkit::skip(test, "chronyd not installed (apt-get install chrony)");
+                ingot_testkit::skip(test, ingot_testkit::CHRONYD_MISSING);
                 return None;
             }
             Err(e) => panic!("starting chronyd: {e}"),

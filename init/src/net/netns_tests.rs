@@ -26,12 +26,12 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-const IP: (&str, &str) = ("ip", "iproute2");
-const DNSMASQ: (&str, &str) = ("dnsmasq", "dnsmasq-base");
+const IP: &str = "ip";
+const DNSMASQ: &str = "dnsmasq";
 
 /// Whether `test` can run here: as root (network namespaces need it) with `tools` installed; otherwise
 /// [`ingot_testkit::skip`]s it, saying what is missing.
-fn can_run(test: &str, tools: &[(&str, &str)]) -> bool {
+fn can_run(test: &str, tools: &[&str]) -> bool {
     ingot_testkit::require_root(test, "a network namespace") && ingot_testkit::require_tools(test, tools)
 }
 

@@ -280,12 +280,8 @@ mod tests {
         if !ingot_testkit::require_root(test, "mapping a device") {
             return false;
         }
-        for (tool, package) in [("veritysetup", "cryptsetup-bin"), ("losetup", "mount")] {
-            let found = std::process::Command::new(tool).arg("--version").output();
-            if !found.is_ok_and(|o| o.status.success()) {
-                ingot_testkit::skip(test, format!("{tool} not installed (apt-get install {package})"));
-                return false;
-            }
+        if !ingot_testkit::require_tools(test, &["veritysetup", "losetup"]) {
+            return false;
         }
         if !std::path::Path::new(CONTROL).exists() {
             let _ = std::process::Command::new("modprobe").arg("dm_verity").output();

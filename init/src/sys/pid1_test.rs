@@ -72,7 +72,7 @@ pub fn as_pid1(path: &str) -> bool {
     {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            ingot_testkit::skip(test, "unshare not installed (apt-get install util-linux)");
+            ingot_testkit::skip(test, ingot_spec::host_tools::missing_summary("unshare"));
             return false;
         }
         Err(e) => panic!("running unshare: {e}"),

@@ -40,9 +40,9 @@ pub struct Kit {
 }
 
 /// `qemu-system-x86_64` and its Debian package, for [`ingot_testkit::require_tools`].
-pub const QEMU: (&str, &str) = ("qemu-system-x86_64", "qemu-system-x86");
+pub const QEMU: &str = "qemu-system-x86_64";
 /// `qemu-img` and its Debian package.
-pub const QEMU_IMG: (&str, &str) = ("qemu-img", "qemu-utils");
+pub const QEMU_IMG: &str = "qemu-img";
 
 /// Returns `None` when something a VM test needs is missing, after [`ingot_testkit::skip`]ping `test` with
 /// what it is (a failure under CI).
