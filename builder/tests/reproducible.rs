@@ -4,13 +4,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
 
 /// `ingot build --rebuild` of `minimal` into `out` under `umask`, with `env` added.
-fn build_in(out: &Path, umask: &str, env: &[(&str, &Path)], vars: &[(&str, &str)]) -> PathBuf {
+fn build_in(out: &Path, umask: &str, env: &[(&str, &OsStr)]) {
     let mut cmd = Command::new("sh");
     // The umask can only be set by the parent of the process it applies to.
     cmd.arg("-c")
@@ -19,15 +20,9 @@ fn build_in(out: &Path, umask: &str, env: &[(&str, &Path)], vars: &[(&str, &str)
         .args(["build", "--quiet", "--rebuild", "--profile", "minimal", "--out"])
         .arg(out)
         .current_dir(repo_root());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
+    cmd.envs(env.iter().copied());
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "build under umask {umask}: {}", stderr(&o));
-    out.join("minimal.raw")
 }
 
 /// A cache that shares the downloads of `from` (hard links, or copies across file systems) and nothing
@@ -52,7 +47,7 @@ fn cache_with_downloads_of(from: &Path, to: &Path) {
 fn builds_do_not_depend_on_the_builders_umask_time_zone_locale_or_paths() {
     let work = tempfile::tempdir().unwrap();
     let out_a = work.path().join("a");
-    let img_a = build_in(&out_a, "022", &[], &[("TZ", "UTC"), ("LC_ALL", "C")]);
+    build_in(&out_a, "022", &[("TZ", "UTC".as_ref()), ("LC_ALL", "C".as_ref())]);
 
     let cache = ingot::fetch::Cache::from_env().unwrap();
     let cache_b = work.path().join("cache b");
@@ -61,20 +56,18 @@ fn builds_do_not_depend_on_the_builders_umask_time_zone_locale_or_paths() {
     std::fs::create_dir(&home_b).unwrap();
     std::fs::create_dir(&tmp_b).unwrap();
     let out_b = work.path().join("out b/nested");
-    let img_b = build_in(
+    build_in(
         &out_b,
         "077",
         &[
-            ("INGOT_CACHE_DIR", &cache_b),
-            ("HOME", &home_b),
-            ("TMPDIR", &tmp_b),
-        ],
-        &[
+            ("INGOT_CACHE_DIR", cache_b.as_os_str()),
+            ("HOME", home_b.as_os_str()),
+            ("TMPDIR", tmp_b.as_os_str()),
             // A POSIX zone string: no tzdata needed, five hours west of UTC.
-            ("TZ", "EST+5"),
-            ("LC_ALL", "C.UTF-8"),
-            ("LANG", "de_DE.UTF-8"),
-            ("SOURCE_DATE_EPOCH", "1"),
+            ("TZ", "EST+5".as_ref()),
+            ("LC_ALL", "C.UTF-8".as_ref()),
+            ("LANG", "de_DE.UTF-8".as_ref()),
+            ("SOURCE_DATE_EPOCH", "1".as_ref()),
         ],
     );
 
@@ -85,10 +78,6 @@ fn builds_do_not_depend_on_the_builders_umask_time_zone_locale_or_paths() {
         );
         assert!(a == b, "{name} differs between the two builders");
     }
-    assert_eq!(
-        std::fs::read(&img_a).unwrap().len(),
-        std::fs::read(&img_b).unwrap().len()
-    );
 
     // The outputs follow the user's umask: 077 leaves the output directory to its owner.
     use std::os::unix::fs::PermissionsExt as _;
